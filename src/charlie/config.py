@@ -1,0 +1,177 @@
+"""Typed configuration: ``params.yaml`` sections, environment overrides, one-sentence errors.
+
+Precedence, highest first: command-line flags, environment variables (a ``.env`` file in the
+working directory is loaded into the environment by the CLI, never overriding what is already
+set), ``params.yaml``, then the defaults below. Environment overrides are named
+``CHARLIE_<SECTION>__<KEY>``, for example ``CHARLIE_PARSE__STRICT=true``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from charlie.errors import ConfigError
+
+ENV_PREFIX = "CHARLIE_"
+ENV_NESTING = "__"
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are validated on load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SampleParams(Section):
+    """``charlie sample``: the synthetic corpus (theses XML + prices). See charlie.sample."""
+
+    out_dir: Path = Field(Path("data/samples"), description="Writes xml/ and prices/ here.")
+    seed: int = Field(7, description="Everything generated follows from this seed.")
+    tickers: int = Field(6, ge=1, le=20, description="How many tickers (fictional names).")
+    start: dt.date = Field(dt.date(2023, 10, 24), description="First thesis date.")
+    end: dt.date = Field(dt.date(2025, 4, 24), description="Last thesis date.")
+    detail: Literal["compact", "full"] = Field(
+        "compact", description="Reasoning length: compact ≈ 0.6 kB, full ≈ 2.4 kB per thesis."
+    )
+    ipo_ticker: bool = Field(
+        True, description="List the last ticker mid-period, so early theses lack history."
+    )
+    edge_bps: float = Field(
+        10.0, ge=0, le=100, description="Next-day drift per unit of the rule's position."
+    )
+    label_noise: float = Field(
+        0.1, ge=0, le=1, description="Share of theses whose action is moved one notch."
+    )
+    dirty_rate: float = Field(
+        0.02, ge=0, le=0.5, description="Share of theses with a defect the parser must reject."
+    )
+
+    @model_validator(mode="after")
+    def _dates_ordered(self) -> SampleParams:
+        if self.end <= self.start:
+            raise ValueError(f"end ({self.end}) must be after start ({self.start})")
+        return self
+
+
+class ParseParams(Section):
+    """``charlie parse``: XML theses to JSONL records."""
+
+    input_dir: Path = Field(Path("data/samples/xml"), description="Reads every *.xml here.")
+    out: Path = Field(Path("data/jsonl/records.jsonl"), description="Valid records.")
+    rejects: Path = Field(Path("data/jsonl/rejects.jsonl"), description="Rejected theses.")
+    report: Path = Field(Path("data/jsonl/parse_report.json"), description="Accounting.")
+    strict: bool = Field(False, description="Exit 1 when anything was rejected.")
+
+
+class Params(Section):
+    """The whole ``params.yaml``: one section per stage."""
+
+    sample: SampleParams = SampleParams()
+    parse: ParseParams = ParseParams()
+
+
+def load_params(
+    path: Path | str = DEFAULT_PARAMS,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Params:
+    """Load and validate ``params.yaml`` with environment and command-line overrides.
+
+    Args:
+        path: The params file. A missing file means "all defaults".
+        env: Environment to read ``CHARLIE_<SECTION>__<KEY>`` overrides from (default
+            ``os.environ``).
+        overrides: Dotted keys (``"parse.strict"``) set from command-line flags; ``None``
+            values are ignored so unset flags fall through.
+
+    Returns:
+        The validated parameters.
+
+    Raises:
+        ConfigError: One sentence naming the offending key, where it came from, and what is
+            allowed.
+    """
+    path = Path(path)
+    data: dict[str, Any] = {}
+    sources: dict[tuple[str, ...], str] = {}
+    if path.is_file():
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path} is not valid YAML{where}.") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must be a mapping of sections, not {type(loaded).__name__}.")
+        data = loaded or {}
+    default_source = str(path)
+
+    env = os.environ if env is None else env
+    for name, value in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX) or ENV_NESTING not in name:
+            continue
+        keys = tuple(k.lower() for k in name[len(ENV_PREFIX) :].split(ENV_NESTING))
+        _set(data, keys, value)
+        sources[keys] = f"environment variable {name}"
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        keys = tuple(dotted.split("."))
+        _set(data, keys, value)
+        sources[keys] = f"--{keys[-1].replace('_', '-')}"
+
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_sentence(exc, sources, default_source)) from None
+
+
+def _set(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def _allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
+    model: type[BaseModel] = Params
+    for key in loc[:-1]:
+        field = model.model_fields.get(str(key))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _one_sentence(
+    exc: ValidationError, sources: Mapping[tuple[str, ...], str], default_source: str
+) -> str:
+    error = exc.errors()[0]
+    loc = tuple(str(part) for part in error["loc"])
+    key = ".".join(loc) or "(top level)"
+    source = sources.get(loc, default_source)
+    more = len(exc.errors()) - 1
+    tail = f" ({more} more problem{'s' if more > 1 else ''} after this one)" if more else ""
+    if error["type"] == "extra_forbidden":
+        allowed = ", ".join(_allowed_keys(error["loc"]))
+        return f"{source}: unknown key '{key}'; allowed keys here are: {allowed}{tail}."
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if error["type"] == "model_type" or not loc:
+        return f"{source}: section '{key}' is invalid: {message}{tail}."
+    return f"{source}: '{key}' = {error['input']!r} is not allowed: {message}{tail}."

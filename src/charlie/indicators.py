@@ -1,0 +1,113 @@
+"""Point-in-time technical indicators, updated one bar at a time.
+
+Conventions (shared with the thesis texts of the sample and documented in the README):
+returns are simple returns of the close; SMA20 is the mean of the last 20 closes including
+today's; RSI14 is Wilder's (seeded with the simple mean of the first 14 changes, then smoothed
+with alpha 1/14; 100 when there were no losses); the volume ratio divides today's volume by the
+mean of the last 20 volumes including today's; volatility20 is the sample std (ddof=1) of the
+last 20 daily returns, annualised with sqrt(252). An indicator without enough history is None.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+SMA_WINDOW = 20
+RSI_WINDOW = 14
+VOLUME_WINDOW = 20
+VOLATILITY_WINDOW = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Indicators as of one close, computed only from bars up to and including it."""
+
+    sessions: int
+    close: float
+    volume: float
+    ret1: float | None
+    ret5: float | None
+    ret20: float | None
+    sma20: float | None
+    rsi14: float | None
+    volume_ratio: float | None
+    volatility20: float | None
+    high20: float | None
+    low20: float | None
+
+
+class RollingIndicators:
+    """Feed bars in date order with :meth:`update`; each call returns that day's snapshot."""
+
+    def __init__(self) -> None:
+        self._closes: deque[float] = deque(maxlen=SMA_WINDOW + 1)
+        self._highs: deque[float] = deque(maxlen=SMA_WINDOW)
+        self._lows: deque[float] = deque(maxlen=SMA_WINDOW)
+        self._volumes: deque[float] = deque(maxlen=VOLUME_WINDOW)
+        self._returns: deque[float] = deque(maxlen=VOLATILITY_WINDOW)
+        self._sessions = 0
+        self._seed_changes: list[float] = []
+        self._avg_gain: float | None = None
+        self._avg_loss: float | None = None
+
+    def update(self, close: float, high: float, low: float, volume: float) -> Snapshot:
+        """Add one bar and return the indicators as of its close."""
+        closes = self._closes
+        if closes:
+            change = close - closes[-1]
+            self._returns.append(close / closes[-1] - 1.0)
+            self._update_rsi(change)
+        closes.append(close)
+        self._highs.append(high)
+        self._lows.append(low)
+        self._volumes.append(volume)
+        self._sessions += 1
+        n = self._sessions
+
+        def ret(h: int) -> float | None:
+            return close / closes[-1 - h] - 1.0 if n > h else None
+
+        full = n >= SMA_WINDOW
+        rets = self._returns
+        volatility = None
+        if len(rets) == VOLATILITY_WINDOW:
+            mean = sum(rets) / len(rets)
+            var = sum((r - mean) ** 2 for r in rets) / (len(rets) - 1)
+            volatility = math.sqrt(var) * math.sqrt(252)
+        return Snapshot(
+            sessions=n,
+            close=close,
+            volume=volume,
+            ret1=ret(1),
+            ret5=ret(5),
+            ret20=ret(20),
+            sma20=sum(list(closes)[-SMA_WINDOW:]) / SMA_WINDOW if full else None,
+            rsi14=self._rsi(),
+            volume_ratio=volume / (sum(self._volumes) / VOLUME_WINDOW)
+            if len(self._volumes) == VOLUME_WINDOW
+            else None,
+            volatility20=volatility,
+            high20=max(self._highs) if full else None,
+            low20=min(self._lows) if full else None,
+        )
+
+    def _update_rsi(self, change: float) -> None:
+        gain, loss = max(change, 0.0), max(-change, 0.0)
+        if self._avg_gain is None:
+            self._seed_changes.append(change)
+            if len(self._seed_changes) == RSI_WINDOW:
+                self._avg_gain = sum(max(c, 0.0) for c in self._seed_changes) / RSI_WINDOW
+                self._avg_loss = sum(max(-c, 0.0) for c in self._seed_changes) / RSI_WINDOW
+            return
+        assert self._avg_loss is not None
+        self._avg_gain = (self._avg_gain * (RSI_WINDOW - 1) + gain) / RSI_WINDOW
+        self._avg_loss = (self._avg_loss * (RSI_WINDOW - 1) + loss) / RSI_WINDOW
+
+    def _rsi(self) -> float | None:
+        if self._avg_gain is None or self._avg_loss is None:
+            return None
+        if self._avg_loss == 0:
+            return 100.0
+        return 100.0 - 100.0 / (1.0 + self._avg_gain / self._avg_loss)

@@ -1,0 +1,440 @@
+"""XML theses to records: a streaming, hardened parse that accounts for every thesis.
+
+Pure core of ``charlie parse``: it reads the files it is given and returns records, rejects
+and a report; the stage writes them. Each thesis in the input ends up in exactly one of the
+records or the rejects, or is collapsed into an identical earlier one and counted, so that
+``theses_seen = records + rejects + duplicates_collapsed``, per file and in total.
+
+Hostile XML: the parser never loads a DTD, never expands an entity and never touches the
+network (lxml with ``resolve_entities=False, load_dtd=False, no_network=True``), and any file
+that declares a DOCTYPE is refused as a whole before its first thesis is read. Billion-laughs,
+external entities and remote DTDs are therefore rejected in bounded time and memory, and the
+content they point at is never read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from lxml import etree
+
+REASONS: dict[str, str] = {
+    # one thesis
+    "missing_date": "the thesis has no <as-of-date>, or it is empty",
+    "invalid_date": "the date is impossible or in no accepted format",
+    "missing_action": "the thesis has no <action>, or it is empty",
+    "action_error": "the upstream generator failed for this thesis (action 'error')",
+    "unknown_action": "the action is not STRONG_BUY, BUY, HOLD, SELL or STRONG_SELL",
+    "missing_reasoning": "the thesis has no <reasoning>, or it is empty",
+    "conflicting_duplicate": "another thesis for the same ticker and date says something else",
+    "incomplete_thesis": "the file breaks off or turns malformed inside this thesis",
+    # a whole file
+    "forbidden_dtd": "the file declares a DTD (DOCTYPE); DTDs and entities are refused",
+    "empty_file": "the file is empty",
+    "not_xml": "the file is not XML",
+    "encoding_error": "the file's bytes do not match its declared encoding",
+    "malformed_xml": "the XML is malformed; theses before the fault were kept",
+    "unexpected_root": "the root element is not <stock-theses>",
+}
+FILE_REASONS = frozenset(
+    {"forbidden_dtd", "empty_file", "not_xml", "encoding_error", "malformed_xml", "unexpected_root"}
+)
+ROOT_TAG = "stock-theses"
+THESIS_TAG = "thesis"
+EXCERPT_CHARS = 200
+
+# --------------------------------------------------------------------- normalisation
+
+_MONTHS = {
+    name: i
+    for i, names in enumerate(
+        (
+            ("january", "jan"),
+            ("february", "feb"),
+            ("march", "mar"),
+            ("april", "apr"),
+            ("may",),
+            ("june", "jun"),
+            ("july", "jul"),
+            ("august", "aug"),
+            ("september", "sep", "sept"),
+            ("october", "oct"),
+            ("november", "nov"),
+            ("december", "dec"),
+        ),
+        start=1,
+    )
+    for name in names
+}
+_YMD = re.compile(r"(\d{4})[-/](\d{1,2})[-/](\d{1,2})")
+_US = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})")
+_LONG = re.compile(r"([A-Za-z]+)\.?\s+(\d{1,2}),?\s+(\d{4})")
+_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\S.*")
+_SEPARATORS = re.compile(r"[\s_\-]+")
+_ACTION_KEYS = {
+    "STRONGBUY": "STRONG_BUY",
+    "BUY": "BUY",
+    "HOLD": "HOLD",
+    "SELL": "SELL",
+    "STRONGSELL": "STRONG_SELL",
+}
+
+
+def normalize_date(text: str | None) -> tuple[str | None, str | None]:
+    """Normalise a thesis date to ISO ``YYYY-MM-DD``.
+
+    Accepts ISO dates, ISO datetimes (the date part is kept as written; no time-zone shift),
+    ``YYYY/MM/DD``, US ``MM/DD/YYYY`` and ``January 8, 2024`` (or ``Jan 8 2024``).
+
+    Returns:
+        ``(iso_date, None)``, or ``(None, reason)`` with reason ``missing_date`` or
+        ``invalid_date``.
+    """
+    value = (text or "").strip()
+    if not value:
+        return None, "missing_date"
+    try:
+        if len(value) == 10 and value[4] == "-" and value[7] == "-":  # fast path: ISO
+            return dt.date.fromisoformat(value).isoformat(), None
+        if _DATETIME.fullmatch(value):
+            return dt.datetime.fromisoformat(value).date().isoformat(), None
+        if match := _YMD.fullmatch(value):
+            year, month, day = map(int, match.groups())
+        elif match := _US.fullmatch(value):
+            month, day, year = map(int, match.groups())
+        elif (match := _LONG.fullmatch(value)) and match[1].lower() in _MONTHS:
+            year, month, day = int(match[3]), _MONTHS[match[1].lower()], int(match[2])
+        else:
+            return None, "invalid_date"
+        return dt.date(year, month, day).isoformat(), None
+    except ValueError:
+        return None, "invalid_date"
+
+
+@lru_cache(maxsize=256)
+def normalize_action(text: str | None) -> tuple[str | None, str | None]:
+    """Normalise an action to ``STRONG_BUY|BUY|HOLD|SELL|STRONG_SELL``.
+
+    Case, surrounding space and separators (spaces, hyphens, underscores) do not matter:
+    ``Strong Buy``, ``strong-sell`` and `` SELL `` are all accepted.
+
+    Returns:
+        ``(action, None)``, or ``(None, reason)`` with reason ``missing_action``,
+        ``action_error`` or ``unknown_action``.
+    """
+    key = _SEPARATORS.sub("", text or "").upper()
+    if not key:
+        return None, "missing_action"
+    if key == "ERROR":
+        return None, "action_error"
+    action = _ACTION_KEYS.get(key)
+    return (action, None) if action else (None, "unknown_action")
+
+
+def make_uid(ticker: str, as_of_date: str) -> str:
+    """Stable record id: the same ticker and date give the same uid in every run."""
+    return f"{ticker}-{as_of_date}"
+
+
+# ------------------------------------------------------------------------- results
+
+
+@dataclass
+class FileStats:
+    """Per-file accounting."""
+
+    ticker: str | None = None
+    theses_seen: int = 0
+    records: int = 0
+    rejects: int = 0
+    duplicates_collapsed: int = 0
+    fault: dict[str, Any] | None = None
+    ticker_from_filename: bool = False
+
+    @property
+    def status(self) -> str:
+        if self.fault is None:
+            return "ok"
+        return "partial" if self.fault["reason"] == "malformed_xml" else "failed"
+
+
+@dataclass
+class ParseResult:
+    """Everything ``charlie parse`` writes."""
+
+    records: list[dict[str, Any]]
+    rejects: list[dict[str, Any]]
+    files: dict[str, FileStats]
+    file_faults: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def thesis_rejects(self) -> int:
+        return len(self.rejects) - len(self.file_faults)
+
+    def report(self, input_dir: str) -> dict[str, Any]:
+        """The parse report: totals that add up, per file and in total, plus breakdowns."""
+        totals = {
+            "files": len(self.files),
+            "files_ok": sum(f.status == "ok" for f in self.files.values()),
+            "files_partial": sum(f.status == "partial" for f in self.files.values()),
+            "files_failed": sum(f.status == "failed" for f in self.files.values()),
+            "theses_seen": sum(f.theses_seen for f in self.files.values()),
+            "records": len(self.records),
+            "rejects": self.thesis_rejects,
+            "duplicates_collapsed": sum(f.duplicates_collapsed for f in self.files.values()),
+        }
+        balanced = totals["theses_seen"] == (
+            totals["records"] + totals["rejects"] + totals["duplicates_collapsed"]
+        ) and all(
+            f.theses_seen == f.records + f.rejects + f.duplicates_collapsed
+            for f in self.files.values()
+        )
+        dates = [r["as_of_date"] for r in self.records]
+        return {
+            "input_dir": input_dir,
+            "balanced": balanced,
+            "totals": totals,
+            "records_by_ticker": dict(sorted(Counter(r["ticker"] for r in self.records).items())),
+            "records_by_action": {
+                a: n for a, n in sorted(Counter(r["action"] for r in self.records).items())
+            },
+            "reject_reasons": dict(
+                sorted(Counter(r["reason"] for r in self.rejects if r["scope"] == "thesis").items())
+            ),
+            "file_faults": dict(sorted(Counter(f["reason"] for f in self.file_faults).items())),
+            "date_range": {"first": min(dates, default=None), "last": max(dates, default=None)},
+            # A list, not a mapping, so `dvc metrics show` keeps to the headline numbers.
+            "files": [
+                {
+                    "file": name,
+                    "ticker": f.ticker,
+                    "status": f.status,
+                    "theses_seen": f.theses_seen,
+                    "records": f.records,
+                    "rejects": f.rejects,
+                    "duplicates_collapsed": f.duplicates_collapsed,
+                    **({"ticker_from_filename": True} if f.ticker_from_filename else {}),
+                    **({"fault": f.fault} if f.fault else {}),
+                }
+                for name, f in self.files.items()
+            ],
+        }
+
+
+# -------------------------------------------------------------------------- parsing
+
+
+@dataclass(slots=True)
+class _Candidate:
+    ticker: str
+    date: str
+    action: str
+    reasoning: str
+    support: str
+    source_file: str
+    source_line: int
+
+
+def _reject(name: str, line: int, reason: str, excerpt: str, scope: str = "thesis") -> dict:
+    return {
+        "source_file": name,
+        "source_line": line,
+        "reason": reason,
+        "excerpt": excerpt[:EXCERPT_CHARS],
+        "scope": scope,
+    }
+
+
+def _text(elem: Any) -> str:
+    if len(elem):  # mixed content: keep the text of any inline children
+        return "".join(elem.itertext()).strip()
+    return (elem.text or "").strip()
+
+
+def _excerpt(fields: dict[str, str]) -> str:
+    return " ".join(f"{k}={v[:60]!r}" for k, v in fields.items())
+
+
+def _classify_error(exc: etree.XMLSyntaxError, root_seen: bool) -> str:
+    message = str(exc.msg or exc).lower()
+    if "encoding" in message or "invalid bytes" in message or "not proper utf" in message:
+        return "encoding_error"
+    if not root_seen:
+        return "not_xml"
+    return "malformed_xml"
+
+
+def _file_events(
+    source: Any, name: str, stats: FileStats, rejects: list[dict], faults: list[dict]
+) -> Iterator[_Candidate]:
+    """Stream one file's theses; record its fault and any incomplete thesis on error."""
+    context = etree.iterparse(
+        source,
+        events=("start", "end"),
+        tag=(ROOT_TAG, THESIS_TAG),
+        resolve_entities=False,
+        load_dtd=False,
+        no_network=True,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
+    )
+    root = None
+    open_line = 0
+    ticker = stats.ticker or ""
+
+    def fail(reason: str, line: int, message: str) -> None:
+        stats.fault = {"reason": reason, "line": line, "message": message[:EXCERPT_CHARS]}
+        faults.append(_reject(name, line, reason, message, scope="file"))
+
+    def refuse(tree_root: Any) -> bool:
+        docinfo = tree_root.getroottree().docinfo
+        if docinfo.doctype or docinfo.internalDTD is not None:
+            fail("forbidden_dtd", tree_root.sourceline or 1, REASONS["forbidden_dtd"])
+            return True
+        if tree_root.tag != ROOT_TAG:
+            fail("unexpected_root", tree_root.sourceline or 1, f"root is <{tree_root.tag}>")
+            return True
+        return False
+
+    try:
+        for event, elem in context:
+            if root is None:
+                root = elem.getroottree().getroot()
+                if refuse(root):
+                    return
+                ticker = (root.get("ticker") or "").strip().upper()
+                if not ticker:
+                    ticker = Path(name).stem.upper()
+                    stats.ticker_from_filename = True
+                stats.ticker = ticker
+            if elem.tag != THESIS_TAG:
+                continue
+            if event == "start":
+                stats.theses_seen += 1
+                open_line = elem.sourceline or 0
+                continue
+            open_line = 0
+            fields: dict[str, str] = {}
+            for child in elem:
+                tag = child.tag
+                if tag in ("as-of-date", "reasoning", "action", "support") and tag not in fields:
+                    fields[tag] = _text(child)
+            line = elem.sourceline or 0
+            elem.clear()
+            while elem.getprevious() is not None:  # keep memory flat on big files
+                del root[0]
+
+            date, reason = normalize_date(fields.get("as-of-date"))
+            if reason is None:
+                action, reason = normalize_action(fields.get("action"))
+            if reason is None and not fields.get("reasoning"):
+                reason = "missing_reasoning"
+            if reason is not None:
+                stats.rejects += 1
+                rejects.append(_reject(name, line, reason, _excerpt(fields)))
+                continue
+            assert date is not None and action is not None
+            yield _Candidate(
+                ticker, date, action, fields["reasoning"], fields.get("support", ""), name, line
+            )
+        if root is None and context.root is not None:  # a document with no thesis at all
+            refuse(context.root)
+    except etree.XMLSyntaxError as exc:
+        line = exc.lineno or 0
+        reason = _classify_error(exc, root is not None)
+        if stats.fault is None:
+            fail(reason, line, str(exc.msg or exc))
+        if open_line:
+            stats.rejects += 1
+            rejects.append(
+                _reject(name, open_line, "incomplete_thesis", f"{reason} at line {line}: {exc.msg}")
+            )
+
+
+def parse_files(
+    paths: Iterable[Path],
+    *,
+    names: Callable[[Path], str] = lambda p: p.name,
+    opener: Callable[[Path], Any] | None = None,
+) -> ParseResult:
+    """Parse XML thesis files into records and rejects, in the given order.
+
+    Args:
+        paths: The files, in the order their records should appear.
+        names: How a file is named in records, rejects and the report.
+        opener: Returns the source lxml reads for a path (a file object, e.g. one that
+            reports progress); the default lets lxml open the path itself.
+
+    Returns:
+        Records (duplicates collapsed, conflicts removed), rejects, and per-file statistics.
+    """
+    files: dict[str, FileStats] = {}
+    rejects: list[dict] = []
+    faults: list[dict] = []
+    first: dict[tuple[str, str], _Candidate] = {}
+    conflicts: dict[tuple[str, str], list[_Candidate]] = {}
+    for path in paths:
+        name = names(path)
+        stats = files[name] = FileStats()
+        if path.stat().st_size == 0:
+            stats.fault = {"reason": "empty_file", "line": 0, "message": REASONS["empty_file"]}
+            faults.append(_reject(name, 0, "empty_file", REASONS["empty_file"], scope="file"))
+            continue
+        source = opener(path) if opener else str(path)
+        try:
+            for cand in _file_events(source, name, stats, rejects, faults):
+                key = (cand.ticker, cand.date)
+                seen = first.get(key)
+                if seen is None:
+                    first[key] = cand
+                elif (seen.action, seen.reasoning, seen.support) == (
+                    cand.action,
+                    cand.reasoning,
+                    cand.support,
+                ) and key not in conflicts:
+                    stats.duplicates_collapsed += 1
+                else:
+                    conflicts.setdefault(key, []).append(cand)
+        finally:
+            if hasattr(source, "close"):
+                source.close()
+
+    records = []
+    for key, cand in first.items():
+        if key in conflicts:
+            for dup in (cand, *conflicts[key]):
+                files[dup.source_file].rejects += 1
+                rejects.append(
+                    _reject(
+                        dup.source_file,
+                        dup.source_line,
+                        "conflicting_duplicate",
+                        f"{dup.ticker} {dup.date}: {len(conflicts[key]) + 1} theses disagree "
+                        f"(this one says {dup.action})",
+                    )
+                )
+            continue
+        files[cand.source_file].records += 1
+        records.append(
+            {
+                "uid": make_uid(cand.ticker, cand.date),
+                "ticker": cand.ticker,
+                "as_of_date": cand.date,
+                "action": cand.action,
+                "reasoning": cand.reasoning,
+                "support": cand.support,
+                "source_file": cand.source_file,
+                "source_line": cand.source_line,
+            }
+        )
+    rejects.extend(faults)
+    rejects.sort(key=lambda r: (r["source_file"], r["source_line"]))
+    return ParseResult(records=records, rejects=rejects, files=files, file_faults=faults)

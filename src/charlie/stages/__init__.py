@@ -1,0 +1,1 @@
+"""Thin stage mains: parse arguments and config, call one pure core, write outputs atomically."""
