@@ -45,7 +45,7 @@ class SampleParams(Section):
         True, description="List the last ticker mid-period, so early theses lack history."
     )
     edge_bps: float = Field(
-        10.0, ge=0, le=100, description="Next-day drift per unit of the rule's position."
+        20.0, ge=0, le=100, description="Next-day drift per unit of the rule's position."
     )
     label_noise: float = Field(
         0.1, ge=0, le=1, description="Share of theses whose action is moved one notch."

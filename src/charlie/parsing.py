@@ -160,9 +160,10 @@ class FileStats:
 
     @property
     def status(self) -> str:
+        """ok; partial when a fault stopped the file after some theses; failed otherwise."""
         if self.fault is None:
             return "ok"
-        return "partial" if self.fault["reason"] == "malformed_xml" else "failed"
+        return "partial" if self.theses_seen else "failed"
 
 
 @dataclass
@@ -262,8 +263,24 @@ def _excerpt(fields: dict[str, str]) -> str:
     return " ".join(f"{k}={v[:60]!r}" for k, v in fields.items())
 
 
-def _classify_error(exc: etree.XMLSyntaxError, root_seen: bool) -> str:
+def _declares_doctype(path: Path) -> bool:
+    """Whether the file's prolog has a DOCTYPE, for naming an error raised before the root.
+
+    Only used to give the right reason: safety comes from the parser's options, not from this.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = head.decode("utf-16", errors="ignore")
+    else:
+        text = head.decode("latin-1")
+    return "<!DOCTYPE" in text
+
+
+def _classify_error(exc: etree.XMLSyntaxError, root_seen: bool, path: Path) -> str:
     message = str(exc.msg or exc).lower()
+    if not root_seen and _declares_doctype(path):
+        return "forbidden_dtd"  # e.g. an entity used in the root's attributes
     if "encoding" in message or "invalid bytes" in message or "not proper utf" in message:
         return "encoding_error"
     if not root_seen:
@@ -272,7 +289,12 @@ def _classify_error(exc: etree.XMLSyntaxError, root_seen: bool) -> str:
 
 
 def _file_events(
-    source: Any, name: str, stats: FileStats, rejects: list[dict], faults: list[dict]
+    source: Any,
+    path: Path,
+    name: str,
+    stats: FileStats,
+    rejects: list[dict],
+    faults: list[dict],
 ) -> Iterator[_Candidate]:
     """Stream one file's theses; record its fault and any incomplete thesis on error."""
     context = etree.iterparse(
@@ -349,9 +371,9 @@ def _file_events(
             refuse(context.root)
     except etree.XMLSyntaxError as exc:
         line = exc.lineno or 0
-        reason = _classify_error(exc, root is not None)
+        reason = _classify_error(exc, root is not None, path)
         if stats.fault is None:
-            fail(reason, line, str(exc.msg or exc))
+            fail(reason, line, REASONS[reason] if reason == "forbidden_dtd" else str(exc.msg))
         if open_line:
             stats.rejects += 1
             rejects.append(
@@ -379,8 +401,7 @@ def parse_files(
     files: dict[str, FileStats] = {}
     rejects: list[dict] = []
     faults: list[dict] = []
-    first: dict[tuple[str, str], _Candidate] = {}
-    conflicts: dict[tuple[str, str], list[_Candidate]] = {}
+    groups: dict[tuple[str, str], list[_Candidate]] = {}
     for path in paths:
         name = names(path)
         stats = files[name] = FileStats()
@@ -390,38 +411,34 @@ def parse_files(
             continue
         source = opener(path) if opener else str(path)
         try:
-            for cand in _file_events(source, name, stats, rejects, faults):
-                key = (cand.ticker, cand.date)
-                seen = first.get(key)
-                if seen is None:
-                    first[key] = cand
-                elif (seen.action, seen.reasoning, seen.support) == (
-                    cand.action,
-                    cand.reasoning,
-                    cand.support,
-                ) and key not in conflicts:
-                    stats.duplicates_collapsed += 1
-                else:
-                    conflicts.setdefault(key, []).append(cand)
+            for cand in _file_events(source, path, name, stats, rejects, faults):
+                groups.setdefault((cand.ticker, cand.date), []).append(cand)
         finally:
             if hasattr(source, "close"):
                 source.close()
 
+    # Decided once all files are read, so the outcome does not depend on document order: a
+    # ticker and date whose theses all agree keep the first and collapse the rest; any
+    # disagreement rejects every one of them.
     records = []
-    for key, cand in first.items():
-        if key in conflicts:
-            for dup in (cand, *conflicts[key]):
+    for cands in groups.values():
+        cand = cands[0]
+        content = (cand.action, cand.reasoning, cand.support)
+        if any((c.action, c.reasoning, c.support) != content for c in cands[1:]):
+            for dup in cands:
                 files[dup.source_file].rejects += 1
                 rejects.append(
                     _reject(
                         dup.source_file,
                         dup.source_line,
                         "conflicting_duplicate",
-                        f"{dup.ticker} {dup.date}: {len(conflicts[key]) + 1} theses disagree "
+                        f"{dup.ticker} {dup.date}: {len(cands)} theses disagree "
                         f"(this one says {dup.action})",
                     )
                 )
             continue
+        for dup in cands[1:]:
+            files[dup.source_file].duplicates_collapsed += 1
         files[cand.source_file].records += 1
         records.append(
             {

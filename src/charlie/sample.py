@@ -15,8 +15,8 @@ RSI       -1 if RSI14 >= 70 (overbought), +1 if RSI14 <= 30 (oversold), else 0
 volume    the sign of the day's return if volume >= 1.5 x its 20-day average, else 0
 ========  ===========================================================================
 
-An indicator without enough history counts 0. The score is the sum: >= 3 STRONG_BUY, 1..2 BUY,
-0 HOLD, -1..-2 SELL, <= -3 STRONG_SELL. With probability ``label_noise`` the written action is
+An indicator without enough history counts 0. The score is the sum: >= 2 STRONG_BUY, 1 BUY,
+0 HOLD, -1 SELL, <= -2 STRONG_SELL (roughly a fifth of theses each, HOLD a little rarer). With probability ``label_noise`` the written action is
 moved one notch up or down (clamped), as a human analyst's judgement would wander.
 
 The edge: day t+1's total return is ``edge_bps`` x position + noise, where position is the
@@ -122,7 +122,7 @@ class SampleSpec:
     end: dt.date = dt.date(2025, 4, 24)
     detail: str = "compact"
     ipo_ticker: bool = True
-    edge_bps: float = 10.0
+    edge_bps: float = 20.0
     label_noise: float = 0.1
     dirty_rate: float = 0.02
     names: Sequence[str] = field(default=TICKER_NAMES)
@@ -150,13 +150,13 @@ def rule_components(snap: Snapshot) -> dict[str, int]:
 
 def score_to_action(score: int) -> str:
     """Map the rule's score to an action label."""
-    if score >= 3:
+    if score >= 2:
         return "STRONG_BUY"
-    if score >= 1:
+    if score == 1:
         return "BUY"
     if score == 0:
         return "HOLD"
-    if score >= -2:
+    if score == -1:
         return "SELL"
     return "STRONG_SELL"
 
@@ -196,7 +196,7 @@ def _generate_ticker(
     rng: random.Random,
     listed: dt.date,
 ) -> TickerSample:
-    sigma = rng.uniform(0.012, 0.024)
+    sigma = rng.uniform(0.010, 0.020)
     price = rng.uniform(20.0, 300.0)
     base_volume = rng.uniform(2e5, 5e6)
     quarterly_yield = rng.choice((0.0, 0.0, 0.003, 0.005, 0.008))

@@ -1,0 +1,132 @@
+"""Parse speed on the real volume, side by side with a plain lxml iterparse loop.
+
+    .venv/bin/python benchmarks/bench_parse.py [--corpus DIR] [--repeat 5]     (or: make bench)
+
+The corpus is the real volume (20 tickers x 376 trading days, ~2.5 kB per thesis, ~19 MB),
+generated into a temporary directory unless --corpus names one. Reported, best of --repeat:
+
+* in-process: charlie's parse_files + JSONL serialisation, against a plain
+  ``lxml.etree.iterparse`` loop that writes the same record fields with the same serialiser
+  but does no hardening, normalisation, validation or accounting. Target: ratio <= 2.
+* process: the whole ``charlie parse`` command (start-up, parse, atomic writes, report).
+  Target: < 0.6 s on 2 cores.
+* ``charlie --help``. Target: < 0.3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+from lxml import etree
+
+from charlie.parsing import parse_files
+from charlie.sample import SampleSpec, generate, render_xml
+
+CHARLIE = str(Path(sys.executable).parent / "charlie")
+
+
+def make_corpus(directory: Path) -> None:
+    spec = SampleSpec(tickers=20, detail="full", ipo_ticker=False)
+    for sample in generate(spec):
+        (directory / f"{sample.ticker}.xml").write_text(render_xml(sample, spec.seed))
+
+
+def charlie_in_process(paths: list[Path], out: Path) -> int:
+    result = parse_files(paths)
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    out.write_bytes(b"".join(dumps(r, option=newline) for r in result.records))
+    return len(result.records)
+
+
+def reference_loop(paths: list[Path], out: Path) -> int:
+    """What a one-off script would do: iterparse, read the children, dump a dict."""
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    chunks = []
+    for path in paths:
+        ticker = path.stem
+        for _, elem in etree.iterparse(str(path), tag="thesis"):
+            fields = {child.tag: (child.text or "").strip() for child in elem}
+            date = fields.get("as-of-date", "")
+            record = {
+                "uid": f"{ticker}-{date}",
+                "ticker": ticker,
+                "as_of_date": date,
+                "action": fields.get("action", "").upper(),
+                "reasoning": fields.get("reasoning", ""),
+                "support": fields.get("support", ""),
+                "source_file": path.name,
+                "source_line": elem.sourceline,
+            }
+            chunks.append(dumps(record, option=newline))
+            elem.clear()
+    out.write_bytes(b"".join(chunks))
+    return len(chunks)
+
+
+def best_of(repeat: int, fn, *args) -> tuple[float, object]:
+    best, value = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        value = fn(*args)
+        best = min(best, time.perf_counter() - start)
+    return best, value
+
+
+def run_process(cmd: list[str], cwd: Path) -> None:
+    env = {**os.environ, "CHARLIE_LOG_DIR": str(cwd / "logs")}
+    subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", type=Path, help="directory of *.xml (default: generate)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per measurement (best kept)")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-parse-"))
+    try:
+        corpus = args.corpus or work / "corpus"
+        if args.corpus is None:
+            corpus.mkdir()
+            make_corpus(corpus)
+        paths = sorted(corpus.glob("*.xml"))
+        megabytes = sum(p.stat().st_size for p in paths) / 1e6
+
+        t_charlie, n_charlie = best_of(args.repeat, charlie_in_process, paths, work / "a.jsonl")
+        t_ref, n_ref = best_of(args.repeat, reference_loop, paths, work / "b.jsonl")
+        cmd = [CHARLIE, "parse", "--input-dir", str(corpus), "--out", str(work / "r.jsonl"),
+               "--rejects", str(work / "j.jsonl"), "--report", str(work / "p.json")]  # fmt: skip
+        t_process, _ = best_of(args.repeat, run_process, cmd, work)
+        t_help, _ = best_of(args.repeat, run_process, [CHARLIE, "--help"], work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    ratio = t_charlie / t_ref
+    print(f"corpus: {len(paths)} files, {megabytes:.1f} MB, {n_ref} theses "
+          f"({n_charlie} valid records after rejects and duplicates); best of {args.repeat}, "
+          f"{os.cpu_count()} cores")  # fmt: skip
+    print(f"{'measurement':<34}{'seconds':>9}{'MB/s':>9}  target")
+    print(f"{'charlie parse_files + JSONL':<34}{t_charlie:>9.3f}{megabytes / t_charlie:>9.1f}")
+    print(f"{'reference iterparse loop + JSONL':<34}{t_ref:>9.3f}{megabytes / t_ref:>9.1f}")
+    print(f"{'ratio charlie / reference':<34}{ratio:>9.2f}{'':>9}  <= 2.0  {_ok(ratio <= 2.0)}")
+    print(f"{'charlie parse (whole process)':<34}{t_process:>9.3f}{megabytes / t_process:>9.1f}"
+          f"  < 0.6 s  {_ok(t_process < 0.6)}")  # fmt: skip
+    print(
+        f"{'charlie --help (whole process)':<34}{t_help:>9.3f}{'':>9}  < 0.3 s  {_ok(t_help < 0.3)}"
+    )
+
+
+def _ok(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+if __name__ == "__main__":
+    main()

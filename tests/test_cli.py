@@ -1,0 +1,87 @@
+import subprocess
+import sys
+
+import pytest
+
+from charlie.cli import STAGES, main
+
+HEAVY = {"torch", "transformers", "datasets", "pandas", "numpy", "lxml", "pydantic", "yaml", "dvc"}
+
+
+def test_top_level_help_lists_every_stage(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for stage in STAGES:
+        assert f"    {stage} " in out
+    assert "CHARLIE_<SECTION>__<KEY>" in out
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_every_stage_explains_itself(stage, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([stage, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--params" in out
+    assert out.count("--") >= 4  # every flag is listed with its help
+
+
+def test_help_imports_nothing_heavy():
+    code = (
+        "import sys; from charlie.cli import build_parser; build_parser().format_help(); "
+        f"print(sorted(set({sorted(HEAVY)!r}) & {{m.split('.')[0] for m in sys.modules}}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_no_stage_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([])
+    assert exit_.value.code == 2
+    assert "required: <stage>" in capsys.readouterr().err
+
+
+def test_a_config_error_is_one_sentence_and_exit_2(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text("parse:\n  strict: maybe\n")
+    assert main(["parse", "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("charlie parse: error: ")
+    assert "'parse.strict' = 'maybe' is not allowed" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_dotenv_is_loaded_but_never_beats_the_real_environment(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        "CHARLIE_PARSE__INPUT_DIR=from-dotenv\nCHARLIE_SAMPLE__TICKERS=nope\n"
+    )
+    monkeypatch.setenv("CHARLIE_SAMPLE__TICKERS", "2")
+    assert main(["parse"]) == 2
+    assert "input directory from-dotenv does not exist" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "sample",
+                "--out-dir",
+                str(tmp_path / "s"),
+                "--start",
+                "2024-01-02",
+                "--end",
+                "2024-01-31",
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in (tmp_path / "s" / "xml").iterdir()) == ["ACME.xml", "BOLT.xml"]
+
+
+def test_each_run_writes_a_log_file(tmp_path, capsys):
+    assert main(["parse", "--input-dir", str(tmp_path / "missing")]) == 2
+    logs = list((tmp_path / "logs").glob("parse-*.log"))
+    assert len(logs) == 1

@@ -1,0 +1,101 @@
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from charlie.config import Params, load_params
+from charlie.errors import ConfigError
+
+from .conftest import REPO
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_committed_params_file_loads_and_matches_the_defaults():
+    # params.yaml spells the defaults out so users see them; the two must not drift apart.
+    assert load_params(REPO / "params.yaml", env={}) == Params()
+
+
+def test_a_missing_file_means_defaults(tmp_path):
+    assert load_params(tmp_path / "nope.yaml", env={}) == Params()
+
+
+def test_unknown_key_names_the_key_and_the_allowed_ones(tmp_path):
+    path = write(tmp_path, "parse:\n  inptu_dir: x\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(path, env={})
+    assert str(err.value) == (
+        f"{path}: unknown key 'parse.inptu_dir'; allowed keys here are: "
+        "input_dir, out, rejects, report, strict."
+    )
+
+
+def test_unknown_section_names_the_sections(tmp_path):
+    path = write(tmp_path, "prase: {}\n")
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'prase'; allowed keys here are: sample, parse"
+    ):
+        load_params(path, env={})
+
+
+def test_a_wrong_value_names_the_allowed_values(tmp_path):
+    path = write(tmp_path, "sample:\n  detail: verbose\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(path, env={})
+    message = str(err.value)
+    assert "'sample.detail' = 'verbose' is not allowed" in message
+    assert "'compact'" in message and "'full'" in message
+    assert message.count("\n") == 0
+
+
+def test_cross_field_rules_are_one_sentence(tmp_path):
+    path = write(tmp_path, 'sample:\n  start: "2025-01-01"\n  end: "2024-01-01"\n')
+    with pytest.raises(ConfigError, match=r"end \(2024-01-01\) must be after start"):
+        load_params(path, env={})
+
+
+def test_invalid_yaml_gives_the_line(tmp_path):
+    path = write(tmp_path, "parse:\n  strict: [\n")
+    with pytest.raises(ConfigError, match=r"is not valid YAML at line 3"):
+        load_params(path, env={})
+
+
+def test_environment_overrides_file_and_flags_override_environment(tmp_path):
+    path = write(tmp_path, "parse:\n  strict: false\n  input_dir: from-file\n")
+    env = {"CHARLIE_PARSE__STRICT": "true", "CHARLIE_PARSE__INPUT_DIR": "from-env"}
+    params = load_params(path, env=env)
+    assert params.parse.strict is True
+    assert params.parse.input_dir == Path("from-env")
+    params = load_params(
+        path, env=env, overrides={"parse.input_dir": "from-flag", "parse.out": None}
+    )
+    assert params.parse.input_dir == Path("from-flag")
+    assert params.parse.out == Path("data/jsonl/records.jsonl")  # unset flag falls through
+
+
+def test_errors_name_the_environment_variable_they_came_from(tmp_path):
+    with pytest.raises(
+        ConfigError,
+        match=r"^environment variable CHARLIE_SAMPLE__TICKERS: 'sample.tickers' = 'many'",
+    ):
+        load_params(tmp_path / "none.yaml", env={"CHARLIE_SAMPLE__TICKERS": "many"})
+    with pytest.raises(ConfigError, match=r"environment variable CHARLIE_PARSE__NOPE: unknown key"):
+        load_params(tmp_path / "none.yaml", env={"CHARLIE_PARSE__NOPE": "1"})
+
+
+def test_errors_name_the_flag_they_came_from(tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"^--start: 'sample.start' = '2024-13-01' is not allowed"
+    ):
+        load_params(tmp_path / "none.yaml", env={}, overrides={"sample.start": "2024-13-01"})
+
+
+def test_values_are_typed(tmp_path):
+    path = write(tmp_path, 'sample:\n  start: "2024-01-02"\n  tickers: "3"\n')
+    sample = load_params(path, env={}).sample
+    assert sample.start == dt.date(2024, 1, 2)
+    assert sample.tickers == 3
