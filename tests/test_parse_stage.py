@@ -115,7 +115,7 @@ def test_exit_2_with_one_sentence_and_nothing_written(tmp_path, capsys, files, m
     assert not (tmp_path / "out").exists()
 
 
-def test_a_failed_write_leaves_previous_outputs_intact(tmp_path, monkeypatch):
+def test_a_failed_write_leaves_previous_outputs_intact(tmp_path, monkeypatch, capsys):
     directory = xml_dir(tmp_path, {"A.xml": GOOD.format(ticker="A", action="buy")})
     assert main(["parse", "--input-dir", str(directory), *outputs(tmp_path)]) == 0
     out = tmp_path / "out"
@@ -129,12 +129,22 @@ def test_a_failed_write_leaves_previous_outputs_intact(tmp_path, monkeypatch):
         calls.append(path)
         real_write(path, rows, module)
         if len(calls) == 2:
-            raise OSError("No space left on device")
+            raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(parse_stage, "_write_jsonl", crash_on_second_file)
-    with pytest.raises(OSError):
-        main(["parse", "--input-dir", str(directory), *outputs(tmp_path)])
+    assert main(["parse", "--input-dir", str(directory), *outputs(tmp_path)]) == 2
+    assert capsys.readouterr().err.endswith("charlie parse: error: No space left on device.\n")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp files either
+
+
+def test_an_unwritable_output_is_one_sentence(tmp_path, capsys):
+    directory = xml_dir(tmp_path, {"A.xml": GOOD.format(ticker="A", action="buy")})
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code = main(["parse", "--input-dir", str(directory), "--out", str(blocker / "r.jsonl")])
+    assert code == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("charlie parse: error: ") and str(blocker) in err
 
 
 def test_hostile_file_is_reported_and_its_secret_never_leaks(tmp_path, capsys):

@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("charlie").debug("failed", exc_info=True)
         print(f"charlie {args.stage}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a path the user named cannot be read or written
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"charlie {args.stage}: error: {exc.strerror or exc}{where}.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(
             f"charlie {args.stage}: interrupted; outputs were left as they were.", file=sys.stderr
