@@ -1,9 +1,10 @@
 import datetime as dt
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
-from charlie.config import Params, load_params
+from charlie.config import Params, Section, load_config, load_params
 from charlie.errors import ConfigError
 
 from .conftest import REPO
@@ -99,3 +100,33 @@ def test_values_are_typed(tmp_path):
     sample = load_params(path, env={}).sample
     assert sample.start == dt.date(2024, 1, 2)
     assert sample.tickers == 3
+
+
+class Toy(Section):
+    """A stand-in for a stage's config file model (configs/*.yaml)."""
+
+    class Optimizer(Section):
+        name: Literal["adamw", "sgd"] = "adamw"
+        lr: float = 1e-4
+
+    steps: int = 10
+    optimizer: Optimizer = Optimizer()
+
+
+def test_config_files_load_into_their_model_with_the_same_errors(tmp_path):
+    path = tmp_path / "toy.yaml"
+    path.write_text("steps: 3\noptimizer:\n  lr: 0.5\n")
+    assert load_config(path, Toy) == Toy(steps=3, optimizer=Toy.Optimizer(lr=0.5))
+    path.write_text("optimizer:\n  nmae: sgd\n")
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'optimizer.nmae'; allowed keys here are: name, lr\.$"
+    ):
+        load_config(path, Toy)
+    path.write_text("optimizer:\n  name: adam\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"'optimizer.name' = 'adam' is not allowed: Input should be 'adamw' or 'sgd'",
+    ):
+        load_config(path, Toy)
+    with pytest.raises(ConfigError, match=r"config file .*missing.yaml does not exist\."):
+        load_config(tmp_path / "missing.yaml", Toy)

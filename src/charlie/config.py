@@ -12,7 +12,7 @@ import datetime as dt
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -28,6 +28,9 @@ class Section(BaseModel):
     """A config section: unknown keys are errors, values are validated on load."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+M = TypeVar("M", bound=Section)
 
 
 class SampleParams(Section):
@@ -101,19 +104,8 @@ def load_params(
             allowed.
     """
     path = Path(path)
-    data: dict[str, Any] = {}
+    data = _read_yaml(path) if path.is_file() else {}
     sources: dict[tuple[str, ...], str] = {}
-    if path.is_file():
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path} is not valid YAML{where}.") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must be a mapping of sections, not {type(loaded).__name__}.")
-        data = loaded or {}
-    default_source = str(path)
 
     env = os.environ if env is None else env
     for name, value in sorted(env.items()):
@@ -129,10 +121,44 @@ def load_params(
         _set(data, keys, value)
         sources[keys] = f"--{keys[-1].replace('_', '-')}"
 
+    return _validate(Params, data, sources, str(path))
+
+
+def load_config(path: Path | str, model: type[M]) -> M:
+    """Load a stage's config file (``configs/*.yaml``) into its typed model.
+
+    Args:
+        path: The YAML file; it must exist.
+        model: The :class:`Section` subclass that describes the file.
+
+    Raises:
+        ConfigError: The file is missing, is not YAML, or a key or value is not allowed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist.")
+    return _validate(model, _read_yaml(path), {}, str(path))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        return Params.model_validate(data)
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}.") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must be a mapping of keys, not {type(loaded).__name__}.")
+    return loaded or {}
+
+
+def _validate(
+    model: type[M], data: dict[str, Any], sources: Mapping[tuple[str, ...], str], source: str
+) -> M:
+    try:
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_one_sentence(exc, sources, default_source)) from None
+        raise ConfigError(_one_sentence(model, exc, sources, source)) from None
 
 
 def _set(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
@@ -146,8 +172,7 @@ def _set(data: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:
     node[keys[-1]] = value
 
 
-def _allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
-    model: type[BaseModel] = Params
+def _allowed_keys(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str]:
     for key in loc[:-1]:
         field = model.model_fields.get(str(key))
         annotation = field.annotation if field else None
@@ -158,7 +183,10 @@ def _allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
 
 
 def _one_sentence(
-    exc: ValidationError, sources: Mapping[tuple[str, ...], str], default_source: str
+    model: type[BaseModel],
+    exc: ValidationError,
+    sources: Mapping[tuple[str, ...], str],
+    default_source: str,
 ) -> str:
     error = exc.errors()[0]
     loc = tuple(str(part) for part in error["loc"])
@@ -167,7 +195,7 @@ def _one_sentence(
     more = len(exc.errors()) - 1
     tail = f" ({more} more problem{'s' if more > 1 else ''} after this one)" if more else ""
     if error["type"] == "extra_forbidden":
-        allowed = ", ".join(_allowed_keys(error["loc"]))
+        allowed = ", ".join(_allowed_keys(model, error["loc"]))
         return f"{source}: unknown key '{key}'; allowed keys here are: {allowed}{tail}."
     message = error["msg"]
     if message.startswith("Value error, "):
