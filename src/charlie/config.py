@@ -42,7 +42,7 @@ class SampleParams(Section):
     start: dt.date = Field(dt.date(2023, 10, 24), description="First thesis date.")
     end: dt.date = Field(dt.date(2025, 4, 24), description="Last thesis date.")
     detail: Literal["compact", "full"] = Field(
-        "compact", description="Reasoning length: compact ≈ 0.6 kB, full ≈ 2.4 kB per thesis."
+        "compact", description="Reasoning per thesis: compact ≈ 0.5 kB, full ≈ 2.2 kB."
     )
     ipo_ticker: bool = Field(
         True, description="List the last ticker mid-period, so early theses lack history."

@@ -28,10 +28,10 @@ log = logging.getLogger("charlie.parse")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags override params.yaml's `parse` section."""
-    parser.add_argument("--input-dir", help="directory of *.xml thesis files")
-    parser.add_argument("--out", help="records JSONL to write")
-    parser.add_argument("--rejects", help="rejects JSONL to write")
-    parser.add_argument("--report", help="parse report JSON to write (a DVC metric)")
+    parser.add_argument("--input-dir", help="directory of *.xml theses (default: parse.input_dir)")
+    parser.add_argument("--out", help="records JSONL to write (default: parse.out)")
+    parser.add_argument("--rejects", help="rejects JSONL to write (default: parse.rejects)")
+    parser.add_argument("--report", help="report JSON, a DVC metric (default: parse.report)")
     parser.add_argument(
         "--strict",
         action="store_const",
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             "parse.strict": args.strict,
         },
     ).parse
-    setup_logging("parse")
+    log_file = setup_logging("parse")
     log.debug("parse: %s", params.model_dump_json())
 
     input_dir = params.input_dir
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         _write_jsonl(out, result.records, orjson)
         _write_jsonl(rej, result.rejects, orjson)
         rep.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    log.info("wrote %s, %s and %s", params.out, params.rejects, params.report)
+    log.info("wrote %s, %s and %s (log: %s)", params.out, params.rejects, params.report, log_file)
 
     if params.strict and result.rejects:
         log.error("--strict: %d rejects, exiting 1 (see %s)", len(result.rejects), params.rejects)

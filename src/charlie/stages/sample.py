@@ -6,7 +6,8 @@ generated and what a correct parse must report). The action rule, the edge built
 returns and the defects are documented in charlie.sample and in the README.
 
 The bundled sample in data/samples/ is exactly `charlie sample` with params.yaml's defaults;
-the benchmark corpus is `charlie sample --tickers 20 --detail full --out-dir DIR`.
+the benchmark corpus (the real volume, ~19 MB) is
+`charlie sample --tickers 20 --detail full --no-ipo-ticker --out-dir DIR`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", help="first thesis date, YYYY-MM-DD")
     parser.add_argument("--end", help="last thesis date, YYYY-MM-DD")
     parser.add_argument(
-        "--detail", help="reasoning length: compact (~0.6 kB) or full (~2.4 kB, real volume)"
+        "--detail",
+        help="reasoning per thesis: compact (~0.5 kB) or full (~2.2 kB; ~2.5 kB theses, real volume)",
     )
     parser.add_argument("--dirty-rate", type=float, help="share of theses with a defect")
     parser.add_argument(
