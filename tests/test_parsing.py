@@ -771,7 +771,13 @@ def test_mixed_corpus_accounting(tmp_path: Path) -> None:
         "CCC-2024-01-02",
     ]
     assert report["records_by_ticker"] == {"AAA": 3, "CCC": 1}
-    assert report["records_by_action"] == {"BUY": 3, "STRONG_SELL": 1}
+    assert report["records_by_action"] == {
+        "STRONG_BUY": 0,
+        "BUY": 3,
+        "HOLD": 0,
+        "SELL": 0,
+        "STRONG_SELL": 1,
+    }
     assert report["date_range"] == {"first": "2024-01-02", "last": "2024-01-11"}
     assert [(f["file"], f["status"]) for f in report["files"]] == [
         ("a.xml", "ok"),

@@ -25,6 +25,8 @@ from typing import Any
 
 from lxml import etree
 
+from charlie import ACTIONS
+
 REASONS: dict[str, str] = {
     # one thesis
     "missing_date": "the thesis has no <as-of-date>, or it is empty",
@@ -198,14 +200,13 @@ class ParseResult:
             for f in self.files.values()
         )
         dates = [r["as_of_date"] for r in self.records]
+        actions = Counter(r["action"] for r in self.records)
         return {
             "input_dir": input_dir,
             "balanced": balanced,
             "totals": totals,
             "records_by_ticker": dict(sorted(Counter(r["ticker"] for r in self.records).items())),
-            "records_by_action": {
-                a: n for a, n in sorted(Counter(r["action"] for r in self.records).items())
-            },
+            "records_by_action": {a: actions.get(a, 0) for a in ACTIONS},
             "reject_reasons": dict(
                 sorted(Counter(r["reason"] for r in self.rejects if r["scope"] == "thesis").items())
             ),
