@@ -37,7 +37,7 @@ import json
 import math
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
 
@@ -170,6 +170,11 @@ def generate(spec: SampleSpec) -> list[TickerSample]:
     Each ticker has its own random stream seeded from ``(seed, ticker)``, so adding tickers
     leaves the others unchanged.
     """
+    return list(iter_generate(spec))
+
+
+def iter_generate(spec: SampleSpec) -> Iterator[TickerSample]:
+    """:func:`generate`, one ticker at a time (for progress reporting)."""
     if spec.tickers > len(spec.names):
         raise ValueError(f"at most {len(spec.names)} tickers are available")
     thesis_days = trading_days(spec.start, spec.end)
@@ -177,15 +182,13 @@ def generate(spec: SampleSpec) -> list[TickerSample]:
         raise ValueError(f"no trading day between {spec.start} and {spec.end}")
     first_price = shift_trading_days(thesis_days[0], -WARMUP_SESSIONS)
     last_price = shift_trading_days(thesis_days[-1], TAIL_SESSIONS)
-    samples = []
     for index, ticker in enumerate(spec.names[: spec.tickers]):
         rng = random.Random(f"{spec.seed}:{ticker}")
         listed = first_price
         if spec.ipo_ticker and spec.tickers > 1 and index == spec.tickers - 1:
             listed = thesis_days[int(len(thesis_days) * 0.4)]
         days = trading_days(listed, last_price)
-        samples.append(_generate_ticker(ticker, days, set(thesis_days), spec, rng, listed))
-    return samples
+        yield _generate_ticker(ticker, days, set(thesis_days), spec, rng, listed)
 
 
 def _generate_ticker(

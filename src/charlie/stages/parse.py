@@ -61,13 +61,13 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     import orjson
-    from tqdm import tqdm
 
     from charlie.config import load_params
     from charlie.errors import CharlieError
     from charlie.io import atomic_outputs
     from charlie.logs import setup_logging
     from charlie.parsing import REASONS, parse_files
+    from charlie.progress import progress_bar
 
     params = load_params(
         args.params,
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise CharlieError(f"input directory {input_dir} holds no *.xml file.")
 
     total = sum(p.stat().st_size for p in paths)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="parse", disable=None) as bar:
+    with progress_bar(total=total, unit="B", unit_scale=True, desc="parse") as bar:
         result = parse_files(paths, opener=lambda p: _Progress(p, bar))
     report = result.report(str(input_dir))
     _summary(report, REASONS)

@@ -40,12 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate and write the sample; returns the exit code."""
-    from tqdm import tqdm
-
     from charlie.config import load_params
     from charlie.io import atomic_outputs
     from charlie.logs import setup_logging
-    from charlie.sample import SampleSpec, generate, manifest_json, render_prices_csv, render_xml
+    from charlie.progress import progress_bar
+    from charlie.sample import (
+        SampleSpec,
+        iter_generate,
+        manifest_json,
+        render_prices_csv,
+        render_xml,
+    )
 
     overrides = {
         "sample.out_dir": args.out_dir,
@@ -62,13 +67,14 @@ def run(args: argparse.Namespace) -> int:
     log.info("sample: %s", params.model_dump_json())
 
     spec = SampleSpec(**params.model_dump(exclude={"out_dir"}))
-    samples = generate(spec)
     out = params.out_dir
-    paths = []
-    texts = []
-    for sample in tqdm(samples, desc="rendering", unit="ticker", leave=False, disable=None):
-        paths += [out / "xml" / f"{sample.ticker}.xml", out / "prices" / f"{sample.ticker}.csv"]
-        texts += [render_xml(sample, spec.seed), render_prices_csv(sample)]
+    samples, paths, texts = [], [], []
+    with progress_bar(total=spec.tickers, desc="sample", unit="ticker") as bar:
+        for sample in iter_generate(spec):
+            samples.append(sample)
+            paths += [out / "xml" / f"{sample.ticker}.xml", out / "prices" / f"{sample.ticker}.csv"]
+            texts += [render_xml(sample, spec.seed), render_prices_csv(sample)]
+            bar.update()
     paths.append(out / "manifest.json")
     texts.append(manifest_json(samples, spec))
     with atomic_outputs(*paths) as temps:
