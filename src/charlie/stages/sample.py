@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     }
     params = load_params(args.params, overrides=overrides).sample
     setup_logging("sample")
-    log.info("sample: %s", params.model_dump_json())
+    log.debug("sample: %s", params.model_dump_json())
 
     spec = SampleSpec(**params.model_dump(exclude={"out_dir"}))
     out = params.out_dir
