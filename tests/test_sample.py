@@ -33,7 +33,7 @@ def records() -> list[dict]:
 
 def independent_score(bars: list[dict], i: int) -> int:
     """The README's rule, recomputed from the price file without the generator's code."""
-    closes = [b["close"] for b in bars[: i + 1]]
+    closes = [b["adj_close"] for b in bars[: i + 1]]  # indicators use adjusted closes
     volumes = [b["volume"] for b in bars[: i + 1]]
     close, score = closes[-1], 0
     if len(closes) >= 20:

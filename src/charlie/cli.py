@@ -19,6 +19,8 @@ from charlie.errors import CharlieError
 STAGES: dict[str, str] = {
     "sample": "charlie.stages.sample",
     "parse": "charlie.stages.parse",
+    "prices": "charlie.stages.prices",
+    "dataset": "charlie.stages.dataset",
 }
 
 DESCRIPTION = """\

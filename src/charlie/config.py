@@ -3,7 +3,9 @@
 Precedence, highest first: command-line flags, environment variables (a ``.env`` file in the
 working directory is loaded into the environment by the CLI, never overriding what is already
 set), ``params.yaml``, then the defaults below. Environment overrides are named
-``CHARLIE_<SECTION>__<KEY>``, for example ``CHARLIE_PARSE__STRICT=true``.
+``CHARLIE_<SECTION>__<KEY>``, for example ``CHARLIE_PARSE__STRICT=true``; the seed's names
+(``TRAIN_START_DATE``, ``TRAIN_END_DATE``, ``TEST_START_DATE``, ``TEST_END_DATE``) work too, and
+the ``CHARLIE_`` form wins when both are set.
 """
 
 from __future__ import annotations
@@ -74,11 +76,99 @@ class ParseParams(Section):
     strict: bool = Field(False, description="Exit 1 when anything was rejected.")
 
 
+class EodhdParams(Section):
+    """The eodhd.com client. The key comes from ``EODHD_API_KEY``, never from a file."""
+
+    base_url: str = Field("https://eodhd.com", description="API root (a stand-in in tests).")
+    exchange: str = Field("US", description="Exchange suffix: ACME -> ACME.US.")
+    timeout_s: float = Field(10.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(4, ge=0, le=10, description="Retries on 429, 5xx and timeouts.")
+    backoff_s: float = Field(0.5, ge=0, description="First backoff; doubles, with jitter.")
+
+
+class YFinanceParams(Section):
+    """The yfinance fallback."""
+
+    timeout_s: float = Field(10.0, gt=0, description="Per-request timeout.")
+
+
+class PricesParams(Section):
+    """Where daily prices come from: providers tried in order, network ones cached."""
+
+    providers: list[Literal["file", "eodhd", "yfinance"]] = Field(
+        ["file"], min_length=1, description="The seed's order is [eodhd, yfinance]."
+    )
+    file_dir: Path = Field(Path("data/samples/prices"), description="The file provider's dir.")
+    cache_dir: Path = Field(Path("data/price_cache"), description="Parquet cache per ticker.")
+    history_days: int = Field(
+        400, ge=0, description="Calendar days of bars before a ticker's first record."
+    )
+    forward_days: int = Field(
+        60, ge=0, description="Calendar days of bars after its last record (forward returns)."
+    )
+    eodhd: EodhdParams = EodhdParams()
+    yfinance: YFinanceParams = YFinanceParams()
+
+
+class DatasetParams(Section):
+    """``charlie dataset``: chronological splits of snapshot prompts and thesis completions."""
+
+    records: Path = Field(Path("data/jsonl/records.jsonl"), description="Parsed records.")
+    out: Path = Field(Path("data/hf_datasets/sft_dataset"), description="DatasetDict dir.")
+    card: Path = Field(Path("data/hf_datasets/dataset_card.json"), description="Card (+ .md).")
+    train_start: dt.date = Field(
+        dt.date(2023, 10, 24), json_schema_extra={"env": "TRAIN_START_DATE"}
+    )
+    train_end: dt.date = Field(dt.date(2024, 12, 31), json_schema_extra={"env": "TRAIN_END_DATE"})
+    validation_days: int = Field(
+        30, ge=1, description="The last N calendar days of the training period validate."
+    )
+    test_start: dt.date = Field(dt.date(2025, 1, 1), json_schema_extra={"env": "TEST_START_DATE"})
+    test_end: dt.date | None = Field(
+        dt.date(2025, 4, 24), json_schema_extra={"env": "TEST_END_DATE"}
+    )
+    embargo_days: int = Field(
+        0, ge=0, description="Drop records this many trading days before each later split."
+    )
+    outside_splits: Literal["error", "drop"] = Field(
+        "error", description="Records dated outside every split: stop, or drop and count."
+    )
+    forward_windows: list[int] = Field(
+        [1, 5, 10, 30], min_length=1, description="Forward-return horizons (trading days)."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DatasetParams:
+        if self.train_end >= self.test_start:
+            raise ValueError(
+                f"train_end ({self.train_end}) must be before test_start ({self.test_start})"
+            )
+        if self.train_start > self.train_end:
+            raise ValueError(f"train_start ({self.train_start}) is after train_end")
+        if self.test_end is not None and self.test_end < self.test_start:
+            raise ValueError(f"test_end ({self.test_end}) is before test_start")
+        return self
+
+
 class Params(Section):
     """The whole ``params.yaml``: one section per stage."""
 
     sample: SampleParams = SampleParams()
     parse: ParseParams = ParseParams()
+    prices: PricesParams = PricesParams()
+    dataset: DatasetParams = DatasetParams()
+
+
+def _seed_aliases() -> dict[str, tuple[str, ...]]:
+    """The seed's .env names (TRAIN_END_DATE, ...) for the fields that declare one."""
+    aliases = {}
+    for section, field in Params.model_fields.items():
+        model = field.annotation
+        for key, info in model.model_fields.items():  # type: ignore[union-attr]
+            extra = info.json_schema_extra
+            if isinstance(extra, dict) and "env" in extra:
+                aliases[str(extra["env"])] = (section, key)
+    return aliases
 
 
 def load_params(
@@ -108,6 +198,10 @@ def load_params(
     sources: dict[tuple[str, ...], str] = {}
 
     env = os.environ if env is None else env
+    for name, keys in _seed_aliases().items():
+        if env.get(name):
+            _set(data, keys, env[name])
+            sources[keys] = f"environment variable {name}"
     for name, value in sorted(env.items()):
         if not name.startswith(ENV_PREFIX) or ENV_NESTING not in name:
             continue

@@ -1,8 +1,11 @@
 """Point-in-time technical indicators, updated one bar at a time.
 
-Conventions (shared with the thesis texts of the sample and documented in the README):
-returns are simple returns of the close; SMA20 is the mean of the last 20 closes including
-today's; RSI14 is Wilder's (seeded with the simple mean of the first 14 changes, then smoothed
+Conventions (shared by the sample's theses and the dataset's market snapshots, which must
+agree): indicators are computed on adjusted closes, so a dividend or split is not mistaken for
+a move, and levels (SMA20, highs, lows) are quoted in today's raw price terms (the adjusted
+level times close / adj_close). Backward adjustment scales all earlier bars by the same factor,
+so every ratio here is point-in-time: a later corporate action does not change it. Returns are
+simple returns; SMA20 is the mean of the last 20 closes including today's; RSI14 is Wilder's (seeded with the simple mean of the first 14 changes, then smoothed
 with alpha 1/14; 100 when there were no losses); the volume ratio divides today's volume by the
 mean of the last 20 volumes including today's; volatility20 is the sample std (ddof=1) of the
 last 20 daily returns, annualised with sqrt(252). An indicator without enough history is None.
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 SMA_WINDOW = 20
 RSI_WINDOW = 14
@@ -36,6 +39,20 @@ class Snapshot:
     volatility20: float | None
     high20: float | None
     low20: float | None
+
+    def rescaled(self, factor: float) -> Snapshot:
+        """The same snapshot with its price levels multiplied by ``factor``."""
+
+        def scale(x: float | None) -> float | None:
+            return None if x is None else x * factor
+
+        return replace(
+            self,
+            close=self.close * factor,
+            sma20=scale(self.sma20),
+            high20=scale(self.high20),
+            low20=scale(self.low20),
+        )
 
 
 class RollingIndicators:
@@ -111,3 +128,36 @@ class RollingIndicators:
         if self._avg_loss == 0:
             return 100.0
         return 100.0 - 100.0 / (1.0 + self._avg_gain / self._avg_loss)
+
+
+# ----------------------------------------------------------------------------- readings
+# The conventional words printed beside each number, shared by theses and snapshots.
+
+
+def rsi_reading(rsi: float) -> str:
+    """overbought >= 70, firm >= 55, neutral, soft <= 45, oversold <= 30."""
+    if rsi >= 70:
+        return "overbought"
+    if rsi <= 30:
+        return "oversold"
+    if rsi >= 55:
+        return "firm"
+    if rsi <= 45:
+        return "soft"
+    return "neutral"
+
+
+def volume_reading(ratio: float) -> str:
+    """heavy >= 1.5x the 20-day average, quiet < 0.8x, else normal."""
+    return "heavy" if ratio >= 1.5 else "quiet" if ratio < 0.8 else "normal"
+
+
+def volatility_reading(annualised: float) -> str:
+    """low < 15%, moderate < 30%, high < 50%, else very high (annualised)."""
+    if annualised < 0.15:
+        return "low"
+    if annualised < 0.30:
+        return "moderate"
+    if annualised < 0.50:
+        return "high"
+    return "very high"

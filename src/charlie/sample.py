@@ -38,12 +38,12 @@ import math
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from xml.sax.saxutils import escape, quoteattr
 
 from charlie import ACTIONS
 from charlie.calendar import shift_trading_days, trading_days
-from charlie.indicators import RollingIndicators, Snapshot
+from charlie.indicators import RollingIndicators, Snapshot, rsi_reading
 
 TICKER_NAMES = (
     "ACME", "BOLT", "CRUX", "DYNA", "EONX", "FLUX", "GRIT", "HALO", "IRIS", "JOLT",
@@ -210,6 +210,7 @@ def _generate_ticker(
     raw: list[tuple[dt.date, float, float, float, float, int, float]] = []
     theses: list[Thesis] = []
     position = 0
+    adj_index = price
     prev_close = price
     seen_months: set[tuple[int, int]] = set()
     for i, day in enumerate(days):
@@ -239,7 +240,15 @@ def _generate_ticker(
         open_, high, low, close = (round(x, 4) for x in (open_, high, low, close))
         raw.append((day, open_, high, low, close, volume, dividend))
 
-        snap = indicators.update(close, high, low, volume)
+        # Indicators run on the adjusted basis (see charlie.indicators): an index that moves
+        # like the final adj_close will, quoted back in today's raw terms.
+        if i:
+            adj_index *= close / (raw[-2][4] - dividend)
+        else:
+            adj_index = close
+        basis = adj_index / close
+        snap = indicators.update(adj_index, high * basis, low * basis, volume)
+        snap = replace(snap.rescaled(1 / basis), close=close)  # the exact raw close
         components = rule_components(snap)
         score = sum(components.values())
         rule_action = score_to_action(score)
@@ -292,18 +301,6 @@ def _pct(x: float) -> str:
     return f"{x * 100:+.1f}%"
 
 
-def _rsi_reading(rsi: float) -> str:
-    if rsi >= 70:
-        return "overbought"
-    if rsi <= 30:
-        return "oversold"
-    if rsi >= 55:
-        return "firm"
-    if rsi <= 45:
-        return "soft"
-    return "neutral"
-
-
 def _action_phrase(action: str, rng: random.Random) -> str:
     return rng.choice(
         {
@@ -352,7 +349,7 @@ def _reasoning(
     if snap.rsi14 is None:
         parts.append("RSI14 needs fifteen sessions and is not available yet.")
     else:
-        parts.append(f"RSI14 stands at {snap.rsi14:.1f} ({_rsi_reading(snap.rsi14)}).")
+        parts.append(f"RSI14 stands at {snap.rsi14:.1f} ({rsi_reading(snap.rsi14)}).")
     if snap.ret1 is not None:
         moves = f"The stock moved {_pct(snap.ret1)} on the day"
         if snap.ret5 is not None:
@@ -489,7 +486,7 @@ def _support(snap: Snapshot, components: dict[str, int], detail: str) -> str:
     if snap.sma20 is not None:
         lines[0] += f" vs SMA20 {snap.sma20:.2f} ({_pct(snap.close / snap.sma20 - 1)})"
     if snap.rsi14 is not None:
-        lines.append(f"- RSI14 {snap.rsi14:.1f} ({_rsi_reading(snap.rsi14)})")
+        lines.append(f"- RSI14 {snap.rsi14:.1f} ({rsi_reading(snap.rsi14)})")
     rets = [
         f"{label} {_pct(value)}"
         for label, value in (("1d", snap.ret1), ("5d", snap.ret5), ("20d", snap.ret20))

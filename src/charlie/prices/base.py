@@ -48,7 +48,9 @@ class PriceProvider(Protocol):
         ...
 
 
-def normalize_frame(frame: pd.DataFrame, start: dt.date, end: dt.date) -> pd.DataFrame:
+def normalize_frame(
+    frame: pd.DataFrame, start: dt.date | None = None, end: dt.date | None = None
+) -> pd.DataFrame:
     """Coerce a provider's frame to the contract: columns, dtypes, order, date window.
 
     Rows without a close are dropped (a bar with no close is no bar); duplicate dates keep the
@@ -65,7 +67,11 @@ def normalize_frame(frame: pd.DataFrame, start: dt.date, end: dt.date) -> pd.Dat
     for column in PRICE_COLUMNS[1:]:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     frame["adj_close"] = frame["adj_close"].fillna(frame["close"])
-    window = (frame["date"] >= pd.Timestamp(start)) & (frame["date"] <= pd.Timestamp(end))
-    frame = frame.loc[window & frame["close"].notna()]
+    keep = frame["close"].notna()
+    if start is not None:
+        keep &= frame["date"] >= pd.Timestamp(start)
+    if end is not None:
+        keep &= frame["date"] <= pd.Timestamp(end)
+    frame = frame.loc[keep]
     frame = frame.drop_duplicates("date", keep="last").sort_values("date")
     return frame.reset_index(drop=True)

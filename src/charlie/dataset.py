@@ -1,0 +1,322 @@
+"""Records + prices to SFT rows in strict chronological splits, with a leakage audit and a card.
+
+Pure core of ``charlie dataset``. The split rules are the seed's:
+
+* train: ``train_start`` <= date < validation start
+* validation: the last ``validation_days`` calendar days of the training period,
+  i.e. ``train_end - validation_days`` < date <= ``train_end``
+* test: ``test_start`` <= date (<= ``test_end`` when set)
+
+With ``embargo_days`` = k > 0, records dated within the k trading days before the start of a
+later split are dropped (train before validation, validation before test) and counted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import itertools
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from charlie import ACTIONS
+from charlie.calendar import shift_trading_days
+from charlie.errors import CharlieError
+
+SPLITS = ("train", "validation", "test")
+PROMPT_HEADER = (
+    "You are an equity analyst. From the market snapshot below, write a trading thesis: "
+    "your reasoning, the supporting points, and one action (STRONG_BUY, BUY, HOLD, SELL or "
+    "STRONG_SELL)."
+)
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """The split settings (mirrors ``DatasetParams``)."""
+
+    train_start: dt.date
+    train_end: dt.date
+    validation_days: int
+    test_start: dt.date
+    test_end: dt.date | None = None
+    embargo_days: int = 0
+
+    @property
+    def validation_start(self) -> dt.date:
+        return self.train_end - dt.timedelta(days=self.validation_days - 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "train_start": self.train_start.isoformat(),
+            "train_end": self.train_end.isoformat(),
+            "validation_days": self.validation_days,
+            "validation_start": self.validation_start.isoformat(),
+            "test_start": self.test_start.isoformat(),
+            "test_end": self.test_end.isoformat() if self.test_end else None,
+            "embargo_days": self.embargo_days,
+        }
+
+
+def assign_split(day: dt.date, spec: SplitSpec) -> str:
+    """``train``, ``validation``, ``test``, ``embargo`` or ``outside`` for one date."""
+    if spec.train_start <= day < spec.validation_start:
+        if spec.embargo_days and day >= shift_trading_days(
+            spec.validation_start, -spec.embargo_days
+        ):
+            return "embargo"
+        return "train"
+    if spec.validation_start <= day <= spec.train_end:
+        if spec.embargo_days and day >= shift_trading_days(spec.test_start, -spec.embargo_days):
+            return "embargo"
+        return "validation"
+    if day >= spec.test_start and (spec.test_end is None or day <= spec.test_end):
+        return "test"
+    return "outside"
+
+
+def completion_text(record: dict[str, Any]) -> str:
+    """``<reasoning>…</reasoning><support>…</support><action><BUY></action>``."""
+    return (
+        f"<reasoning>{record['reasoning']}</reasoning>"
+        f"<support>{record['support']}</support>"
+        f"<action><{record['action']}></action>"
+    )
+
+
+def prompt_text(snapshot: str) -> str:
+    """The prompt: a one-line instruction, then the market snapshot."""
+    return f"{PROMPT_HEADER}\n\n{snapshot}"
+
+
+@dataclass
+class Audit:
+    """The leakage audit's findings: problems stop the stage; counts go in the card."""
+
+    problems: list[str] = field(default_factory=list)
+    validation_reaching_test: int = 0
+
+
+def audit(
+    rows: dict[str, list[dict[str, Any]]],
+    bar_dates: dict[str, dt.date | None],
+    spec: SplitSpec,
+    longest_window: int,
+) -> Audit:
+    """Check that no date or uid is in two splits, splits are in order, no snapshot used a later bar.
+
+    Args:
+        rows: Split name to rows (each with ``uid`` and ``as_of_date``).
+        bar_dates: uid to the date of the bar its snapshot used.
+        spec: The split settings.
+        longest_window: The longest forward-return horizon in trading days.
+    """
+    result = Audit()
+    seen_uid: dict[str, str] = {}
+    seen_date: dict[str, str] = {}
+    for split in SPLITS:
+        for row in rows.get(split, []):
+            for key, seen in ((row["uid"], seen_uid), (row["as_of_date"], seen_date)):
+                other = seen.setdefault(key, split)
+                if other != split:
+                    result.problems.append(f"{key} is in both {other} and {split}")
+            used = bar_dates.get(row["uid"])
+            if used is not None and used.isoformat() > row["as_of_date"]:
+                result.problems.append(
+                    f"the snapshot of {row['uid']} used a bar from {used}, after its date"
+                )
+    bounds = [
+        (
+            split,
+            min(r["as_of_date"] for r in rows[split]),
+            max(r["as_of_date"] for r in rows[split]),
+        )
+        for split in SPLITS
+        if rows.get(split)
+    ]
+    for (a, _, a_last), (b, b_first, _) in itertools.pairwise(bounds):
+        if a_last >= b_first:
+            result.problems.append(f"{a} ends on {a_last}, not before {b} starts on {b_first}")
+    reach = shift_trading_days  # local alias: called once per validation record
+    result.validation_reaching_test = sum(
+        reach(dt.date.fromisoformat(r["as_of_date"]), longest_window) >= spec.test_start
+        for r in rows.get("validation", [])
+    )
+    return result
+
+
+def percentiles(values: Sequence[int]) -> dict[str, float]:
+    """min, p50, p90, p99 and max of character lengths."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return float(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))])
+
+    return {"min": float(ordered[0]), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99),
+            "max": float(ordered[-1]), "mean": round(statistics.fmean(ordered), 1)}  # fmt: skip
+
+
+def card(
+    rows: dict[str, list[dict[str, Any]]],
+    spec: SplitSpec,
+    dropped: Counter[str],
+    findings: Audit,
+    input_hash: str,
+    prices: dict[str, str],
+) -> dict[str, Any]:
+    """The dataset card: counts, balance, lengths, settings and the input hash."""
+    splits = {}
+    for split in SPLITS:
+        part = rows.get(split, [])
+        actions = Counter(r["action"] for r in part)
+        splits[split] = {
+            "records": len(part),
+            "first_date": min((r["as_of_date"] for r in part), default=None),
+            "last_date": max((r["as_of_date"] for r in part), default=None),
+            "actions": {a: actions.get(a, 0) for a in ACTIONS},
+            "label_balance": {
+                a: round(actions.get(a, 0) / len(part), 4) if part else 0.0 for a in ACTIONS
+            },
+            "tickers": dict(sorted(Counter(r["ticker"] for r in part).items())),
+            "prompt_chars": percentiles([len(r["prompt"]) for r in part]),
+            "completion_chars": percentiles([len(r["completion"]) for r in part]),
+        }
+    return {
+        "records": {split: splits[split]["records"] for split in SPLITS},
+        "dropped": {
+            "embargo": dropped.get("embargo", 0),
+            "outside_splits": dropped.get("outside", 0),
+        },
+        "validation_reaching_test": findings.validation_reaching_test,
+        "split_settings": spec.as_dict(),
+        "input_sha256": input_hash,
+        "price_sources": prices,
+        "splits": splits,
+    }
+
+
+def card_markdown(info: dict[str, Any], longest_window: int) -> str:
+    """The card as Markdown for people."""
+    s = info["split_settings"]
+    lines = [
+        "# Dataset card",
+        "",
+        f"Chronological splits: train {s['train_start']} .. before {s['validation_start']}, "
+        f"validation {s['validation_start']} .. {s['train_end']} (the last "
+        f"{s['validation_days']} days of training), test {s['test_start']} .. "
+        f"{s['test_end'] or 'end of data'}; embargo {s['embargo_days']} trading days.",
+        "",
+        "| split | records | first | last | "
+        + " | ".join(ACTIONS)
+        + " | prompt p50 | completion p50 |",
+        "|---|---|---|---|" + "---|" * len(ACTIONS) + "---|---|",
+    ]
+    for split in SPLITS:
+        part = info["splits"][split]
+        shares = " | ".join(f"{part['label_balance'][a]:.0%}" for a in ACTIONS)
+        lines.append(
+            f"| {split} | {part['records']} | {part['first_date']} | {part['last_date']} | "
+            f"{shares} | {part['prompt_chars'].get('p50', 0):.0f} | "
+            f"{part['completion_chars'].get('p50', 0):.0f} |"
+        )
+    lines += [
+        "",
+        f"Dropped: {info['dropped']['embargo']} in the embargo, "
+        f"{info['dropped']['outside_splits']} outside every split.",
+        f"Validation records whose {longest_window}-day forward window reaches the test period: "
+        f"{info['validation_reaching_test']} (raise `embargo_days` to remove them).",
+        f"Input hash (records + prices): `{info['input_sha256']}`.",
+        "Prices: " + ", ".join(f"{t} from {p}" for t, p in info["price_sources"].items()) + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def input_hash(record_bytes: bytes, frames: Iterable[tuple[str, Any]]) -> str:
+    """sha256 over the records file and every ticker's price bars used."""
+    digest = hashlib.sha256(record_bytes)
+    for ticker, frame in frames:
+        digest.update(ticker.encode())
+        digest.update(frame.to_csv(index=False).encode())
+    return digest.hexdigest()
+
+
+def check_splits(rows: dict[str, list[dict[str, Any]]], spec: SplitSpec) -> None:
+    """One sentence for an empty split."""
+    for split in SPLITS:
+        if not rows.get(split):
+            window = {
+                "train": f"{spec.train_start} and {spec.validation_start - dt.timedelta(days=1)}",
+                "validation": f"{spec.validation_start} and {spec.train_end}",
+                "test": f"{spec.test_start} and {spec.test_end or 'the end of the data'}",
+            }[split]
+            raise CharlieError(f"the {split} split is empty: no record dated between {window}.")
+
+
+def build_rows(
+    records: list[dict[str, Any]],
+    frames: dict[str, Any],
+    spec: SplitSpec,
+    *,
+    drop_outside: bool,
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dt.date | None], Counter[str]]:
+    """Split records and turn each into a prompt/completion row.
+
+    Args:
+        records: Parsed records (``charlie parse``'s contract).
+        frames: Ticker to its price bars.
+        spec: The split settings.
+        drop_outside: Drop records outside every split (counted) instead of failing.
+
+    Returns:
+        Rows per split, the bar date each snapshot used (by uid), and drop counts.
+
+    Raises:
+        CharlieError: Records outside every split when ``drop_outside`` is false.
+    """
+    from charlie.snapshot import snapshots_for_ticker
+
+    dropped: Counter[str] = Counter()
+    by_ticker: dict[str, list[tuple[dict[str, Any], str]]] = {}
+    outside = []
+    for record in records:
+        split = assign_split(dt.date.fromisoformat(record["as_of_date"]), spec)
+        if split in ("embargo", "outside"):
+            dropped[split] += 1
+            if split == "outside":
+                outside.append(record)
+            continue
+        by_ticker.setdefault(record["ticker"], []).append((record, split))
+    if outside and not drop_outside:
+        first = min(outside, key=lambda r: r["as_of_date"])
+        raise CharlieError(
+            f"{len(outside)} records are dated outside every split (e.g. {first['uid']}); "
+            "adjust the split dates or set dataset.outside_splits: drop."
+        )
+
+    rows: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
+    bar_dates: dict[str, dt.date | None] = {}
+    for ticker, items in by_ticker.items():
+        dates = [dt.date.fromisoformat(r["as_of_date"]) for r, _ in items]
+        for (record, split), snap in zip(
+            items, snapshots_for_ticker(ticker, frames[ticker], dates), strict=True
+        ):
+            bar_dates[record["uid"]] = snap.bar_date
+            rows[split].append(
+                {
+                    "prompt": prompt_text(snap.text),
+                    "completion": completion_text(record),
+                    "uid": record["uid"],
+                    "ticker": ticker,
+                    "as_of_date": record["as_of_date"],
+                    "action": record["action"],
+                }
+            )
+    for split in SPLITS:  # chronological, then by ticker: the order a reader expects
+        rows[split].sort(key=lambda r: (r["as_of_date"], r["ticker"]))
+    return rows, bar_dates, dropped
