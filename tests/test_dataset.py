@@ -1,0 +1,235 @@
+"""The dataset stage: exact chronological splits, embargo, the leakage audit, bad input."""
+
+import datetime as dt
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from datasets import load_from_disk
+
+from charlie import dataset as core
+from charlie.calendar import trading_days
+from charlie.cli import main
+from charlie.config import load_params
+from charlie.errors import CharlieError, ConfigError
+
+from .conftest import REPO, SAMPLES, read_jsonl
+
+SPEC = core.SplitSpec(
+    train_start=dt.date(2023, 10, 24),
+    train_end=dt.date(2024, 12, 31),
+    validation_days=30,
+    test_start=dt.date(2025, 1, 1),
+    test_end=dt.date(2025, 4, 24),
+)
+
+
+def every_day_records(
+    tickers=("ACME", "BOLT"), start=dt.date(2023, 10, 24), end=dt.date(2025, 4, 24)
+):
+    return [
+        {"uid": f"{t}-{d}", "ticker": t, "as_of_date": d.isoformat(), "action": "BUY",
+         "reasoning": "r", "support": "s", "source_file": f"{t}.xml", "source_line": 1}
+        for t in tickers for d in trading_days(start, end)
+    ]  # fmt: skip
+
+
+def frames(tickers=("ACME", "BOLT")):
+    import pandas as pd
+
+    return {t: pd.read_csv(SAMPLES / "prices" / f"{t}.csv", parse_dates=["date"]) for t in tickers}
+
+
+def test_exact_split_counts_on_known_dates():
+    rows, bar_dates, dropped = core.build_rows(
+        every_day_records(), frames(), SPEC, drop_outside=False
+    )
+    n_train = len(trading_days(dt.date(2023, 10, 24), dt.date(2024, 12, 1)))
+    n_val = len(trading_days(dt.date(2024, 12, 2), dt.date(2024, 12, 31)))
+    n_test = len(trading_days(dt.date(2025, 1, 1), dt.date(2025, 4, 24)))
+    assert (n_train, n_val, n_test) == (278, 21, 77)  # 376 sessions in all
+    assert {s: len(r) for s, r in rows.items()} == {"train": 556, "validation": 42, "test": 154}
+    assert not dropped
+    assert rows["validation"][0]["as_of_date"] == "2024-12-02"
+    assert rows["test"][-1]["as_of_date"] == "2025-04-24"
+    assert all(bar_dates[r["uid"]].isoformat() == r["as_of_date"] for s in rows.values() for r in s)
+    assert not core.audit(rows, bar_dates, SPEC, 30).problems
+
+
+def test_embargo_drops_the_trading_days_before_each_later_split():
+    spec = core.SplitSpec(**{**SPEC.__dict__, "embargo_days": 5})
+    rows, _, dropped = core.build_rows(every_day_records(), frames(), spec, drop_outside=False)
+    # 5 sessions before 2024-12-02 (Thanksgiving closed) and before 2025-01-01 (Christmas closed)
+    assert dropped == Counter({"embargo": 20})
+    assert max(r["as_of_date"] for r in rows["train"]) == "2024-11-21"
+    assert max(r["as_of_date"] for r in rows["validation"]) == "2024-12-23"
+
+
+def test_rows_hold_the_contract():
+    rows, _, _ = core.build_rows(every_day_records(), frames(), SPEC, drop_outside=False)
+    row = rows["test"][0]
+    assert list(row) == ["prompt", "completion", "uid", "ticker", "as_of_date", "action"]
+    assert row["completion"] == "<reasoning>r</reasoning><support>s</support><action><BUY></action>"
+    assert row["prompt"].startswith(
+        core.PROMPT_HEADER + "\n\nMarket snapshot for ACME as of the close of 2025-01-02"
+    )
+    assert [r["as_of_date"] for r in rows["train"]] == sorted(
+        r["as_of_date"] for r in rows["train"]
+    )
+
+
+def test_validation_records_reaching_into_the_test_period_are_counted():
+    rows, bar_dates, _ = core.build_rows(every_day_records(), frames(), SPEC, drop_outside=False)
+    assert core.audit(rows, bar_dates, SPEC, 30).validation_reaching_test == 42  # all of them
+    assert core.audit(rows, bar_dates, SPEC, 5).validation_reaching_test == 2 * 5
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (
+            lambda rows, bars: rows["test"].append(dict(rows["train"][0])),
+            "is in both train and test",
+        ),
+        (
+            lambda rows, bars: rows["validation"].append({**rows["test"][0], "uid": "X-1"}),
+            "is in both validation and test",
+        ),
+        (
+            lambda rows, bars: rows["train"].append(
+                {**rows["validation"][-1], "uid": "Y-1", "as_of_date": "2024-12-31"}
+            ),
+            "is in both",
+        ),
+        (
+            lambda rows, bars: bars.__setitem__(rows["test"][0]["uid"], dt.date(2025, 4, 30)),
+            "used a bar from 2025-04-30, after its date",
+        ),
+    ],
+    ids=["uid-overlap", "date-overlap", "order", "future-bar"],
+)
+def test_the_audit_trips_on_crafted_leaks(tamper, message):
+    rows, bar_dates, _ = core.build_rows(every_day_records(), frames(), SPEC, drop_outside=False)
+    tamper(rows, bar_dates)
+    problems = core.audit(rows, bar_dates, SPEC, 30).problems
+    assert problems and any(message in p for p in problems)
+
+
+def test_out_of_order_splits_are_a_problem():
+    rows = {
+        "train": [{"uid": "A-1", "as_of_date": "2024-12-10"}],
+        "validation": [{"uid": "A-2", "as_of_date": "2024-12-05"}],
+        "test": [],
+    }
+    problems = core.audit(rows, {}, SPEC, 1).problems
+    assert problems == ["train ends on 2024-12-10, not before validation starts on 2024-12-05"]
+
+
+def test_records_outside_every_split_fail_or_are_dropped():
+    records = every_day_records(start=dt.date(2023, 10, 2))
+    with pytest.raises(
+        CharlieError, match=r"^32 records are dated outside every split \(e.g. ACME-2023-10-02\)"
+    ):
+        core.build_rows(records, frames(), SPEC, drop_outside=False)
+    _, _, dropped = core.build_rows(records, frames(), SPEC, drop_outside=True)
+    assert dropped == Counter({"outside": 32})
+
+
+def test_an_empty_split_is_one_sentence():
+    rows, _, _ = core.build_rows(
+        every_day_records(end=dt.date(2024, 11, 1)), frames(), SPEC, drop_outside=True
+    )
+    with pytest.raises(
+        CharlieError,
+        match=r"^the validation split is empty: no record dated between 2024-12-02 and 2024-12-31\.$",
+    ):
+        core.check_splits(rows, SPEC)
+
+
+def test_train_end_after_test_start_is_a_config_error(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text('dataset:\n  train_end: "2025-02-01"\n')
+    with pytest.raises(
+        ConfigError, match=r"train_end \(2025-02-01\) must be before test_start \(2025-01-01\)"
+    ):
+        load_params(params, env={})
+
+
+def test_the_seeds_env_names_set_the_split_dates(tmp_path):
+    params = load_params(
+        tmp_path / "none.yaml",
+        env={"TRAIN_END_DATE": "2024-11-30", "TEST_START_DATE": "2024-12-15"},
+    )
+    assert params.dataset.train_end == dt.date(2024, 11, 30)
+    assert params.dataset.test_start == dt.date(2024, 12, 15)
+
+
+# ------------------------------------------------------------------ the stage, end to end
+
+
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory):
+    """make demo's parse step on the bundled sample."""
+    out = tmp_path_factory.mktemp("parsed")
+    assert main(["parse", "--params", str(REPO / "params.yaml"), "--input-dir", str(SAMPLES / "xml"),
+                 "--out", str(out / "records.jsonl"), "--rejects", str(out / "rejects.jsonl"),
+                 "--report", str(out / "report.json")]) == 0  # fmt: skip
+    return out / "records.jsonl"
+
+
+def run_dataset(tmp_path, records, *extra):
+    return main(["dataset", "--params", str(REPO / "params.yaml"), "--records", str(records),
+                 "--out", str(tmp_path / "ds"), "--card", str(tmp_path / "card.json"), *extra])  # fmt: skip
+
+
+def test_round_trip_from_the_sample_through_parse_and_dataset(tmp_path, parsed, monkeypatch):
+    monkeypatch.chdir(REPO)  # params.yaml's price directory is relative to the repository
+    assert run_dataset(tmp_path, parsed) == 0
+    dataset = load_from_disk(str(tmp_path / "ds"))
+    card = json.loads((tmp_path / "card.json").read_text())
+    records = read_jsonl(parsed)
+    assert set(dataset) == {"train", "validation", "test"}
+    assert sum(len(dataset[s]) for s in dataset) == len(records)
+    assert card["records"] == {s: len(dataset[s]) for s in ("train", "validation", "test")}
+    assert dataset.column_names["train"] == [
+        "prompt",
+        "completion",
+        "uid",
+        "ticker",
+        "as_of_date",
+        "action",
+    ]
+    by_uid = {r["uid"]: r for r in records}
+    row = dataset["test"][0]
+    source = by_uid[row["uid"]]
+    assert row["completion"].endswith(f"<action><{source['action']}></action>")
+    assert source["reasoning"] in row["completion"]
+    assert "Market snapshot for" in row["prompt"] and source["reasoning"] not in row["prompt"]
+    assert (tmp_path / "card.md").read_text().startswith("# Dataset card")
+    assert card["price_sources"] == {t: "file" for t in sorted({r["ticker"] for r in records})}
+
+
+def test_unknown_ticker_is_one_sentence_and_nothing_is_replaced(
+    tmp_path, parsed, monkeypatch, capsys
+):
+    monkeypatch.chdir(REPO)
+    assert run_dataset(tmp_path, parsed) == 0
+    before = sorted(p.name for p in (tmp_path / "ds").rglob("*"))
+    bad = tmp_path / "bad.jsonl"
+    shutil.copy(parsed, bad)
+    with bad.open("a") as handle:
+        handle.write(
+            json.dumps({**read_jsonl(parsed)[0], "uid": "ZZZZ-2024-01-02", "ticker": "ZZZZ"}) + "\n"
+        )
+    assert run_dataset(tmp_path, bad) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("charlie dataset: error: no price data for ZZZZ from any provider (file)")
+    assert sorted(p.name for p in (tmp_path / "ds").rglob("*")) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
+
+
+def test_missing_records_file_is_one_sentence(tmp_path, capsys):
+    assert run_dataset(tmp_path, tmp_path / "nope.jsonl") == 2
+    assert "records file" in capsys.readouterr().err and not Path(tmp_path / "ds").exists()

@@ -1,0 +1,234 @@
+"""Files, the parquet cache and the provider chain, against the fake eodhd server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import pandas as pd
+import pytest
+
+from charlie.cli import main
+from charlie.errors import CharlieError
+from charlie.prices.base import AuthError, NotAvailable, TransientError
+from charlie.prices.cache import CachedProvider, merge_ranges, missing_ranges
+from charlie.prices.eodhd import EodhdProvider
+from charlie.prices.files import FileProvider
+from charlie.prices.service import fetch_prices, require_all
+
+from .conftest import SAMPLES
+from .eodhd_server import FakeEodhd, make_bars
+
+KEY = "SECRET-KEY-987"
+D = dt.date
+JAN = [f"2024-01-{d:02d}" for d in (2, 3, 4, 5, 8, 9, 10, 11, 12, 16, 17, 18, 19)]
+
+
+@pytest.fixture
+def server():
+    with FakeEodhd({"ACME.US": make_bars(JAN), "BOLT.US": make_bars(JAN, start_price=50)}) as srv:
+        yield srv
+
+
+def eodhd(server, **kw) -> EodhdProvider:
+    return EodhdProvider(KEY, base_url=server.url, backoff_s=0.0, sleep=lambda s: None, **kw)
+
+
+# ------------------------------------------------------------------------- ranges
+
+
+def test_missing_ranges_subtract_what_is_covered():
+    assert missing_ranges([], D(2024, 1, 1), D(2024, 1, 31)) == [(D(2024, 1, 1), D(2024, 1, 31))]
+    covered = [(D(2024, 1, 5), D(2024, 1, 10)), (D(2024, 1, 20), D(2024, 2, 5))]
+    assert missing_ranges(covered, D(2024, 1, 1), D(2024, 1, 31)) == [
+        (D(2024, 1, 1), D(2024, 1, 4)),
+        (D(2024, 1, 11), D(2024, 1, 19)),
+    ]
+    assert missing_ranges(covered, D(2024, 1, 6), D(2024, 1, 9)) == []
+    assert merge_ranges([(D(2024, 1, 1), D(2024, 1, 3)), (D(2024, 1, 4), D(2024, 1, 6))]) == [
+        (D(2024, 1, 1), D(2024, 1, 6))
+    ]
+
+
+# -------------------------------------------------------------------------- files
+
+
+def test_file_provider_reads_csv_and_parquet(tmp_path):
+    csv = FileProvider(SAMPLES / "prices").fetch("ACME", D(2024, 1, 2), D(2024, 1, 31))
+    assert list(csv.columns) == ["date", "open", "high", "low", "close", "adj_close", "volume"]
+    assert csv["date"].min() == pd.Timestamp("2024-01-02") and len(csv) == 21
+    csv.to_parquet(tmp_path / "ACME.parquet")
+    parquet = FileProvider(tmp_path).fetch("ACME", D(2024, 1, 2), D(2024, 1, 31))
+    pd.testing.assert_frame_equal(csv, parquet)
+    with pytest.raises(NotAvailable, match=r"no ZZZ\.csv or ZZZ\.parquet"):
+        FileProvider(tmp_path).fetch("ZZZ", D(2024, 1, 2), D(2024, 1, 31))
+    (tmp_path / "BAD.csv").write_text("date,close\n2024-01-02,1\n")
+    with pytest.raises(NotAvailable, match="lacks the column"):
+        FileProvider(tmp_path).fetch("BAD", D(2024, 1, 2), D(2024, 1, 31))
+
+
+# -------------------------------------------------------------------------- cache
+
+
+def test_cache_fetches_only_what_it_lacks_and_a_hit_needs_no_network_or_key(server, tmp_path):
+    cached = CachedProvider(eodhd(server), tmp_path, today=D(2025, 1, 1))
+    first = cached.fetch("ACME", D(2024, 1, 2), D(2024, 1, 10))
+    assert len(first) == 7 and len(server.requests) == 1
+    assert (server.requests[0].query["from"], server.requests[0].query["to"]) == (
+        "2024-01-02",
+        "2024-01-10",
+    )
+
+    wider = cached.fetch("ACME", D(2024, 1, 2), D(2024, 1, 19))
+    assert len(wider) == 13 and len(server.requests) == 2
+    assert (server.requests[1].query["from"], server.requests[1].query["to"]) == (
+        "2024-01-11",
+        "2024-01-19",
+    )
+    assert (cached.last.cached_rows, cached.last.fetched_rows) == (7, 6)
+
+    keyless = CachedProvider(
+        EodhdProvider(None, base_url=server.url), tmp_path, today=D(2025, 1, 1)
+    )
+    hit = keyless.fetch("ACME", D(2024, 1, 3), D(2024, 1, 18))
+    assert len(server.requests) == 2 and len(hit) == 11 and not keyless.last.fetched_ranges
+    pd.testing.assert_frame_equal(
+        hit.reset_index(drop=True), wider.iloc[1:12].reset_index(drop=True)
+    )
+
+
+def test_cache_file_holds_bars_and_coverage_but_never_the_key(server, tmp_path):
+    CachedProvider(eodhd(server), tmp_path, today=D(2025, 1, 1)).fetch(
+        "ACME", D(2024, 1, 1), D(2024, 1, 7)
+    )
+    path = tmp_path / "eodhd" / "ACME.parquet"
+    frame = pd.read_parquet(path)
+    assert list(frame["date"].dt.strftime("%Y-%m-%d")) == JAN[:4]
+    assert frame["adj_close"].tolist() == [round(c * 0.9, 4) for c in frame["close"]]
+    assert KEY.encode() not in path.read_bytes()
+    assert [p.name for p in path.parent.iterdir()] == ["ACME.parquet"]  # no temporaries
+
+
+def test_a_range_reaching_today_stays_open(server, tmp_path):
+    cached = CachedProvider(eodhd(server), tmp_path, today=D(2024, 1, 10))
+    cached.fetch("ACME", D(2024, 1, 2), D(2024, 1, 12))
+    cached.fetch("ACME", D(2024, 1, 2), D(2024, 1, 12))
+    assert [(r.query["from"], r.query["to"]) for r in server.requests] == [
+        ("2024-01-02", "2024-01-12"),
+        ("2024-01-10", "2024-01-12"),  # today and later were not final, so they are asked again
+    ]
+
+
+def test_a_corrupt_cache_file_is_detected_and_refetched(server, tmp_path, caplog):
+    cached = CachedProvider(eodhd(server), tmp_path, today=D(2025, 1, 1))
+    cached.fetch("ACME", D(2024, 1, 2), D(2024, 1, 10))
+    (tmp_path / "eodhd" / "ACME.parquet").write_bytes(b"PAR1 this is not parquet")
+    with caplog.at_level(logging.WARNING, logger="charlie.prices.cache"):
+        again = cached.fetch("ACME", D(2024, 1, 2), D(2024, 1, 10))
+    assert len(again) == 7 and len(server.requests) == 2 and cached.last.corrupt
+    assert "is corrupt" in caplog.text
+    assert pd.read_parquet(tmp_path / "eodhd" / "ACME.parquet").shape == (7, 7)
+
+
+# ------------------------------------------------------------------------ the chain
+
+
+class Fake:
+    def __init__(self, name, outcome):
+        self.name, self.outcome, self.calls = name, outcome, 0
+
+    def fetch(self, ticker, start, end):
+        self.calls += 1
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+
+def test_fallback_on_quota_and_missing_symbols_then_the_table(server, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    server.script("ACME.US", (402, {}))
+    chain = [CachedProvider(eodhd(server), tmp_path), FileProvider(SAMPLES / "prices")]
+    wanted = {"ACME": (D(2024, 1, 2), D(2024, 1, 19)), "BOLT": (D(2024, 1, 2), D(2024, 1, 19)),
+              "ZZZZ": (D(2024, 1, 2), D(2024, 1, 19))}  # fmt: skip
+    result = fetch_prices(wanted, chain)
+    assert (
+        result.frames["ACME"]["close"].iloc[0]
+        == FileProvider(SAMPLES / "prices")
+        .fetch("ACME", D(2024, 1, 2), D(2024, 1, 2))["close"]
+        .iloc[0]
+    )  # came from the file after eodhd's 402
+    assert result.frames["BOLT"]["close"].iloc[0] == 50.0  # came from eodhd
+    assert result.missing == ["ZZZZ"]
+    status = [(r["ticker"], r["provider"], r["status"]) for r in result.rows]
+    assert status == [("ACME", "eodhd", "empty"), ("ACME", "file", "ok"), ("BOLT", "eodhd", "ok"),
+                      ("ZZZZ", "eodhd", "empty"), ("ZZZZ", "file", "empty")]  # fmt: skip
+    table = result.table()
+    assert "ACME      eodhd     empty" in table and "BOLT      eodhd     ok" in table
+    with pytest.raises(
+        CharlieError, match=r"^no price data for ZZZZ from any provider \(eodhd, file\)"
+    ):
+        require_all(result, chain)
+    assert all(KEY not in r.getMessage() for r in caplog.records)
+    assert KEY not in table
+
+
+def test_retries_then_fallback_on_persistent_server_errors(server, tmp_path):
+    server.script("ACME.US", (500, {}), (503, {}), (500, {}))
+    chain = [
+        eodhd(server, max_retries=2),
+        Fake(
+            "backup", FileProvider(SAMPLES / "prices").fetch("ACME", D(2024, 1, 2), D(2024, 1, 19))
+        ),
+    ]
+    result = fetch_prices({"ACME": (D(2024, 1, 2), D(2024, 1, 19))}, chain)
+    assert len(server.requests_for("ACME.US")) == 3 and chain[1].calls == 1
+    assert [r["status"] for r in result.rows] == ["failed", "ok"]
+
+
+def test_a_refused_key_stops_everything_at_once(server, tmp_path):
+    server.script("ACME.US", (401, {}))
+    backup = Fake("backup", TransientError("never asked"))
+    with pytest.raises(CharlieError, match=r"^eodhd: .*401") as err:
+        fetch_prices({"ACME": (D(2024, 1, 2), D(2024, 1, 5)), "BOLT": (D(2024, 1, 2), D(2024, 1, 5))},
+                     [eodhd(server), backup])  # fmt: skip
+    assert backup.calls == 0 and len(server.requests) == 1 and KEY not in str(err.value)
+    with pytest.raises(CharlieError, match="EODHD_API_KEY"):
+        fetch_prices(
+            {"ACME": (D(2024, 1, 2), D(2024, 1, 5))},
+            [Fake("eodhd", AuthError("EODHD_API_KEY is not set."))],
+        )
+
+
+def test_prices_cli_with_the_seeds_order_against_the_local_server(
+    server, tmp_path, monkeypatch, capsys
+):
+    server.script("BOLT.US", (404, {}))
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "prices:\n  providers: [eodhd, file]\n"
+        f"  file_dir: {SAMPLES / 'prices'}\n  cache_dir: {tmp_path / 'cache'}\n"
+        f"  eodhd:\n    base_url: {server.url}\n    backoff_s: 0.0\n"
+    )
+    monkeypatch.setenv("EODHD_API_KEY", KEY)
+    args = [
+        "prices",
+        "--params",
+        str(params),
+        "--tickers",
+        "ACME,BOLT",
+        "--start",
+        "2024-01-02",
+        "--end",
+        "2024-01-19",
+    ]
+    assert main(args) == 0
+    assert sorted(p.name for p in (tmp_path / "cache" / "eodhd").iterdir()) == ["ACME.parquet"]
+    err = capsys.readouterr().err
+    assert "ACME      eodhd     ok" in err and "BOLT      file      ok" in err
+    assert main(args) == 0  # second run: ACME from the cache, no new request for it
+    assert len(server.requests_for("ACME.US")) == 1
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").iterdir())
+    assert KEY not in logs + capsys.readouterr().err
+    args[4] = "ACME,NOPE"
+    assert main(args) == 2
+    assert "no price data for NOPE from any provider (eodhd, file)" in capsys.readouterr().err
