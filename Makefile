@@ -27,6 +27,8 @@ demo: install  ## run the whole pipeline on the bundled sample (dvc repro)
 	@echo "  data/jsonl/records.jsonl       parsed theses, one JSON record per line"
 	@echo "  data/jsonl/rejects.jsonl       what was rejected, with the reason and source line"
 	@echo "  data/jsonl/parse_report.json   the accounting (also: dvc metrics show)"
+	@echo "  data/hf_datasets/sft_dataset   the train/validation/test DatasetDict (datasets.load_from_disk)"
+	@echo "  data/hf_datasets/dataset_card.md   counts, label balance, lengths, split settings"
 	@echo "  logs/                          one log file per stage run"
 
 test: install  ## lint, then run the test suite
@@ -47,6 +49,7 @@ sample: install  ## regenerate the bundled sample in data/samples/
 
 bench: install  ## run the benchmarks (figures and ratios on stdout)
 	python benchmarks/bench_parse.py
+	python benchmarks/bench_dataset.py
 
 lock:  ## re-resolve the newest allowed versions into constraints.txt
 	rm -rf .venv-lock
@@ -57,4 +60,4 @@ lock:  ## re-resolve the newest allowed versions into constraints.txt
 	rm -rf .venv-lock
 
 clean:  ## remove the venv, caches and pipeline outputs
-	rm -rf $(VENV) .pytest_cache .ruff_cache logs data/jsonl
+	rm -rf $(VENV) .pytest_cache .ruff_cache logs data/jsonl/*.jsonl data/hf_datasets/sft_dataset data/price_cache

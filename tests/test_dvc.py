@@ -42,7 +42,8 @@ def fresh_clone(tmp_path: Path) -> Path:
 
 def test_repro_on_a_fresh_clone_then_a_second_repro_does_nothing(fresh_clone):
     committed = {
-        p: (fresh_clone / p).read_text() for p in ("dvc.lock", "data/jsonl/parse_report.json")
+        p: (fresh_clone / p).read_text()
+        for p in ("dvc.lock", "data/jsonl/parse_report.json", "data/hf_datasets/dataset_card.json")
     }
     output = run(["dvc", "repro"], fresh_clone)
     for path, text in committed.items():
@@ -51,7 +52,8 @@ def test_repro_on_a_fresh_clone_then_a_second_repro_does_nothing(fresh_clone):
         assert (fresh_clone / path).read_text() == text, (
             f"{path} is stale: run `make demo`, commit it"
         )
-    assert "Running stage 'parse'" in output
+    assert "Running stage 'parse'" in output and "Running stage 'dataset'" in output
+    assert (fresh_clone / "data/hf_datasets/sft_dataset/dataset_dict.json").is_file()
     report = json.loads((fresh_clone / "data/jsonl/parse_report.json").read_text())
     assert report["balanced"] is True and report["totals"]["records"] > 2000
     lines = (fresh_clone / "data/jsonl/records.jsonl").read_text().splitlines()

@@ -297,6 +297,9 @@ def _adjust(raw: list[tuple[dt.date, float, float, float, float, int, float]]) -
 # ----------------------------------------------------------------------------- text
 
 
+_TREND_PHRASE = {"up": "an uptrend", "down": "a downtrend", "flat": "a flat trend"}
+
+
 def _pct(x: float) -> str:
     return f"{x * 100:+.1f}%"
 
@@ -342,7 +345,7 @@ def _reasoning(
                     f"the short-term trend is {trend}.",
                     f"On {day.isoformat()} {ticker} finished at {snap.close:.2f}, "
                     f"{abs(gap) * 100:.1f}% {side} the 20-day moving average "
-                    f"({snap.sma20:.2f}), which reads as a {trend} trend.",
+                    f"({snap.sma20:.2f}), which reads as {_TREND_PHRASE[trend]}.",
                 )
             )
         )

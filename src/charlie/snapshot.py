@@ -117,57 +117,69 @@ def _trend_word(close: float, sma: float) -> str:
 
 
 def render(ticker: str, as_of: dt.date, row: dict | None, bar_date: dt.date | None) -> str:
-    """The snapshot text for one record from its indicator row (None: no bar at all)."""
-    lines = [
+    """The snapshot text for one record from its indicator row (None: no bar at all).
+
+    ``row`` maps the :func:`indicator_frame` columns to plain Python numbers (NaN: missing).
+    """
+    isnan = math.isnan
+    head = (
         f"Market snapshot for {ticker} as of the close of {as_of} ({_WEEKDAYS[as_of.weekday()]})."
-    ]
+    )
     if row is None:
-        lines.append(f"No price history is available for {ticker} on or before {as_of}.")
-        return "\n".join(lines)
+        return f"{head}\nNo price history is available for {ticker} on or before {as_of}."
+    lines = [head]
     n = int(row["sessions"])
+    history = f"{n} session{'s' if n > 1 else ''} of history"
     if bar_date != as_of:
         lines.append(
             f"No bar on {as_of} (market closed or data missing); figures are from the last "
             f"bar before it, {bar_date}."
         )
+    close = row["close"]
     lines.append(
         f"Bar: open {row['open']:.2f}, high {row['high']:.2f}, low {row['low']:.2f}, "
-        f"close {row['close']:.2f}, volume {row['volume']:,.0f}."
+        f"close {close:.2f}, volume {row['volume']:,.0f}."
     )
-    rets = [f"{h}-day {_pct(row[f'ret{h}'])}" for h in (1, 5, 20) if not math.isnan(row[f"ret{h}"])]
-    history = f"{n} session{'s' if n > 1 else ''} of history"
-    lines.append("Returns: " + (", ".join(rets) if rets else f"not available ({history})") + ".")
-    close = row["close"]
-    if math.isnan(row["sma20"]):
+    ret1, ret5, ret20 = row["ret1"], row["ret5"], row["ret20"]
+    if not isnan(ret20):  # the common case, in one format call
+        lines.append(f"Returns: 1-day {_pct(ret1)}, 5-day {_pct(ret5)}, 20-day {_pct(ret20)}.")
+    else:
+        rets = [f"{h}-day {_pct(v)}" for h, v in ((1, ret1), (5, ret5)) if not isnan(v)]
+        lines.append(
+            "Returns: " + (", ".join(rets) if rets else f"not available ({history})") + "."
+        )
+    sma, ema = row["sma20"], row["ema20"]
+    if isnan(sma):
         lines.append(
             f"Trend: SMA20 and EMA20 not available (need {SMA_WINDOW} sessions; {history})."
         )
     else:
         lines.append(
-            f"Trend: close {_distance(close, row['sma20'])} SMA20 {row['sma20']:.2f} "
-            f"({_trend_word(close, row['sma20'])}), {_distance(close, row['ema20'])} "
-            f"EMA20 {row['ema20']:.2f}."
+            f"Trend: close {_distance(close, sma)} SMA20 {sma:.2f} ({_trend_word(close, sma)}), "
+            f"{_distance(close, ema)} EMA20 {ema:.2f}."
         )
-    if math.isnan(row["rsi14"]):
+    rsi = row["rsi14"]
+    if isnan(rsi):
         lines.append(f"Momentum: RSI14 not available (needs {RSI_WINDOW + 1} sessions; {history}).")
     else:
-        lines.append(f"Momentum: RSI14 {row['rsi14']:.1f} ({rsi_reading(row['rsi14'])}).")
-    if math.isnan(row["volatility20"]):
+        lines.append(f"Momentum: RSI14 {rsi:.1f} ({rsi_reading(rsi)}).")
+    vol = row["volatility20"]
+    if isnan(vol):
         lines.append(f"Volatility: 20-day not available ({history}).")
     else:
-        vol = row["volatility20"]
         lines.append(f"Volatility: 20-day {vol * 100:.1f}% annualised ({volatility_reading(vol)}).")
-    if math.isnan(row["volume_ratio"]):
+    ratio = row["volume_ratio"]
+    if isnan(ratio):
         lines.append(f"Volume: 20-day average not available ({history}).")
     else:
-        ratio = row["volume_ratio"]
         lines.append(f"Volume: {ratio:.2f}x its 20-day average ({volume_reading(ratio)}).")
-    if math.isnan(row["high52"]):
+    high, low = row["high52"], row["low52"]
+    if isnan(high):
         lines.append(f"52-week range: not available (need {YEAR_WINDOW} sessions; {history}).")
     else:
         lines.append(
-            f"52-week range: close {_distance(close, row['high52'])} the high "
-            f"{row['high52']:.2f} and {_distance(close, row['low52'])} the low {row['low52']:.2f}."
+            f"52-week range: close {_distance(close, high)} the high {high:.2f} and "
+            f"{_distance(close, low)} the low {low:.2f}."
         )
     return "\n".join(lines)
 
@@ -180,15 +192,18 @@ def snapshots_for_ticker(ticker: str, bars: pd.DataFrame, dates: list[dt.date]) 
     """
     frame = indicator_frame(bars)
     bar_days = frame["date"].to_numpy(dtype="datetime64[D]")
-    columns = {c: frame[c].to_numpy() for c in frame.columns if c != "date"}
+    bar_dates = bar_days.astype(dt.date).tolist()
+    # Plain Python floats, column by column: formatting numpy scalars one at a time, or
+    # DataFrame.to_dict("records"), costs several times more.
+    names = [c for c in frame.columns if c != "date"]
+    columns = [frame[c].tolist() for c in names]
     wanted = np.array(dates, dtype="datetime64[D]")
     positions = np.searchsorted(bar_days, wanted, side="right") - 1
     out = []
     for as_of, pos in zip(dates, positions.tolist(), strict=True):
         if pos < 0:
             out.append(Snapshot(render(ticker, as_of, None, None), None))
-            continue
-        row = {c: values[pos] for c, values in columns.items()}
-        bar_date = bar_days[pos].astype(dt.date)
-        out.append(Snapshot(render(ticker, as_of, row, bar_date), bar_date))
+        else:
+            row = dict(zip(names, [column[pos] for column in columns], strict=True))
+            out.append(Snapshot(render(ticker, as_of, row, bar_dates[pos]), bar_dates[pos]))
     return out
