@@ -208,7 +208,11 @@ def test_round_trip_from_the_sample_through_parse_and_dataset(tmp_path, parsed, 
     assert source["reasoning"] in row["completion"]
     assert "Market snapshot for" in row["prompt"] and source["reasoning"] not in row["prompt"]
     assert (tmp_path / "card.md").read_text().startswith("# Dataset card")
-    assert card["price_sources"] == {t: "file" for t in sorted({r["ticker"] for r in records})}
+    assert card["price_sources"] == [
+        {"ticker": t, "provider": "file"} for t in sorted({r["ticker"] for r in records})
+    ]
+    assert [s["split"] for s in card["splits"]] == ["train", "validation", "test"]
+    assert sum(card["splits"][0]["actions"].values()) == card["records"]["train"]
 
 
 def test_unknown_ticker_is_one_sentence_and_nothing_is_replaced(

@@ -170,11 +170,12 @@ def card(
     prices: dict[str, str],
 ) -> dict[str, Any]:
     """The dataset card: counts, balance, lengths, settings and the input hash."""
-    splits = {}
+    splits = []
     for split in SPLITS:
         part = rows.get(split, [])
         actions = Counter(r["action"] for r in part)
-        splits[split] = {
+        splits.append({
+            "split": split,
             "records": len(part),
             "first_date": min((r["as_of_date"] for r in part), default=None),
             "last_date": max((r["as_of_date"] for r in part), default=None),
@@ -185,9 +186,10 @@ def card(
             "tickers": dict(sorted(Counter(r["ticker"] for r in part).items())),
             "prompt_chars": percentiles([len(r["prompt"]) for r in part]),
             "completion_chars": percentiles([len(r["completion"]) for r in part]),
-        }
+        })  # fmt: skip
+    # Headline numbers first; the details are lists, which `dvc metrics show` leaves out.
     return {
-        "records": {split: splits[split]["records"] for split in SPLITS},
+        "records": {s["split"]: s["records"] for s in splits},
         "dropped": {
             "embargo": dropped.get("embargo", 0),
             "outside_splits": dropped.get("outside", 0),
@@ -195,7 +197,7 @@ def card(
         "validation_reaching_test": findings.validation_reaching_test,
         "split_settings": spec.as_dict(),
         "input_sha256": input_hash,
-        "price_sources": prices,
+        "price_sources": [{"ticker": t, "provider": p} for t, p in sorted(prices.items())],
         "splits": splits,
     }
 
@@ -216,8 +218,8 @@ def card_markdown(info: dict[str, Any], longest_window: int) -> str:
         + " | prompt p50 | completion p50 |",
         "|---|---|---|---|" + "---|" * len(ACTIONS) + "---|---|",
     ]
-    for split in SPLITS:
-        part = info["splits"][split]
+    for part in info["splits"]:
+        split = part["split"]
         shares = " | ".join(f"{part['label_balance'][a]:.0%}" for a in ACTIONS)
         lines.append(
             f"| {split} | {part['records']} | {part['first_date']} | {part['last_date']} | "
@@ -231,7 +233,9 @@ def card_markdown(info: dict[str, Any], longest_window: int) -> str:
         f"Validation records whose {longest_window}-day forward window reaches the test period: "
         f"{info['validation_reaching_test']} (raise `embargo_days` to remove them).",
         f"Input hash (records + prices): `{info['input_sha256']}`.",
-        "Prices: " + ", ".join(f"{t} from {p}" for t, p in info["price_sources"].items()) + ".",
+        "Prices: "
+        + ", ".join(f"{p['ticker']} from {p['provider']}" for p in info["price_sources"])
+        + ".",
         "",
     ]
     return "\n".join(lines)
