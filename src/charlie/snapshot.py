@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from numpy.lib.stride_tricks import sliding_window_view
 
 from charlie.indicators import (
     RSI_WINDOW,
@@ -31,66 +32,85 @@ EMA_SPAN = 20
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
-def _wilder(values: pd.Series, n: int) -> pd.Series:
-    """Wilder's smoothing seeded with the simple mean of the first ``n`` values."""
-    out = pd.Series(np.nan, index=values.index)
+def _recursive(values: np.ndarray, n: int, alpha: float) -> np.ndarray:
+    """An exponential average seeded with the simple mean of the first ``n`` values.
+
+    ``alpha`` = 1/n is Wilder's smoothing (RSI), 2/(n+1) the charting EMA. The recursion is a
+    plain loop: a few hundred steps per ticker, cheaper than building pandas objects for it.
+    """
+    out = np.full(len(values), np.nan)
     if len(values) < n:
         return out
-    seeded = values.iloc[n - 1 :].copy()
-    seeded.iloc[0] = values.iloc[:n].mean()
-    out.iloc[n - 1 :] = seeded.ewm(alpha=1 / n, adjust=False).mean().to_numpy()
+    avg = float(values[:n].mean())
+    out[n - 1] = avg
+    keep = 1.0 - alpha
+    for i, x in enumerate(values[n:].tolist(), start=n):
+        avg = avg * keep + x * alpha
+        out[i] = avg
     return out
 
 
-def _ema(values: pd.Series, span: int) -> pd.Series:
-    """EMA seeded with the SMA of the first ``span`` values (the charting convention)."""
-    out = pd.Series(np.nan, index=values.index)
-    if len(values) < span:
-        return out
-    seeded = values.iloc[span - 1 :].copy()
-    seeded.iloc[0] = values.iloc[:span].mean()
-    out.iloc[span - 1 :] = seeded.ewm(span=span, adjust=False).mean().to_numpy()
+def _shifted_ratio(x: np.ndarray, h: int) -> np.ndarray:
+    out = np.full(len(x), np.nan)
+    if len(x) > h:
+        out[h:] = x[h:] / x[:-h] - 1.0
+    return out
+
+
+def _rolling(x: np.ndarray, n: int, reduce: str) -> np.ndarray:
+    out = np.full(len(x), np.nan)
+    if len(x) >= n:
+        out[n - 1 :] = getattr(sliding_window_view(x, n), reduce)(axis=1)
     return out
 
 
 def indicator_frame(bars: pd.DataFrame) -> pd.DataFrame:
     """All snapshot indicators for one ticker's bars (DESIGN.md columns), one row per bar.
 
-    Every column at row t depends on rows 0..t only: rolling windows, and recursive
-    averages run forwards.
+    Every value at row t depends on rows 0..t only: trailing windows, and recursive averages
+    run forwards. Vectorised with numpy over the whole history, once per ticker.
     """
-    adj = bars["adj_close"].astype("float64")
-    close = bars["close"].astype("float64")
+    adj = bars["adj_close"].to_numpy(dtype="float64")
+    close = bars["close"].to_numpy(dtype="float64")
+    high = bars["high"].to_numpy(dtype="float64")
+    low = bars["low"].to_numpy(dtype="float64")
+    volume = bars["volume"].to_numpy(dtype="float64")
     to_raw = close / adj  # quotes an adjusted level in today's raw terms
+    change = np.diff(adj)
+    avg_gain = np.concatenate(
+        ([np.nan], _recursive(np.clip(change, 0, None), RSI_WINDOW, 1 / RSI_WINDOW))
+    )
+    avg_loss = np.concatenate(
+        ([np.nan], _recursive(np.clip(-change, 0, None), RSI_WINDOW, 1 / RSI_WINDOW))
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rsi = np.where(avg_loss == 0, 100.0, 100.0 - 100.0 / (1.0 + avg_gain / avg_loss))
+    rsi[np.isnan(avg_gain)] = np.nan
+    returns = np.concatenate(([np.nan], change / adj[:-1]))
+    volatility = np.full(len(adj), np.nan)
+    if len(adj) > VOLATILITY_WINDOW:
+        window = sliding_window_view(returns[1:], VOLATILITY_WINDOW)
+        volatility[VOLATILITY_WINDOW:] = window.std(axis=1, ddof=1) * math.sqrt(252)
     basis = adj / close
-    change = adj.diff()
-    gains = change.clip(lower=0).iloc[1:]
-    losses = (-change).clip(lower=0).iloc[1:]
-    avg_gain = _wilder(gains, RSI_WINDOW).reindex(bars.index)
-    avg_loss = _wilder(losses, RSI_WINDOW).reindex(bars.index)
-    rs = avg_gain / avg_loss
-    rsi = (100 - 100 / (1 + rs)).where(avg_loss != 0, 100.0).where(avg_gain.notna())
-    volume = bars["volume"].astype("float64")
     return pd.DataFrame(
         {
             "date": bars["date"].to_numpy(),
-            "open": bars["open"].to_numpy(),
-            "high": bars["high"].to_numpy(),
-            "low": bars["low"].to_numpy(),
-            "close": close.to_numpy(),
-            "volume": volume.to_numpy(),
-            "sessions": np.arange(1, len(bars) + 1),
-            "ret1": adj.pct_change(1, fill_method=None),
-            "ret5": adj.pct_change(5, fill_method=None),
-            "ret20": adj.pct_change(20, fill_method=None),
-            "sma20": adj.rolling(SMA_WINDOW).mean() * to_raw,
-            "ema20": _ema(adj, EMA_SPAN) * to_raw,
+            "open": bars["open"].to_numpy(dtype="float64"),
+            "high": high,
+            "low": low,
+            "close": close,
+            "volume": volume,
+            "sessions": np.arange(1, len(adj) + 1),
+            "ret1": _shifted_ratio(adj, 1),
+            "ret5": _shifted_ratio(adj, 5),
+            "ret20": _shifted_ratio(adj, 20),
+            "sma20": _rolling(adj, SMA_WINDOW, "mean") * to_raw,
+            "ema20": _recursive(adj, EMA_SPAN, 2 / (EMA_SPAN + 1)) * to_raw,
             "rsi14": rsi,
-            "volatility20": adj.pct_change(fill_method=None).rolling(VOLATILITY_WINDOW).std()
-            * math.sqrt(252),
-            "volume_ratio": volume / volume.rolling(VOLUME_WINDOW).mean(),
-            "high52": (bars["high"] * basis).rolling(YEAR_WINDOW).max() * to_raw,
-            "low52": (bars["low"] * basis).rolling(YEAR_WINDOW).min() * to_raw,
+            "volatility20": volatility,
+            "volume_ratio": volume / _rolling(volume, VOLUME_WINDOW, "mean"),
+            "high52": _rolling(high * basis, YEAR_WINDOW, "max") * to_raw,
+            "low52": _rolling(low * basis, YEAR_WINDOW, "min") * to_raw,
         }
     )
 
