@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ def test_top_level_help_lists_every_stage(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     for stage in STAGES:
-        assert f"    {stage} " in out
+        assert re.search(rf"^    {re.escape(stage)}\b", out, re.MULTILINE), stage
     assert "CHARLIE_<SECTION>__<KEY>" in out
 
 

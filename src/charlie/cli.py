@@ -21,6 +21,10 @@ STAGES: dict[str, str] = {
     "parse": "charlie.stages.parse",
     "prices": "charlie.stages.prices",
     "dataset": "charlie.stages.dataset",
+    "init-model": "charlie.stages.init_model",
+    "tokenize": "charlie.stages.tokenize",
+    "train": "charlie.stages.train",
+    "plan": "charlie.stages.plan",
 }
 
 DESCRIPTION = """\

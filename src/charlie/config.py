@@ -150,6 +150,31 @@ class DatasetParams(Section):
         return self
 
 
+class InitModelParams(Section):
+    """``charlie init-model``: the tiny local base model and tokenizer for CPU runs."""
+
+    dataset: Path = Field(Path("data/hf_datasets/sft_dataset"), description="Its train split.")
+    out: Path = Field(Path("models/tiny"), description="save_pretrained directory.")
+    vocab_size: int = Field(4096, ge=300, description="BPE vocabulary (upper bound).")
+    hidden_size: int = Field(128, ge=16)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(352, ge=16)
+    max_positions: int = Field(1024, ge=64)
+    seed: int = 0
+
+
+class TrainParams(Section):
+    """``charlie tokenize`` and ``charlie train``: which training config the pipeline runs."""
+
+    config: Path = Field(
+        Path("configs/sft_tiny_lora_cpu.yaml"), description="A configs/sft_*.yaml file."
+    )
+    num_shards: int = Field(1, ge=1, description="Shards per split of the tokenized dataset.")
+    num_proc: int = Field(2, ge=1, description="Processes for tokenization.")
+
+
 class Params(Section):
     """The whole ``params.yaml``: one section per stage."""
 
@@ -157,6 +182,8 @@ class Params(Section):
     parse: ParseParams = ParseParams()
     prices: PricesParams = PricesParams()
     dataset: DatasetParams = DatasetParams()
+    init_model: InitModelParams = InitModelParams()
+    train: TrainParams = TrainParams()
 
 
 def _seed_aliases() -> dict[str, tuple[str, ...]]:

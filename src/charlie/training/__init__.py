@@ -1,0 +1,1 @@
+"""Tokenizer and tiny model, tokenization, supervised fine-tuning, and memory planning."""

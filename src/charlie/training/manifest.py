@@ -1,0 +1,93 @@
+"""``manifest.json``: everything needed to say how a model was made and to make it again."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("charlie", "torch", "transformers", "trl", "peft", "datasets", "accelerate",
+            "bitsandbytes", "deepspeed", "tokenizers", "numpy", "pandas")  # fmt: skip
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _git() -> dict[str, Any]:
+    def run(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = run("rev-parse", "HEAD")
+    status = run("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def _hardware() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.is_available(),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    }
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def _versions() -> dict[str, str | None]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def write_manifest(
+    cfg: Any,
+    config_path: Path | None,
+    started: dt.datetime,
+    metrics: dict[str, Any],
+    log_history: list[dict[str, Any]],
+) -> Path:
+    """Write ``<output_dir>/manifest.json`` and return its path."""
+    config = cfg.model_dump(mode="json")
+    config_text = json.dumps(config, sort_keys=True)
+    data_files = sorted(p for p in Path(cfg.dataset_dir).rglob("*") if p.is_file())
+    manifest = {
+        "git": _git(),
+        "config": config,
+        "config_file": str(config_path) if config_path else None,
+        "config_sha256": hashlib.sha256(config_text.encode()).hexdigest(),
+        "data_files": {str(p): sha256(p) for p in data_files},
+        "base_model": cfg.base_model,
+        "packages": _versions(),
+        "hardware": _hardware(),
+        "seed": cfg.sft_args.get("seed", 42),
+        "started": started.isoformat(timespec="seconds"),
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "final_metrics": metrics,
+        "log_history": log_history,
+    }
+    path = Path(cfg.output_dir) / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    return path

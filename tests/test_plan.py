@@ -1,0 +1,405 @@
+"""charlie.plan: parameter counts and memory arithmetic by hand, the shipped configs, bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from charlie import cli
+from charlie.errors import CharlieError
+from charlie.plan import (
+    GIB,
+    QLORA_BYTES_PER_PARAM,
+    DoesNotFit,
+    Gpu,
+    TrainingSetup,
+    check_fits,
+    estimate,
+    load_gpu,
+    load_model_config,
+    lora_params,
+    model_shape,
+    plan_for,
+    render_table,
+    verdict,
+)
+from charlie.stages import plan as plan_stage
+from charlie.training.config import load_train_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+# A tiny Llama: hidden 16, 4 heads of 4 (q width 16), 2 kv heads (k/v width 8), MLP 40.
+TINY = {
+    "model_type": "llama",
+    "vocab_size": 100,
+    "hidden_size": 16,
+    "intermediate_size": 40,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "tie_word_embeddings": False,
+}
+# per layer: q 16*16 + k 16*8 + v 16*8 + o 16*16 = 768; MLP 3*16*40 = 1920; 2 norms 2*16 = 32
+TINY_LAYER = 256 + 128 + 128 + 256 + 1920 + 32  # 2720
+TINY_LINEAR_WEIGHTS = 2 * (768 + 1920)  # 5376: what QLoRA quantises
+TINY_TOTAL = 2 * TINY_LAYER + 100 * 16 + 100 * 16 + 16  # layers + embed + lm_head + norm = 8656
+# LoRA r=4 on every linear of a layer: r * (in + out)
+TINY_LORA_R4 = 2 * (
+    4 * (16 + 16)  # q_proj
+    + 4 * (16 + 8)  # k_proj
+    + 4 * (16 + 8)  # v_proj
+    + 4 * (16 + 16)  # o_proj
+    + 4 * (16 + 40) * 2  # gate_proj, up_proj
+    + 4 * (40 + 16)  # down_proj
+)  # 2240
+GPU = Gpu("TEST-1GB", 1.0, 0.9)
+
+
+def setup(**changes) -> TrainingSetup:
+    base = TrainingSetup(
+        method="lora",
+        max_length=10,
+        batch_size=2,
+        lora_r=4,
+        lora_target_modules="all-linear",
+        lora_dropout=0.0,
+        train_embeddings=False,
+        half_precision=True,
+        gradient_checkpointing=False,
+        zero_stage=0,
+        num_gpus=1,
+    )
+    return replace(base, **changes)
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def test_tiny_llama_parameters_by_hand():
+    shape = model_shape(TINY, "tiny")
+    assert TINY_TOTAL == 8656
+    assert shape.total_params == TINY_TOTAL
+    assert shape.linear_weights == TINY_LINEAR_WEIGHTS
+    assert shape.num_layers == 2
+
+
+def test_tied_embeddings_and_biases_count():
+    tied = model_shape({**TINY, "tie_word_embeddings": True, "attention_bias": True})
+    # no lm_head; q, k, v, o biases per layer: 16 + 8 + 8 + 16
+    assert tied.total_params == TINY_TOTAL - 1600 + 2 * (16 + 8 + 8 + 16)
+
+
+def test_lora_trainable_counts_by_hand():
+    shape = model_shape(TINY)
+    assert lora_params(shape, 4, "all-linear") == TINY_LORA_R4 == 2240
+    assert lora_params(shape, 4, ["q_proj", "v_proj"]) == 2 * (4 * 32 + 4 * 24)
+    assert lora_params(shape, 4, r".*\.(q_proj|v_proj)") == 2 * (4 * 32 + 4 * 24)
+    assert lora_params(shape, 8, ["mlp.down_proj"]) == 2 * 8 * (40 + 16)
+
+
+def test_moe_experts_and_mla_by_hand():
+    # 2 layers, the first dense; MoE: 4 experts of 8, 1 shared; MLA ranks q 6, kv 4.
+    config = {
+        "vocab_size": 10, "hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "q_lora_rank": 6, "kv_lora_rank": 4, "qk_nope_head_dim": 2,
+        "qk_rope_head_dim": 1, "v_head_dim": 2, "n_routed_experts": 4, "n_shared_experts": 1,
+        "num_experts_per_tok": 2, "moe_intermediate_size": 8, "first_k_dense_replace": 1,
+        "tie_word_embeddings": False,
+    }  # fmt: skip
+    attention = (
+        8 * 6  # q_a_proj
+        + 6  # q_a_layernorm
+        + 6 * 2 * 3  # q_b_proj: heads x (nope + rope)
+        + 8 * (4 + 1)  # kv_a_proj_with_mqa: kv rank + rope
+        + 4  # kv_a_layernorm
+        + 4 * 2 * (2 + 2)  # kv_b_proj: heads x (nope + v)
+        + 2 * 2 * 8  # o_proj
+    )
+    dense = attention + 3 * 8 * 12 + 2 * 8
+    moe = attention + 4 * 3 * 8 * 8 + 3 * 8 * 8 + 4 * 8 + 2 * 8  # experts, shared, router, norms
+    shape = model_shape(config)
+    assert shape.total_params == dense + moe + 2 * 10 * 8 + 8
+    # all-linear LoRA covers every expert's linears too
+    expert_lora = 4 * 3 * 2 * (8 + 8)
+    assert lora_params(shape, 2, ["experts.gate_proj", "experts.up_proj", "experts.down_proj"]) == (
+        expert_lora
+    )
+
+
+def test_llama_3_1_8b_is_8_03_billion():
+    shape = model_shape(load_model_config("meta-llama/Llama-3.1-8B-Instruct", CONFIGS / "models"))
+    assert shape.total_params == 8_030_261_248  # the published count
+    assert abs(shape.total_params - 8.03e9) / 8.03e9 < 0.01
+
+
+def test_deepseek_v3_2_exp_is_671_billion_without_mtp():
+    config = load_model_config("deepseek-ai/DeepSeek-V3.2-Exp", CONFIGS / "models")
+    shape = model_shape(config)
+    assert abs(shape.total_params - 671e9) / 671e9 < 0.02
+    # The MTP module (num_nextn_predict_layers, ~11.5B in the checkpoint) is not counted: the
+    # total is V3's 671.0B plus V3.2's indexers, 61 x (wq_b + wk + k_norm + weights_proj).
+    assert config["num_nextn_predict_layers"] == 1
+    no_indexer = {k: v for k, v in config.items() if not k.startswith("index_")}
+    indexers = 61 * (1536 * 64 * 128 + 7168 * 128 + 2 * 128 + 7168 * 64)
+    assert shape.total_params - model_shape(no_indexer).total_params == indexers
+    assert 670.5e9 < model_shape(no_indexer).total_params < 671.5e9
+
+
+def test_counts_match_transformers_on_the_meta_device():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    tiny_v32 = {
+        "vocab_size": 50, "hidden_size": 32, "intermediate_size": 64, "moe_intermediate_size": 8,
+        "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 2,
+        "first_k_dense_replace": 1, "q_lora_rank": 12, "kv_lora_rank": 16, "qk_nope_head_dim": 8,
+        "qk_rope_head_dim": 4, "v_head_dim": 8, "n_group": 2, "topk_group": 1,
+        "index_n_heads": 2, "index_head_dim": 8, "tie_word_embeddings": False,
+    }  # fmt: skip
+    cases = [
+        (transformers.LlamaConfig, {**TINY, "attention_bias": True, "mlp_bias": True}),
+        (transformers.DeepseekV32Config, tiny_v32),
+    ]
+    for config_class, config in cases:
+        kwargs = {k: v for k, v in config.items() if k != "model_type"}
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(config_class(**kwargs))
+        assert model_shape(config).total_params == sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- bytes
+
+
+def test_weights_gradients_optimizer_for_full_lora_qlora():
+    shape = model_shape(TINY)
+    full = estimate(shape, setup(method="full"), GPU)
+    assert full.trainable_params == TINY_TOTAL
+    assert (full.weights, full.gradients, full.optimizer) == (
+        TINY_TOTAL * 2,
+        TINY_TOTAL * 2,
+        TINY_TOTAL * 12,  # fp32 master + two fp32 moments
+    )
+    fp32 = estimate(shape, setup(method="full", half_precision=False), GPU)
+    assert (fp32.weights, fp32.gradients, fp32.optimizer) == (
+        TINY_TOTAL * 4,
+        TINY_TOTAL * 4,
+        TINY_TOTAL * 8,
+    )
+
+    lora = estimate(shape, setup(method="lora"), GPU)
+    assert lora.trainable_params == TINY_LORA_R4
+    assert lora.weights == TINY_TOTAL * 2 + TINY_LORA_R4 * 2  # frozen base + adapters
+    assert (lora.gradients, lora.optimizer) == (TINY_LORA_R4 * 2, TINY_LORA_R4 * 12)
+
+    qlora = estimate(shape, setup(method="qlora"), GPU)
+    assert QLORA_BYTES_PER_PARAM == 0.5 + (8 / 64 + 32 / (64 * 256)) / 8  # 0.5159
+    assert qlora.weights == pytest.approx(
+        TINY_LINEAR_WEIGHTS * QLORA_BYTES_PER_PARAM  # 4-bit NF4, double-quantised
+        + (TINY_TOTAL - TINY_LINEAR_WEIGHTS) * 2  # embeddings, lm_head, norms in 16-bit
+        + TINY_LORA_R4 * 2
+    )
+    assert qlora.optimizer == lora.optimizer
+
+
+def test_added_tokens_train_embeddings_and_lm_head_whole():
+    shape = model_shape(TINY)
+    plan = estimate(shape, setup(method="lora", train_embeddings=True), GPU)
+    assert plan.embedding_params == 100 * 16 * 2
+    assert plan.trainable_params == TINY_LORA_R4 + 3200
+    assert plan.optimizer == (TINY_LORA_R4 + 3200) * 12
+
+
+def test_zero_stages_shard_across_gpus():
+    shape = model_shape(TINY)
+    one = estimate(shape, setup(method="full"), GPU)
+    stage = {
+        s: estimate(shape, setup(method="full", zero_stage=s, num_gpus=4), GPU) for s in (1, 2, 3)
+    }
+    assert stage[1].optimizer == one.optimizer / 4 and stage[1].gradients == one.gradients
+    assert stage[2].gradients == one.gradients / 4 and stage[2].weights == one.weights
+    assert stage[3].weights == one.weights / 4
+    # ZeRO-3 gathers the largest unit whole: a layer (2720 params) beats embed_tokens (1600)
+    assert stage[3].gathered == TINY_LAYER * 2 and stage[2].gathered == 0
+    assert stage[3].activations == one.activations  # activations are never sharded
+
+
+def test_activations_and_gradient_checkpointing():
+    shape = model_shape(TINY)
+    tokens = 2 * 10
+    # per token per layer: 2 norms x (3h + h) + 2q + 2kv + 4I = 128 + 32 + 16 + 160 = 336
+    per_layer = 2 * (3 * 16 + 16) + 2 * 16 + 2 * 8 + 4 * 40
+    plain = estimate(shape, setup(method="full"), GPU)
+    assert plain.layer_activations == tokens * 2 * per_layer * 2
+    assert plain.checkpoints == 0
+    assert plain.logits == tokens * 100 * 10
+    ckpt = estimate(shape, setup(method="full", gradient_checkpointing=True), GPU)
+    assert ckpt.checkpoints == tokens * 2 * 16 * 2  # one hidden state per layer
+    assert ckpt.layer_activations == tokens * per_layer * 2  # one layer's, recomputed
+    assert ckpt.activations < plain.activations
+    # LoRA with dropout: r per targeted linear, and 1.5 x its input (dropped copy + mask)
+    lora = estimate(shape, setup(lora_dropout=0.05, gradient_checkpointing=True), GPU)
+    extra = 7 * 4 + 1.5 * (6 * 16 + 40)
+    assert lora.layer_activations == tokens * (per_layer + extra) * 2
+
+
+def test_checkpointing_shrinks_8b_activations_several_fold():
+    shape = model_shape(load_model_config("meta-llama/Llama-3.1-8B-Instruct", CONFIGS / "models"))
+    on = estimate(
+        shape,
+        setup(method="qlora", max_length=8192, batch_size=1, gradient_checkpointing=True),
+        GPU,
+    )
+    off = replace(on.setup, gradient_checkpointing=False)
+    off_plan = estimate(shape, off, GPU)
+    layers_on = on.checkpoints + on.layer_activations
+    assert off_plan.layer_activations > 10 * layers_on
+    assert on.logits == off_plan.logits == 8192 * 128256 * 10
+
+
+# --------------------------------------------------------------------------- shipped configs
+
+
+def test_sft_config_deepseek_on_one_h100_does_not_fit():
+    plan = plan_for(load_train_config(CONFIGS / "sft_config.yaml"), configs_dir=CONFIGS)
+    assert not plan.fits
+    assert plan.capacity == pytest.approx(72 * GIB)
+    sentence = verdict(plan)
+    assert sentence.startswith("DeepSeek-V3.2-Exp with qlora needs about ")
+    assert f"about {plan.total / GIB:.0f} GiB per GPU" in sentence
+    assert f"weights {plan.weights / GIB:.0f}" in sentence
+    assert "one H100-80GB has 72 GiB usable: it does not fit" in sentence
+    assert sentence.endswith(".") and "\n" not in sentence
+    with pytest.raises(DoesNotFit) as refused:
+        check_fits(load_train_config(CONFIGS / "sft_config.yaml"), configs_dir=CONFIGS)
+    assert str(refused.value) == sentence and refused.value.exit_code == 1
+
+
+def test_llama_8b_qlora_profile_fits_its_gpu():
+    cfg = load_train_config(CONFIGS / "sft_llama3_8b_qlora_1gpu.yaml")
+    plan = check_fits(cfg, configs_dir=CONFIGS)
+    assert plan.fits and plan.gpu.name == "L40S-48GB"
+    assert plan.setup.method == "qlora" and plan.setup.gradient_checkpointing
+    assert verdict(plan).endswith("it fits.")
+    assert "fits" in render_table(plan)
+
+
+def test_multigpu_config_shards_by_the_zero3_factor_and_fits(monkeypatch):
+    monkeypatch.chdir(REPO)  # the config names configs/deepspeed/zero3.json relative to the repo
+    cfg = load_train_config(CONFIGS / "sft_config_multigpu.yaml")
+    many = plan_for(cfg, configs_dir=CONFIGS)
+    one = plan_for(cfg, num_gpus=1, configs_dir=CONFIGS)
+    assert (many.setup.zero_stage, many.setup.num_gpus) == (3, 32)
+    for part in ("weights", "gradients", "optimizer"):
+        assert getattr(many, part) == pytest.approx(getattr(one, part) / 32)
+    assert many.gathered == one.gathered > 0
+    assert many.activations == one.activations
+    assert many.total < one.total
+    assert many.fits and not one.fits
+    assert not plan_for(cfg, num_gpus=4, configs_dir=CONFIGS).fits  # the seed's 4 GPUs: refused
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_unknown_gpu_type_lists_the_known_ones():
+    with pytest.raises(CharlieError) as error:
+        load_gpu("B300-288GB", CONFIGS / "gpus.yaml")
+    message = str(error.value)
+    assert message.startswith("unknown gpu_type 'B300-288GB'; known types: H100-80GB, ")
+    assert "T4-16GB." in message and "\n" not in message
+
+
+def test_missing_model_config_names_the_folder(tmp_path):
+    with pytest.raises(CharlieError) as error:
+        load_model_config("acme/NoSuchModel-7B", tmp_path / "models")
+    message = str(error.value)
+    assert str(tmp_path / "models" / "acme__NoSuchModel-7B") in message
+    assert message.endswith(".") and "\n" not in message
+
+
+def test_a_local_model_directory_is_read(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(TINY))
+    assert model_shape(load_model_config(str(tmp_path), tmp_path / "nowhere")).total_params == (
+        TINY_TOTAL
+    )
+
+
+def test_lm_head_target_and_unmatched_targets_are_refused():
+    shape = model_shape(TINY)
+    with pytest.raises(CharlieError, match="PEFT refuses"):
+        lora_params(shape, 4, ["q_proj", "lm_head"])
+    with pytest.raises(CharlieError, match="matches no linear layer"):
+        lora_params(shape, 4, ["query_key_value"])
+
+
+def test_unknown_moe_layout_is_refused():
+    with pytest.raises(CharlieError, match="does not know"):
+        model_shape({**TINY, "num_local_experts": 8}, "mixtral")
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _main(monkeypatch, argv):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setitem(cli.STAGES, "plan", "charlie.stages.plan")
+    return cli.main(["plan", *argv])
+
+
+def test_stage_exit_codes_and_output(monkeypatch, capsys):
+    assert _main(monkeypatch, ["--config", "configs/sft_llama3_8b_qlora_1gpu.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "Llama-3.1-8B-Instruct, qlora (r=16, all-linear), 1 x L40S-48GB" in out
+    assert out.rstrip().endswith("it fits.")
+
+    assert _main(monkeypatch, ["--config", "configs/sft_config.yaml"]) == 1
+    captured = capsys.readouterr()
+    assert "DeepSeek-V3.2-Exp" in captured.out and "usable (80 GiB x 0.9)" in captured.out
+    assert "it does not fit" in captured.err and "it does not fit" not in captured.out
+
+
+def test_stage_overrides_gpus_and_gpu_type(monkeypatch, capsys):
+    argv = ["--config", "configs/sft_llama3_8b_qlora_1gpu.yaml", "--gpu-type", "T4-16GB"]
+    assert _main(monkeypatch, argv) == 1
+    assert "one T4-16GB has 14 GiB usable" in capsys.readouterr().err
+    argv = ["--config", "configs/sft_config_multigpu.yaml", "--gpus", "2"]
+    assert _main(monkeypatch, argv) == 1
+    assert "2 x H200-141GB, ZeRO-3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--gpu-type", "B300-288GB"], "unknown gpu_type 'B300-288GB'; known types: H100-80GB"),
+        (["--gpus", "0"], "--gpus must be at least 1, not 0."),
+    ],
+)
+def test_stage_bad_input_is_one_sentence_and_exit_2(monkeypatch, capsys, argv, expected):
+    config = ["--config", "configs/sft_llama3_8b_qlora_1gpu.yaml"]
+    assert _main(monkeypatch, config + argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("charlie plan: error: ") and expected in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_stage_missing_model_config(monkeypatch, tmp_path, capsys):
+    config = tmp_path / "sft.yaml"
+    config.write_text("base_model: acme/NoSuchModel-7B\noutput_dir: out\n")
+    assert _main(monkeypatch, ["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "no config.json for acme/NoSuchModel-7B: put a copy of it in configs/models/" in err
+    assert err.count("\n") == 1
+
+
+def test_run_can_be_called_directly(monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    parser = argparse.ArgumentParser()
+    plan_stage.add_arguments(parser)
+    args = parser.parse_args(["--config", "configs/sft_llama3_8b_qlora_1gpu.yaml"])
+    assert plan_stage.run(args) == 0
+    assert "GiB/GPU" in capsys.readouterr().out

@@ -1,0 +1,280 @@
+"""Special tokens, tokenization, the completion-only loss, a LoRA run end to end, and learning.
+
+Everything runs on the CPU with a tiny Llama built from the sample's own text: no download.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from datasets import Dataset, DatasetDict
+
+from charlie import dataset as core
+from charlie.inference import UNPARSEABLE, extract_action, greedy_complete
+from charlie.parsing import parse_files
+from charlie.training.config import TrainConfig, load_train_config
+from charlie.training.tokenize import fit, tokenize_batch
+from charlie.training.tokens import (
+    THESIS_TOKENS,
+    add_thesis_tokens,
+    build_tiny_model,
+    train_tokenizer,
+)
+
+from .conftest import REPO, SAMPLES
+
+SPEC = core.SplitSpec(dt.date(2023, 10, 24), dt.date(2024, 12, 31), 30, dt.date(2025, 1, 1),
+                      dt.date(2025, 4, 24))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def rows() -> dict[str, list[dict]]:
+    """The bundled sample as dataset rows (what `charlie dataset` builds)."""
+    records = parse_files(sorted((SAMPLES / "xml").glob("*.xml"))).records
+    frames = {
+        p.stem: pd.read_csv(p, parse_dates=["date"]) for p in (SAMPLES / "prices").glob("*.csv")
+    }
+    built, _, _ = core.build_rows(records, frames, SPEC, drop_outside=False)
+    return built
+
+
+@pytest.fixture(scope="module")
+def tokenizer(rows):
+    tok = train_tokenizer((r["prompt"] + "\n" + r["completion"] for r in rows["train"]), 1024)
+    return tok
+
+
+def tokenized(tokenizer, rows_by_split, max_length=512, policy="trim_prompt"):
+    tok = tokenizer
+    add_thesis_tokens(tok)
+    data = DatasetDict({s: Dataset.from_list(r) for s, r in rows_by_split.items()})
+    data = data.map(tokenize_batch, batched=True, remove_columns=["prompt", "completion"],
+                    fn_kwargs={"tokenizer": tok, "max_length": max_length, "policy": policy})  # fmt: skip
+    return data.remove_columns(["outcome", "full_length"])
+
+
+def save_base_and_data(tmp: Path, tokenizer, data, *, hidden=32, layers=1):
+    base = tmp / "base"
+    model = build_tiny_model(tokenizer, hidden_size=hidden, num_layers=layers, num_heads=4,
+                             num_kv_heads=2, intermediate_size=hidden * 2, max_positions=512, seed=0)  # fmt: skip
+    tokenizer.save_pretrained(base)
+    model.save_pretrained(base)
+    data.save_to_disk(str(tmp / "data"))
+    tokenizer.save_pretrained(tmp / "data" / "tokenizer")
+    return base
+
+
+# --------------------------------------------------------------------- tokens
+
+
+def test_thesis_tokens_are_single_special_tokens(tokenizer):
+    assert THESIS_TOKENS == ("<reasoning>", "</reasoning>", "<support>", "</support>", "<action>",
+                             "</action>", "<STRONG_BUY>", "<BUY>", "<HOLD>", "<SELL>", "<STRONG_SELL>")  # fmt: skip
+    before = len(tokenizer)
+    added = add_thesis_tokens(tokenizer)
+    assert added in (0, 11) and add_thesis_tokens(tokenizer) == 0
+    assert len(tokenizer) == before + added
+    ids = tokenizer("<action><STRONG_SELL></action>", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids) == ["<action>", "<STRONG_SELL>", "</action>"]
+    assert set(THESIS_TOKENS) <= set(tokenizer.all_special_tokens)
+
+
+def test_the_completion_mask_covers_exactly_the_assistant_turn(tokenizer, rows):
+    add_thesis_tokens(tokenizer)
+    row = rows["test"][0]
+    ids, mask, outcome = fit(tokenizer, row["prompt"], row["completion"], 1024, "drop")
+    assert outcome == "ok"
+    completion = tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m])
+    prompt = tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if not m])
+    assert completion.startswith(row["completion"]) and completion.endswith("<|end|>\n<|eos|>")
+    assert row["prompt"] in prompt and "<reasoning>" not in prompt
+
+
+def test_over_length_trims_the_oldest_prompt_tokens_and_never_the_action(tokenizer, rows):
+    add_thesis_tokens(tokenizer)
+    row = rows["test"][0]
+    ids, mask, _ = fit(tokenizer, row["prompt"], row["completion"], 10_000, "drop")
+    limit = len(ids) - 40
+    trimmed, tmask, outcome = fit(tokenizer, row["prompt"], row["completion"], limit, "trim_prompt")
+    assert outcome == "trimmed" and len(trimmed) <= limit
+    kept = tokenizer.decode([i for i, m in zip(trimmed, tmask, strict=True) if not m])
+    assert row["prompt"][-200:] in kept and row["prompt"][:60] not in kept  # the start went
+    assert tokenizer.decode([i for i, m in zip(trimmed, tmask, strict=True) if m]).startswith(
+        row["completion"]
+    )
+    assert fit(tokenizer, row["prompt"], row["completion"], limit, "drop") == ([], [], "dropped")
+    tiny = sum(mask)  # the completion alone does not fit: dropped, whatever the policy
+    assert fit(tokenizer, row["prompt"], row["completion"], tiny - 5, "trim_prompt")[2] == "dropped"
+
+
+def test_every_shipped_config_loads():
+    for path in sorted((REPO / "configs").glob("sft_*.yaml")):
+        cfg = load_train_config(path)
+        assert cfg.output_dir and cfg.method in ("full", "lora", "qlora"), path
+    assert (
+        load_train_config(REPO / "configs/sft_config.yaml").sft_args["gradient_accumulation_steps"]
+        == 16
+    )
+
+
+def test_extract_action():
+    assert extract_action("<reasoning>x</reasoning><action><HOLD></action>") == "HOLD"
+    assert extract_action("... so we rate it a Strong Buy.") == "STRONG_BUY"
+    assert extract_action("no view") == UNPARSEABLE
+
+
+# --------------------------------------------------------------- a LoRA run
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tokenizer, rows):
+    from charlie.training.sft import train
+
+    tmp = tmp_path_factory.mktemp("lora")
+    small = {"train": rows["train"][:64], "validation": rows["validation"][:16]}
+    base = save_base_and_data(tmp, tokenizer, tokenized(tokenizer, small))
+    cfg = TrainConfig(base_model=str(base), dataset_dir=tmp / "data", output_dir=tmp / "run",
+                      method="lora", max_length=512, gpu_type="CPU", merge=True,
+                      per_device_train_batch_size=8, learning_rate=1e-3, max_steps=4,
+                      save_steps=2, eval_strategy="steps", eval_steps=4, logging_steps=1,
+                      report_to=["tensorboard"], disable_tqdm=True, seed=0)  # fmt: skip
+    metrics = train(cfg, config_path=REPO / "configs/sft_tiny_lora_cpu.yaml")
+    return cfg, metrics
+
+
+def test_lora_run_saves_adapter_tokenizer_logs_and_manifest(lora_run):
+    cfg, metrics = lora_run
+    out = cfg.output_dir
+    assert metrics["global_step"] == 4 and metrics["eval_loss"] > 0
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["r"] == 8 and set(adapter["modules_to_save"]) == {"embed_tokens", "lm_head"}
+    assert (out / "adapter_model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert (out / "checkpoint-2").is_dir() and (out / "checkpoint-4").is_dir()
+    assert list((out / "runs").rglob("events.out.tfevents.*"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["git"]["commit"]) == 40 and isinstance(manifest["git"]["dirty"], bool)
+    assert len(manifest["config_sha256"]) == 64 and manifest["config"]["method"] == "lora"
+    assert all(len(h) == 64 for h in manifest["data_files"].values()) and manifest["data_files"]
+    assert (
+        manifest["packages"]["torch"].startswith("2.13.0")
+        and manifest["packages"]["trl"] == "1.16.0"
+    )
+    assert manifest["hardware"]["cpu_count"] >= 1 and manifest["seed"] == 0
+    assert (
+        manifest["final_metrics"]["global_step"] == 4
+        and manifest["started"] <= manifest["finished"]
+    )
+
+
+def test_the_merged_model_loads_with_plain_automodel_and_matches_the_adapter(lora_run, tokenizer):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg, _ = lora_run
+    merged = AutoModelForCausalLM.from_pretrained(cfg.output_dir / "merged")
+    assert merged.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    base = AutoModelForCausalLM.from_pretrained(cfg.base_model)
+    base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    adapted = PeftModel.from_pretrained(base, str(cfg.output_dir))
+    ids = torch.tensor([tokenizer("<action><BUY></action> close above SMA20")["input_ids"]])
+    with torch.inference_mode():
+        assert torch.allclose(merged(ids).logits, adapted(ids).logits, atol=1e-4)
+
+
+def test_the_prompt_is_masked_out_of_the_loss(tmp_path, tokenizer, rows):
+    """Decode the labels of one training batch: only the completion is left."""
+    from trl import SFTTrainer
+
+    from charlie.training.sft import sft_arguments
+
+    small = {"train": rows["train"][:4], "validation": rows["validation"][:2]}
+    base = save_base_and_data(tmp_path, tokenizer, tokenized(tokenizer, small))
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM
+
+    data = load_from_disk(str(tmp_path / "data"))
+    cfg = TrainConfig(base_model=str(base), dataset_dir=tmp_path / "data", output_dir=tmp_path / "run",
+                      gpu_type="CPU", per_device_train_batch_size=2, max_steps=1, disable_tqdm=True)  # fmt: skip
+    keep = ["input_ids", "completion_mask"]
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(base),
+        args=sft_arguments(cfg, cuda=False, smoke_test=False, report_to=["none"]),
+        train_dataset=data["train"].select_columns(keep),
+        processing_class=tokenizer,
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    for row_ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+        kept = [int(t) for t, lab in zip(row_ids, labels, strict=True) if lab != -100]
+        text = tokenizer.decode(kept)
+        assert text.startswith("<reasoning>") and "<action>" in text
+        assert "Market snapshot" not in text
+    masked = (batch["labels"] == -100).sum().item()
+    assert masked > batch["input_ids"].shape[0] * 100  # every prompt token (and the padding)
+
+
+# ---------------------------------------------------------------- learning
+
+
+@pytest.mark.slow
+def test_the_tiny_model_learns_the_samples_action_rule(tmp_path, rows):
+    """Greedy-decoded actions on held-out rows beat the majority class by a wide margin.
+
+    Completions are shortened to the action so that the test trains in about a minute of
+    CPU; the prompt is the full market snapshot the pipeline builds.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from charlie.training.sft import train
+
+    short = {
+        split: [
+            {**r, "completion": re.search(r"<action><\w+></action>", r["completion"]).group(0)}
+            for r in rows[split]
+        ]
+        for split in ("train", "validation", "test")
+    }
+    tok = train_tokenizer((r["prompt"] for r in short["train"]), 1024)
+    data = tokenized(tok, {"train": short["train"], "validation": short["validation"][:32]})
+    base = save_base_and_data(tmp_path, tok, data, hidden=64, layers=2)
+    cfg = TrainConfig(base_model=str(base), dataset_dir=tmp_path / "data", output_dir=tmp_path / "run",
+                      method="full", max_length=512, gpu_type="CPU", per_device_train_batch_size=32,
+                      learning_rate=5e-3, num_train_epochs=4, lr_scheduler_type="cosine",
+                      warmup_steps=5, eval_strategy="no", save_strategy="no", report_to=["none"],
+                      disable_tqdm=True, seed=0)  # fmt: skip
+    train(cfg)
+    model = AutoModelForCausalLM.from_pretrained(cfg.output_dir)
+    test = short["test"]
+    completions = greedy_complete(
+        model, tok, [r["prompt"] for r in test], batch_size=64, max_new_tokens=4
+    )
+    predicted = [extract_action(c) for c in completions]
+    truth = [r["action"] for r in test]
+    accuracy = sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)
+    majority = Counter(r["action"] for r in short["train"]).most_common(1)[0][0]
+    majority_rate = sum(t == majority for t in truth) / len(truth)
+    assert majority_rate < 0.3
+    # Seen here: 0.38 to 0.62 against 0.20, depending on the run's settings; the rule's own
+    # agreement with the (noisy) labels caps it near 0.89.
+    assert accuracy > max(majority_rate + 0.12, 1.6 * majority_rate), (
+        accuracy,
+        majority_rate,
+        Counter(predicted),
+    )
+    assert predicted.count(UNPARSEABLE) < len(predicted) * 0.05
+
+
+def test_train_refuses_up_front_when_the_plan_cannot_fit(monkeypatch, capsys):
+    from charlie.cli import main
+
+    monkeypatch.chdir(REPO)
+    assert main(["train", "--config", "configs/sft_config.yaml"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("charlie train: error: DeepSeek-V3.2-Exp with qlora needs about ")
+    assert "GiB per GPU" in err and "one H100-80GB has 72 GiB usable: it does not fit" in err
