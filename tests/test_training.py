@@ -278,3 +278,30 @@ def test_train_refuses_up_front_when_the_plan_cannot_fit(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("charlie train: error: DeepSeek-V3.2-Exp with qlora needs about ")
     assert "GiB per GPU" in err and "one H100-80GB has 72 GiB usable: it does not fit" in err
+
+
+def test_smoke_test_runs_ten_steps_and_the_hardware_decides_precision(tmp_path):
+    from charlie.training.sft import sft_arguments
+
+    cfg = load_train_config(REPO / "configs/sft_config.yaml")
+    args = sft_arguments(cfg, cuda=False, smoke_test=True, report_to=["none"])
+    assert (args.max_steps, args.save_steps, args.eval_steps) == (10, 10, 10)
+    assert args.use_cpu and not args.bf16  # bf16 is asked for, but this CPU run gets fp32
+    assert args.completion_only_loss and args.max_length == 65536
+    assert args.gradient_checkpointing and args.gradient_checkpointing_kwargs == {
+        "use_reentrant": False
+    }
+    assert args.gradient_accumulation_steps == 16 and args.learning_rate == 1.5e-4
+    bad = TrainConfig(**{**cfg.model_dump(), **cfg.sft_args, "learning_rat": 1e-4})
+    with pytest.raises(Exception, match=r"unknown key\(s\) learning_rat in the training config"):
+        sft_arguments(bad, cuda=False, smoke_test=False, report_to=["none"])
+
+
+def test_wandb_only_when_asked(monkeypatch):
+    from charlie.training.sft import _report_to
+
+    cfg = load_train_config(REPO / "configs/sft_config.yaml")
+    monkeypatch.delenv("USE_WANDB", raising=False)
+    assert _report_to(cfg) == ["tensorboard"]
+    monkeypatch.setenv("USE_WANDB", "true")
+    assert _report_to(cfg) == ["tensorboard", "wandb"]
