@@ -28,7 +28,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,7 @@ from charlie import dataset as core
 from charlie.parsing import parse_files
 from charlie.sample import SampleSpec, generate, render_prices_csv, render_xml
 from charlie.snapshot import indicator_frame
+from common import best_of, met
 
 CHARLIE = str(Path(sys.executable).parent / "charlie")
 SPEC = core.SplitSpec(dt.date(2023, 10, 24), dt.date(2024, 12, 31), 30, dt.date(2025, 1, 1),
@@ -103,15 +103,6 @@ def numbers_only(records: list[dict], frames: dict[str, pd.DataFrame]) -> int:
     return found
 
 
-def best_of(repeat: int, fn, *args) -> tuple[float, object]:
-    best, value = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        value = fn(*args)
-        best = min(best, time.perf_counter() - start)
-    return best, value
-
-
 def stage(work: Path) -> None:
     (work / "params.yaml").write_text(
         f"prices:\n  file_dir: {work / 'prices'}\n"
@@ -156,18 +147,14 @@ def main() -> None:
     for label, seconds, note in rows:
         print(f"{label:<50}{seconds:>9.3f}   {note}")
     print(
-        f"{'ratio numbers / reference (like for like)':<50}{like:>9.2f}   target <= 1.5: {_ok(like <= 1.5)}"
+        f"{'ratio numbers / reference (like for like)':<50}{like:>9.2f}   target <= 1.5: {met(like <= 1.5)}"
     )
     print(
-        f"{'ratio whole build / reference (text too)':<50}{ratio:>9.2f}   target <= 1.5: {_ok(ratio <= 1.5)}"
+        f"{'ratio whole build / reference (text too)':<50}{ratio:>9.2f}   target <= 1.5: {met(ratio <= 1.5)}"
     )
     print(
-        f"{'charlie dataset (whole process)':<50}{t_stage:>9.3f}   target < 3 s: {_ok(t_stage < 3)}"
+        f"{'charlie dataset (whole process)':<50}{t_stage:>9.3f}   target < 3 s: {met(t_stage < 3)}"
     )
-
-
-def _ok(met: bool) -> str:
-    return "met" if met else "MISSED"
 
 
 if __name__ == "__main__":

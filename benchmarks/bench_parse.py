@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import orjson
@@ -29,6 +28,7 @@ from lxml import etree
 
 from charlie.parsing import parse_files
 from charlie.sample import SampleSpec, generate, render_xml
+from common import best_of, met
 
 CHARLIE = str(Path(sys.executable).parent / "charlie")
 
@@ -71,15 +71,6 @@ def reference_loop(paths: list[Path], out: Path) -> int:
     return len(chunks)
 
 
-def best_of(repeat: int, fn, *args) -> tuple[float, object]:
-    best, value = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        value = fn(*args)
-        best = min(best, time.perf_counter() - start)
-    return best, value
-
-
 def run_process(cmd: list[str], cwd: Path) -> None:
     env = {**os.environ, "CHARLIE_LOG_DIR": str(cwd / "logs")}
     subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True)
@@ -116,16 +107,12 @@ def main() -> None:
     print(f"{'measurement':<34}{'seconds':>9}{'MB/s':>9}  target")
     print(f"{'charlie parse_files + JSONL':<34}{t_charlie:>9.3f}{megabytes / t_charlie:>9.1f}")
     print(f"{'reference iterparse loop + JSONL':<34}{t_ref:>9.3f}{megabytes / t_ref:>9.1f}")
-    print(f"{'ratio charlie / reference':<34}{ratio:>9.2f}{'':>9}  <= 2.0  {_ok(ratio <= 2.0)}")
+    print(f"{'ratio charlie / reference':<34}{ratio:>9.2f}{'':>9}  <= 2.0  {met(ratio <= 2.0)}")
     print(f"{'charlie parse (whole process)':<34}{t_process:>9.3f}{megabytes / t_process:>9.1f}"
-          f"  < 0.6 s  {_ok(t_process < 0.6)}")  # fmt: skip
+          f"  < 0.6 s  {met(t_process < 0.6)}")  # fmt: skip
     print(
-        f"{'charlie --help (whole process)':<34}{t_help:>9.3f}{'':>9}  < 0.3 s  {_ok(t_help < 0.3)}"
+        f"{'charlie --help (whole process)':<34}{t_help:>9.3f}{'':>9}  < 0.3 s  {met(t_help < 0.3)}"
     )
-
-
-def _ok(met: bool) -> str:
-    return "met" if met else "MISSED"
 
 
 if __name__ == "__main__":
