@@ -305,3 +305,50 @@ def test_wandb_only_when_asked(monkeypatch):
     assert _report_to(cfg) == ["tensorboard"]
     monkeypatch.setenv("USE_WANDB", "true")
     assert _report_to(cfg) == ["tensorboard", "wandb"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_the_train_command_runs_under_the_distributed_launchers(
+    launcher, tmp_path, tokenizer, rows
+):
+    """`torchrun ... -m charlie.cli train` and `accelerate launch`, one CPU process each."""
+    import socket
+    import subprocess
+    import sys
+
+    small = {"train": rows["train"][:32], "validation": rows["validation"][:8]}
+    base = save_base_and_data(tmp_path, tokenizer, tokenized(tokenizer, small))
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"base_model: {base}\ndataset_dir: {tmp_path / 'data'}\noutput_dir: {tmp_path / 'run'}\n"
+        "method: lora\nmax_length: 512\ngpu_type: CPU\nper_device_train_batch_size: 4\n"
+        "max_steps: 2\nsave_steps: 2\nreport_to: [none]\ndisable_tqdm: true\n"
+    )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    bin_dir = Path(sys.executable).parent
+    prefix = (
+        [str(bin_dir / "torchrun"), "--nproc_per_node=1", f"--master_port={port}"]
+        if launcher == "torchrun"
+        else [
+            str(bin_dir / "accelerate"),
+            "launch",
+            "--cpu",
+            "--num_processes=1",
+            f"--main_process_port={port}",
+        ]
+    )
+    cmd = [*prefix, "-m", "charlie.cli", "train", "--config", str(config)]
+    env = {
+        **__import__("os").environ,
+        "CHARLIE_LOG_DIR": str(tmp_path / "logs"),
+        "MASTER_ADDR": "127.0.0.1",
+    }
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["final_metrics"]["global_step"] == 2
+    assert manifest["hardware"]["world_size"] == 1
+    assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
