@@ -17,6 +17,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,8 @@ def sft_arguments(cfg: TrainConfig, *, cuda: bool, smoke_test: bool, report_to: 
                     eval_steps=cfg.smoke_test_steps, logging_steps=1)  # fmt: skip
     if args.get("gradient_checkpointing"):
         args.setdefault("gradient_checkpointing_kwargs", {"use_reentrant": False})
+    # Progress bars for people at a terminal; logs (DVC, KFP, CI) get the metrics lines only.
+    args.setdefault("disable_tqdm", not sys.stderr.isatty())
     return SFTConfig(
         output_dir=str(cfg.output_dir),
         max_length=cfg.max_length,
@@ -141,6 +144,10 @@ def train(
 
     started = dt.datetime.now(dt.UTC)
     cuda = torch.cuda.is_available()
+    if not sys.stderr.isatty():
+        import datasets
+
+        datasets.disable_progress_bars()
 
     # ------------------------------------------------------------------ load data
     if not (cfg.dataset_dir / "dataset_dict.json").is_file():
