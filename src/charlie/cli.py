@@ -24,6 +24,7 @@ STAGES: dict[str, str] = {
     "init-model": "charlie.stages.init_model",
     "tokenize": "charlie.stages.tokenize",
     "train": "charlie.stages.train",
+    "evaluate": "charlie.stages.evaluate",
     "plan": "charlie.stages.plan",
 }
 

@@ -1,0 +1,1 @@
+"""Evaluation: forward returns, classification and financial metrics, baselines."""

@@ -1,0 +1,186 @@
+"""Evaluation: forward returns, metrics against hand-computed values, baselines, the stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from charlie.evaluation import metrics as m
+from charlie.evaluation.returns import forward_returns, momentum_sign
+from charlie.inference import UNPARSEABLE
+
+BARS = pd.DataFrame({
+    "date": pd.to_datetime(["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05", "2024-01-08"]),
+    "adj_close": [100.0, 110.0, 121.0, 133.1, 66.55],
+})  # fmt: skip
+
+
+def test_forward_returns_count_trading_days_and_never_use_partial_windows():
+    fwd = forward_returns(BARS, ["2024-01-02", "2024-01-06", "2024-01-01"], [1, 3, 4])
+    assert fwd[1][0] == pytest.approx(0.10) and fwd[3][0] == pytest.approx(0.331)
+    assert fwd[4][0] == pytest.approx(66.55 / 100 - 1)
+    assert fwd[1][1] == pytest.approx(66.55 / 133.1 - 1)  # Saturday: from Friday's bar
+    assert np.isnan(fwd[3][1])  # runs past the data
+    assert np.isnan(fwd[1][2])  # no bar on or before the date
+
+
+def test_momentum_sign():
+    assert momentum_sign(BARS, ["2024-01-05", "2024-01-08", "2024-01-03"], lookback=2).tolist() == [
+        1.0,
+        -1.0,
+        0.0,
+    ]
+
+
+def test_classification_against_hand_counts():
+    truth = ["BUY", "BUY", "SELL", "HOLD"]
+    pred = ["BUY", "SELL", "SELL", UNPARSEABLE]
+    c = m.classification(truth, pred)
+    assert c["accuracy"] == 0.5 and c["parse_rate"] == 0.75 and c["unparseable"] == 1
+    assert c["per_class"]["BUY"] == {
+        "precision": 1.0,
+        "recall": 0.5,
+        "f1": pytest.approx(2 / 3),
+        "support": 2,
+    }
+    assert c["per_class"]["SELL"]["precision"] == 0.5 and c["per_class"]["SELL"]["recall"] == 1.0
+    assert c["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 0 + 0 + 0) / 5)
+    labels = c["confusion_matrix"]["labels"]
+    matrix = c["confusion_matrix"]["matrix"]
+    assert matrix[labels.index("HOLD")][labels.index(UNPARSEABLE)] == 1
+    assert matrix[labels.index("BUY")][labels.index("SELL")] == 1
+
+
+def test_financial_signs_holds_and_missing_returns():
+    pred = ["BUY", "STRONG_SELL", "HOLD", "SELL", "BUY"]
+    ret = np.array([0.02, -0.01, 0.05, 0.03, np.nan])
+    f = m.financial(pred, {1: ret})["1d"]
+    signed = np.array([0.02, 0.01, -0.03])
+    assert f["directional"] == 3 and f["missing_returns"] == 1
+    assert f["hit_rate"] == pytest.approx(2 / 3)
+    assert f["mean_signed_return"] == pytest.approx(signed.mean())
+    assert f["std_signed_return"] == pytest.approx(signed.std(ddof=1))
+    assert f["sharpe_like"] == pytest.approx(signed.mean() / signed.std(ddof=1))
+    assert f["hold"] == {"count": 1, "mean_fwd_return": 0.05}
+    assert f["per_action"]["BUY"] == {"count": 2, "mean_fwd_return": 0.02}
+
+
+def test_bootstrap_intervals_hold_the_estimate_and_are_reproducible():
+    rng = np.random.default_rng(1)
+    truth = list(rng.choice(["BUY", "SELL"], 300))
+    pred = [t if rng.random() < 0.7 else "HOLD" for t in truth]
+    ret = rng.normal(0.001, 0.01, 300)
+    a = m.bootstrap(truth, pred, ret, samples=500, seed=3)
+    assert a == m.bootstrap(truth, pred, ret, samples=500, seed=3)
+    acc = np.mean([p == t for p, t in zip(pred, truth, strict=True)])
+    assert a["accuracy"][0] < acc < a["accuracy"][1]
+    assert a["mean_signed_return"][0] < m.mean_signed(pred, ret) < a["mean_signed_return"][1]
+
+
+def test_baselines_act_on_the_same_rows():
+    truth = ["BUY", "SELL", "HOLD", "BUY"]
+    b = m.baselines(
+        truth, ["SELL"] * 4, ["HOLD", "HOLD", "BUY"], np.array([1.0, -1.0, 0.0, 1.0]), seed=0
+    )
+    assert b["majority (HOLD)"] == ["HOLD"] * 4
+    assert b["always BUY"] == ["BUY"] * 4 and b["teacher (thesis labels)"] == truth
+    assert b["momentum 20d sign"] == ["BUY", "SELL", "HOLD", "BUY"]
+    assert b["random at the model's frequencies"] == ["SELL"] * 4  # the model only says SELL
+    assert all(len(v) == 4 for v in b.values())
+
+
+# ------------------------------------------------------------------- the stage
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny LoRA adapter trained for a few steps, and the sample's test rows."""
+    from datasets import Dataset, DatasetDict
+
+    from charlie.training.config import TrainConfig
+    from charlie.training.sft import train
+
+    from .test_training import SPEC, save_base_and_data, tokenized
+
+    tmp = tmp_path_factory.mktemp("eval")
+    from charlie import dataset as core
+    from charlie.parsing import parse_files
+    from charlie.training.tokens import train_tokenizer
+
+    from .conftest import SAMPLES
+
+    records = parse_files(sorted((SAMPLES / "xml").glob("*.xml"))).records
+    frames = {
+        p.stem: pd.read_csv(p, parse_dates=["date"]) for p in (SAMPLES / "prices").glob("*.csv")
+    }
+    rows, _, _ = core.build_rows(records, frames, SPEC, drop_outside=False)
+    tok = train_tokenizer((r["prompt"] + r["completion"] for r in rows["train"][:300]), 600)
+    data = tokenized(tok, {"train": rows["train"][:32], "validation": rows["validation"][:8]})
+    base = save_base_and_data(tmp, tok, data)
+    cfg = TrainConfig(base_model=str(base), dataset_dir=tmp / "data", output_dir=tmp / "run",
+                      method="lora", gpu_type="CPU", max_steps=2, per_device_train_batch_size=8,
+                      report_to=["none"], disable_tqdm=True, save_strategy="no")  # fmt: skip
+    train(cfg)
+    sft = DatasetDict({s: Dataset.from_list(rows[s][:12]) for s in ("train", "test")})
+    sft.save_to_disk(str(tmp / "sft"))
+    return tmp
+
+
+def run_stage(tmp: Path, **kw) -> int:
+    from charlie.stages.evaluate import run
+
+    repo = Path(__file__).resolve().parents[1]
+    args = argparse.Namespace(params=repo / "params.yaml", config=str(repo / "configs/eval_config.yaml"),
+                              model_dir=str(tmp / "run"), dataset_dir=str(tmp / "sft"), split="test",
+                              out=str(tmp / "results" / "eval_results.csv"), batch_size=4,
+                              max_new_tokens=12, limit=None)  # fmt: skip
+    for key, value in kw.items():
+        setattr(args, key, value)
+    return run(args)
+
+
+def test_evaluate_writes_every_output_and_counts_what_it_could_not_parse(trained, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # params.yaml's price files
+    assert run_stage(trained) == 0
+    out = trained / "results"
+    frame = pd.read_csv(out / "eval_results.csv")
+    assert list(frame.columns) == ["uid", "ticker", "as_of_date", "true_action", "pred_action", "correct",
+                                   "fwd_ret_1", "fwd_ret_5", "fwd_ret_10", "fwd_ret_30"]  # fmt: skip
+    assert len(frame) == 12 and frame["fwd_ret_30"].notna().all()
+    assert set(frame["pred_action"]) <= {
+        "STRONG_BUY",
+        "BUY",
+        "HOLD",
+        "SELL",
+        "STRONG_SELL",
+        UNPARSEABLE,
+    }
+    info = json.loads((out / "eval_metrics.json").read_text())
+    c = info["classification"]
+    assert c["n"] == 12 and c["unparseable"] == (frame["pred_action"] == UNPARSEABLE).sum()
+    assert c["accuracy"] == pytest.approx(frame["correct"].mean())
+    assert set(info["financial"]) == {"1d", "5d", "10d", "30d"}
+    assert info["baselines"]["teacher (thesis labels)"]["accuracy"] == 1.0
+    assert len(info["baselines"]) == 6 and all(
+        len(b["accuracy_ci95"]) == 2 for b in info["baselines"].values()
+    )
+    summary = (out / "eval_summary.md").read_text()
+    assert "not annualised" in summary and "| always BUY |" in summary
+    assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    gens = [json.loads(line) for line in (out / "eval_generations.jsonl").read_text().splitlines()]
+    assert [g["uid"] for g in gens] == list(frame["uid"])
+
+
+def test_bad_inputs_are_one_sentence(trained, tmp_path, monkeypatch):
+    from charlie.errors import CharlieError
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    with pytest.raises(CharlieError, match=r"holds no model weights"):
+        run_stage(trained, model_dir=str(tmp_path))
+    with pytest.raises(CharlieError, match=r"has no 'validation' split \(it has train, test\)"):
+        run_stage(trained, split="validation")
