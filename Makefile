@@ -32,6 +32,8 @@ demo: install  ## run the whole pipeline on the bundled sample (dvc repro)
 	@echo "  models/tiny                    the tiny local base model and tokenizer (charlie init-model)"
 	@echo "  data/hf_datasets/tokenized     token ids + completion masks, tokenize_report.json"
 	@echo "  checkpoints/sft-tiny-lora-cpu  LoRA adapter, merged/, manifest.json, runs/ (tensorboard --logdir)"
+	@echo "  results/eval_summary.md        accuracy, trades and baselines (+ eval_metrics.json, confusion_matrix.png)"
+	@echo "  backtests/baseline_report.html the portfolio against equal-weight buy-and-hold, after costs"
 	@echo "  logs/                          one log file per stage run"
 
 test: install  ## lint, then run the test suite
@@ -53,6 +55,8 @@ sample: install  ## regenerate the bundled sample in data/samples/
 bench: install  ## run the benchmarks (figures and ratios on stdout)
 	python benchmarks/bench_parse.py
 	python benchmarks/bench_dataset.py
+	python benchmarks/bench_train.py
+	python benchmarks/bench_backtest.py   # vectorbt side by side when installed: pip install -e '.[bench]'
 
 lock:  ## re-resolve the newest allowed versions into constraints.txt
 	rm -rf .venv-lock

@@ -25,6 +25,7 @@ STAGES: dict[str, str] = {
     "tokenize": "charlie.stages.tokenize",
     "train": "charlie.stages.train",
     "evaluate": "charlie.stages.evaluate",
+    "backtest": "charlie.stages.backtest",
     "plan": "charlie.stages.plan",
 }
 
@@ -42,6 +43,8 @@ examples:
   charlie sample                  regenerate the bundled sample in data/samples/
   charlie parse                   parse data/samples/xml into data/jsonl/ (params.yaml)
   charlie parse --input-dir data/raw_xml --strict
+  charlie evaluate                score the trained model on the test split (configs/eval_config.yaml)
+  charlie backtest                simulate a portfolio from its predictions, after costs
   dvc repro                       run the whole pipeline as `make demo` does
 """
 

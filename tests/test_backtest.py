@@ -1,0 +1,487 @@
+"""The backtest: metrics against hand-computed values, the engine's execution rules, the
+pandas layer's edge cases, and `charlie backtest` on the bundled sample."""
+
+import csv
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import charlie.cli
+from charlie.backtest import engine
+from charlie.backtest import metrics as m
+from charlie.backtest.config import BacktestConfig, load_backtest_config
+from charlie.backtest.report import (
+    DAILY_COLUMNS,
+    output_paths,
+    prepare_predictions,
+    run_backtest,
+    write_outputs,
+)
+from charlie.errors import CharlieError, ConfigError
+from charlie.parsing import parse_files
+
+from .conftest import REPO, SAMPLES
+
+EVAL_COLUMNS = ["uid", "ticker", "as_of_date", "true_action", "pred_action", "correct",
+                "fwd_ret_1", "fwd_ret_5", "fwd_ret_10", "fwd_ret_30"]  # fmt: skip
+FREE = {"transaction_cost_bps": 0, "slippage_bps": 0}
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_metrics_match_hand_computed_values_on_a_tiny_series():
+    r = [0.01, -0.02, 0.03]
+    growth = 1.01 * 0.98 * 1.03  # 1.019494
+    mean, sd = sum(r) / 3, statistics.stdev(r)  # sample std, ddof=1
+    downside = math.sqrt((0 + 0.02**2 + 0) / 3) * math.sqrt(252)  # over all 3 observations
+    assert m.total_return(r) == pytest.approx(0.019494, abs=1e-12)
+    assert m.cagr(r) == pytest.approx(growth ** (252 / 3) - 1, rel=1e-12)
+    assert m.annual_volatility(r) == pytest.approx(sd * math.sqrt(252), rel=1e-12)
+    assert m.sharpe_ratio(r) == pytest.approx(mean / sd * math.sqrt(252), rel=1e-12)
+    assert m.sharpe_ratio(r) == pytest.approx(4.2052, abs=1e-4)
+    assert m.downside_deviation(r) == pytest.approx(downside, rel=1e-12)
+    assert m.sortino_ratio(r) == pytest.approx(mean * 252 / downside, rel=1e-12)
+    assert m.sortino_ratio(r) == pytest.approx(9.1652, abs=1e-4)
+    assert m.max_drawdown(r) == pytest.approx(0.98 - 1)  # 1.01 -> 0.9898
+    assert m.calmar_ratio(r) == pytest.approx((growth ** (252 / 3) - 1) / 0.02, rel=1e-12)
+    rf = 0.001
+    excess = [x - rf for x in r]
+    assert m.sharpe_ratio(r, risk_free=rf) == pytest.approx(
+        statistics.mean(excess) / statistics.stdev(excess) * math.sqrt(252), rel=1e-12
+    )
+
+
+def test_drawdown_is_measured_from_the_initial_equity():
+    assert m.max_drawdown([-0.1, 0.2]) == pytest.approx(-0.1)  # the first day is a drawdown
+    assert m.max_drawdown([0.1, -0.5, 0.2]) == pytest.approx(-0.5)
+    assert m.max_drawdown([0.01, 0.02]) == 0.0
+    np.testing.assert_allclose(m.drawdown([-0.1, 0.2, -0.5]), [-0.1, 0.0, -0.5])
+
+
+def test_undefined_metrics_are_nan_not_exceptions():
+    flat = m.summary([0.0, 0.0, 0.0])
+    assert math.isnan(flat["sharpe"]) and math.isnan(flat["sortino"])
+    assert math.isnan(flat["calmar"])
+    assert flat["annual_volatility"] == 0.0 and flat["max_drawdown"] == 0.0
+    assert flat["total_return"] == 0.0 and flat["cagr"] == 0.0
+    constant = m.summary([0.01] * 5)  # zero variance but not zero
+    assert math.isnan(constant["sharpe"]) and math.isnan(constant["sortino"])
+    assert math.isnan(m.sortino_ratio([0.01, 0.02]))  # no downside (empyrical: inf)
+    one = m.summary([0.05])
+    assert one["total_return"] == pytest.approx(0.05)
+    assert one["cagr"] == pytest.approx(1.05**252 - 1)
+    assert all(math.isnan(one[k]) for k in ("annual_volatility", "sharpe", "sortino", "calmar"))
+    empty = m.summary([])
+    assert all(math.isnan(empty[k]) for k in ("total_return", "cagr", "sharpe", "max_drawdown"))
+    assert m.cagr([-1.0, 0.5]) == -1.0  # wiped out
+
+
+def test_metrics_validate_their_input():
+    with pytest.raises(ValueError, match="finite"):
+        m.sharpe_ratio([0.01, float("nan")])
+    with pytest.raises(ValueError, match="one-dimensional"):
+        m.total_return([[0.01], [0.02]])
+    with pytest.raises(ValueError, match="below -1"):
+        m.max_drawdown([-1.5])
+
+
+# ---------------------------------------------------------------- engine
+
+
+def flat_prices(rows: int, cols: int, price: float = 100.0) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((rows, cols), price), np.full((rows, cols), price)
+
+
+def test_a_decision_fills_at_the_next_open_with_slippage_and_commission():
+    open_ = np.array([[100.0], [102.0], [103.0]])
+    close = np.array([[100.0], [104.0], [101.0]])
+    weights = np.array([[0.02], [0.0], [0.0]])  # BUY at the first close, flat at the second
+    sim = engine.simulate(open_, close, weights, initial_cash=1e6, commission_bps=5,
+                          slippage_bps=10)  # fmt: skip
+    assert sim.traded[0, 0] == 0 and sim.equity[0] == 1e6  # nothing fills on the decision day
+    shares = 0.02 * 1e6 / 102.0  # sized at the fill's reference price (the open)
+    buy = 102.0 * (1 + 10e-4)
+    fee = shares * buy * 5e-4
+    assert sim.traded[1, 0] == pytest.approx(shares)
+    assert sim.fill_price[1, 0] == pytest.approx(buy)
+    assert sim.commission[1, 0] == pytest.approx(fee)
+    assert sim.slippage[1, 0] == pytest.approx(shares * 102.0 * 10e-4)
+    cash = 1e6 - shares * buy - fee
+    assert sim.cash[1] == pytest.approx(cash)
+    assert sim.equity[1] == pytest.approx(cash + shares * 104.0)  # marked at the close
+    sell = 103.0 * (1 - 10e-4)
+    assert sim.traded[2, 0] == pytest.approx(-shares)
+    assert sim.fill_price[2, 0] == pytest.approx(sell)
+    assert sim.equity[2] == pytest.approx(cash + shares * sell * (1 - 5e-4))
+    assert sim.positions[2, 0] == pytest.approx(0.0)
+
+
+def test_fixed_pct_and_equal_weight_sizing():
+    assert engine.unit_weight("fixed_pct", 50, fixed_pct_value=0.02) == 0.02
+    assert engine.unit_weight("equal_weight", 4, max_units=2) == 1 / 8
+    units = np.array([[2.0, 1.0, 0.0, 2.0], [2.0, 1.0, 0.0, 2.0]])
+    open_, close = flat_prices(2, 4)
+    sim = engine.simulate(open_, close, units * 0.02, initial_cash=1e6)
+    np.testing.assert_allclose(sim.positions[1] * 100 / 1e6, [0.04, 0.02, 0.0, 0.04])
+    all_in = np.full((2, 4), 2.0) * engine.unit_weight("equal_weight", 4, max_units=2)
+    sim = engine.simulate(open_, close, all_in, initial_cash=1e6)
+    gross, _ = engine.exposures(sim)
+    assert gross[1] == pytest.approx(1.0) and sim.cash[1] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_hold_keeps_the_target_and_the_book_is_rebalanced_to_it_daily():
+    decisions = np.array([[1.0], [np.nan], [np.nan], [0.0], [np.nan]])
+    targets = engine.hold_forward(decisions)
+    np.testing.assert_array_equal(targets[:, 0], [1, 1, 1, 0, 0])
+    assert engine.hold_forward(np.array([[np.nan], [2.0]]))[0, 0] == 0.0  # starts flat
+    open_ = close = np.array([[100.0], [100.0], [120.0], [120.0], [120.0]])
+    sim = engine.simulate(open_, close, targets * 0.5, initial_cash=1000.0)
+    value = sim.positions * sim.mark
+    # Weight back to 50 % at each open: after the price jump some shares are sold.
+    assert value[1, 0] / sim.equity[1] == pytest.approx(0.5)
+    assert sim.traded[2, 0] < 0 and value[2, 0] / sim.equity[2] == pytest.approx(0.5)
+    assert sim.positions[4, 0] == pytest.approx(0.0)
+
+
+def test_missing_prices_mean_no_fill_and_a_mark_at_the_last_close():
+    nan = np.nan
+    open_ = np.array([[10.0, 20.0], [nan, nan], [nan, 22.0], [12.0, 24.0]])
+    close = np.array([[10.0, 20.0], [nan, 21.0], [11.0, 23.0], [13.0, 25.0]])
+    weights = np.full((4, 2), 0.25)
+    sim = engine.simulate(open_, close, weights, initial_cash=1000.0)
+    # Ticker 0 has no price on row 1: no fill; it fills on row 2 at the close (no open).
+    assert sim.traded[1, 0] == 0 and np.isnan(sim.fill_price[1, 0])
+    assert sim.fill_price[2, 0] == 11.0
+    # Ticker 1 has a close but no open on row 1: it fills at that close.
+    assert sim.fill_price[1, 1] == 21.0
+    # A held position is marked at the last known close on a day without one.
+    hold = engine.simulate(open_[[0, 3, 1]], close[[0, 3, 1]], weights[:3], initial_cash=1000.0)
+    assert hold.mark[2, 0] == 13.0
+    assert hold.equity[2] == pytest.approx(hold.cash[2] + hold.positions[2] @ [13.0, 21.0])
+
+
+def test_a_single_day_fills_nothing():
+    sim = engine.simulate(np.array([[10.0]]), np.array([[10.0]]), np.array([[1.0]]),
+                          initial_cash=5.0)  # fmt: skip
+    assert sim.equity.tolist() == [5.0] and not sim.traded.any()
+
+
+def test_look_ahead_canary_earns_nothing_once_lagged():
+    # Every move happens overnight (open == close), so a weight that knows the next day's
+    # close-to-close return knows a move that is over before the next open, where it fills.
+    rng = np.random.default_rng(11)
+    rows, cols = 1500, 30
+    prices = 100 * np.cumprod(1 + rng.normal(0, 0.01, (rows, cols)), axis=0)
+    next_return = np.vstack([prices[1:] / prices[:-1] - 1, np.zeros((1, cols))])
+    peek = np.sign(next_return) / cols
+    canary = engine.simulate(prices, prices, peek, initial_cash=1e6)
+    returns = canary.equity[1:] / canary.equity[:-1] - 1
+    assert abs(m.sharpe_ratio(returns)) < 2.0  # pure noise: its standard error is ~0.4 here
+    # The test has power: a weight that knows the return the engine does expose it to wins.
+    cheat = np.vstack([peek[1:], np.zeros((1, cols))])
+    cheat_sim = engine.simulate(prices, prices, cheat, initial_cash=1e6)
+    assert m.sharpe_ratio(cheat_sim.equity[1:] / cheat_sim.equity[:-1] - 1) > 20
+
+
+def test_perturbing_prices_after_a_date_leaves_that_dates_trades_unchanged():
+    rng = np.random.default_rng(3)
+    rows, cols, day = 60, 8, 30
+    close = 50 * np.cumprod(1 + rng.normal(0, 0.02, (rows, cols)), axis=0)
+    open_ = close * (1 + rng.normal(0, 0.005, (rows, cols)))
+    open_[rng.random((rows, cols)) < 0.05] = np.nan
+    weights = rng.choice([0.0, 0.02, 0.04, -0.02], (rows, cols))
+    costs = {"initial_cash": 1e6, "commission_bps": 5, "slippage_bps": 10}
+    base = engine.simulate(open_, close, weights, **costs)
+    later_open, later_close, later_w = open_.copy(), close.copy(), weights.copy()
+    later_open[day + 1 :] *= rng.uniform(0.5, 1.5, (rows - day - 1, cols))
+    later_close[day + 1 :] *= rng.uniform(0.5, 1.5, (rows - day - 1, cols))
+    later_close[day + 1 :: 3, 0] = np.nan
+    later_w[day:] = rng.choice([0.0, 0.05], (rows - day, cols))  # decisions at day fill later
+    moved = engine.simulate(later_open, later_close, later_w, **costs)
+    keep = slice(0, day + 1)
+    np.testing.assert_array_equal(moved.traded[keep], base.traded[keep])
+    np.testing.assert_array_equal(moved.fill_price[keep], base.fill_price[keep])
+    np.testing.assert_array_equal(moved.equity[keep], base.equity[keep])
+    assert not np.array_equal(moved.traded[day + 1 :], base.traded[day + 1 :])
+
+
+def test_total_costs_are_the_sum_over_fills_of_notional_times_bps():
+    rng = np.random.default_rng(5)
+    close = 20 * np.cumprod(1 + rng.normal(0, 0.02, (40, 5)), axis=0)
+    open_ = close * 1.001
+    weights = rng.choice([0.0, 0.1, 0.2], (40, 5))
+    sim = engine.simulate(open_, close, weights, initial_cash=1e5, commission_bps=7)
+    filled = sim.traded != 0
+    notional = np.abs(sim.traded[filled] * sim.fill_price[filled])
+    assert sim.costs.sum() == pytest.approx(notional.sum() * 7e-4, rel=1e-12)
+    sim = engine.simulate(open_, close, weights, initial_cash=1e5, commission_bps=7,
+                          slippage_bps=12)  # fmt: skip
+    filled = sim.traded != 0
+    at_fill = np.abs(sim.traded[filled] * sim.fill_price[filled])
+    at_ref = np.abs(sim.traded[filled] * sim.reference_price[filled])
+    assert sim.commission.sum() == pytest.approx(at_fill.sum() * 7e-4, rel=1e-12)
+    assert sim.slippage.sum() == pytest.approx(at_ref.sum() * 12e-4, rel=1e-12)
+    assert sim.costs.sum() == pytest.approx(sim.commission.sum() + sim.slippage.sum())
+
+
+def test_first_fill_mask_makes_buy_and_hold():
+    nan = np.nan
+    open_ = np.array([[10.0, nan], [11.0, nan], [12.0, 30.0], [13.0, 31.0]])
+    close = open_ + 0.5
+    mask = engine.first_fill_mask(open_, close)
+    assert mask.tolist() == [[True, False], [False, True], [False, False], [False, False]]
+    sim = engine.simulate(open_, close, np.full((4, 2), 0.5), initial_cash=1000.0,
+                          rebalance=mask)  # fmt: skip
+    assert np.count_nonzero(sim.traded) == 2
+    assert sim.positions[3, 0] == pytest.approx(500 / 11.0)  # bought once, then held
+
+
+# ---------------------------------------------------------------- the pandas layer
+
+
+def bars(dates: list[str], opens: list[float], closes: list[float] | None = None) -> pd.DataFrame:
+    closes = opens if closes is None else closes
+    return pd.DataFrame(
+        {
+            "date": pd.to_datetime(dates), "open": opens, "high": closes, "low": closes,
+            "close": closes, "adj_close": closes, "volume": 1000.0,
+        }
+    )  # fmt: skip
+
+
+def predictions(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["ticker", "as_of_date", "pred_action"])
+    return prepare_predictions(frame)
+
+
+DAYS = ["2025-01-06", "2025-01-07", "2025-01-08", "2025-01-09", "2025-01-10"]
+
+
+def test_every_prediction_hold_trades_nothing_and_has_defined_results(tmp_path):
+    frames = {"AAA": bars(DAYS, [10, 11, 12, 11, 13]), "BBB": bars(DAYS, [5, 5, 6, 7, 6])}
+    preds = predictions([(t, d, a) for d in DAYS[:4] for t, a in (("AAA", "HOLD"),
+                         ("BBB", "UNPARSEABLE"))])  # fmt: skip
+    result = run_backtest(preds, frames, BacktestConfig())
+    s = result.metrics["strategy"]
+    assert result.trades.empty and s["n_trades"] == 0
+    assert (result.daily["equity"] == 1e6).all() and (result.daily["returns"] == 0).all()
+    assert math.isnan(s["sharpe"]) and math.isnan(s["sortino"]) and s["max_drawdown"] == 0
+    assert s["turnover"] == 0 and s["exposure"] == 0
+    assert result.metrics["benchmark"]["n_trades"] == 2
+    assert result.metrics["inputs"]["unparseable"] == 4
+    paths = write_outputs(result, tmp_path / "bt" / "hold.csv")
+    saved = json.loads(paths["metrics"].read_text())
+    assert saved["strategy"]["sharpe"] is None  # NaN is null in JSON
+    assert pd.read_csv(paths["trades"]).empty
+    assert "n/a" in paths["report"].read_text()
+
+
+def test_run_backtest_daily_table_trades_and_per_ticker_pnl():
+    frames = {"AAA": bars(DAYS, [10, 11, 12, 11, 13], [10.5, 11.5, 11.5, 12, 13]),
+              "BBB": bars(DAYS, [5, 5, 6, 7, 6])}  # fmt: skip
+    preds = predictions([("AAA", DAYS[0], "STRONG_BUY"), ("BBB", DAYS[0], "BUY"),
+                         ("AAA", DAYS[2], "SELL"), ("BBB", DAYS[3], "hold")])  # fmt: skip
+    config = BacktestConfig(position_sizing="equal_weight", **FREE)
+    result = run_backtest(preds, frames, config)
+    daily, trades = result.daily, result.trades
+    assert list(daily.columns) == list(DAILY_COLUMNS)
+    assert daily["date"].tolist() == DAYS[1:]  # from the first fill to the last decision's fill
+    first = trades[trades["date"] == DAYS[1]].set_index("ticker")
+    assert (
+        first.loc["AAA", "action"] == "STRONG_BUY" and first.loc["AAA", "target_as_of"] == DAYS[0]
+    )
+    assert first.loc["AAA", "target_weight"] == pytest.approx(0.5)  # 2 / (2 tickers x 2 units)
+    assert first.loc["BBB", "target_weight"] == pytest.approx(0.25)
+    assert first.loc["AAA", "fill_price"] == 11  # the open
+    sold = trades[(trades["ticker"] == "AAA") & (trades["date"] == DAYS[3])]
+    assert sold["side"].tolist() == ["SELL"] and sold["position_after"].iloc[0] == 0
+    pnl = sum(t["pnl"] for t in result.metrics["per_ticker"])
+    assert pnl == pytest.approx(daily["equity"].iloc[-1] - 1e6)
+    returns = daily["equity"] / daily["equity"].shift(fill_value=1e6) - 1
+    np.testing.assert_allclose(daily["returns"], returns)
+
+
+def test_missing_prices_mid_period_and_predictions_on_a_holiday():
+    frames = {"AAA": bars(["2025-01-03", *DAYS], [9, 10, 11, 12, 11, 13]),
+              "BBB": bars([DAYS[0], DAYS[1], DAYS[3], DAYS[4]], [5, 5, 7, 6])}  # fmt: skip
+    preds = predictions([("AAA", "2025-01-05", "BUY"), ("BBB", DAYS[1], "BUY"),
+                         ("AAA", DAYS[3], "HOLD")])  # fmt: skip
+    result = run_backtest(preds, frames, BacktestConfig(**FREE))
+    trades = result.trades
+    # A Sunday prediction counts at Friday's close, so it fills at Monday's open.
+    aaa = trades[trades["ticker"] == "AAA"]
+    assert (aaa["date"].iloc[0], aaa["target_as_of"].iloc[0]) == (DAYS[0], "2025-01-03")
+    assert aaa["fill_price"].iloc[0] == 10
+    # BBB has no bar on the day after its decision: it fills on the next day with one.
+    bbb = trades[trades["ticker"] == "BBB"]
+    assert bbb["date"].iloc[0] == DAYS[3] and (bbb["action"] == "").all()
+    assert result.metrics["inputs"]["missing_prices"] == 1
+    assert result.daily["equity"].notna().all()
+
+
+def test_a_single_day_of_predictions():
+    frames = {"AAA": bars(DAYS[:2], [10, 11], [10, 12])}
+    result = run_backtest(predictions([("AAA", DAYS[0], "BUY")]), frames,
+                          BacktestConfig(**FREE))  # fmt: skip
+    assert len(result.daily) == 1 and len(result.trades) == 1
+    s = result.metrics["strategy"]
+    assert s["total_return"] == pytest.approx(0.02 * (12 / 11 - 1))
+    assert math.isnan(s["sharpe"]) and math.isnan(s["annual_volatility"])
+    with pytest.raises(CharlieError, match="no trading day after 2025-01-07"):
+        run_backtest(predictions([("AAA", DAYS[1], "BUY")]), frames, BacktestConfig())
+
+
+def test_shorts_only_when_allowed():
+    frames = {"AAA": bars(DAYS[:3], [10, 10, 10])}
+    preds = predictions([("AAA", DAYS[0], "STRONG_SELL")])
+    long_only = run_backtest(preds, frames, BacktestConfig(**FREE))
+    assert long_only.trades.empty
+    shorts = run_backtest(preds, frames, BacktestConfig(allow_shorts=True, **FREE))
+    assert shorts.trades["target_weight"].iloc[0] == pytest.approx(-0.04)
+    assert shorts.daily["net_exposure"].iloc[-1] == pytest.approx(-0.04)
+
+
+def test_prepare_predictions_rejects_what_it_cannot_trade():
+    def frame(**row):
+        return pd.DataFrame([{"ticker": "AAA", "as_of_date": "2025-01-06", **row}])
+
+    assert prepare_predictions(frame(pred_action=" buy "))["pred_action"][0] == "BUY"
+    assert prepare_predictions(frame(pred_action=""))["pred_action"][0] == "UNPARSEABLE"
+    with pytest.raises(CharlieError, match=r"line 2 .* lacks a pred_action in STRONG_BUY"):
+        prepare_predictions(frame(pred_action="MAYBE"))
+    with pytest.raises(CharlieError, match="lacks an as_of_date"):
+        prepare_predictions(frame(pred_action="BUY", as_of_date="06/01/2025"))
+    with pytest.raises(CharlieError, match="lacks the column"):
+        prepare_predictions(pd.DataFrame({"ticker": ["AAA"]}))
+
+
+def test_the_shipped_config_loads_with_the_seed_values():
+    config = load_backtest_config(REPO / "configs" / "backtest_config.yaml")
+    assert config == BacktestConfig()
+    assert (config.initial_cash, config.transaction_cost_bps, config.slippage_bps) == (1e6, 5, 10)
+    assert (config.position_sizing, config.fixed_pct_value) == ("fixed_pct", 0.02)
+    assert config.units() == {"STRONG_BUY": 2, "BUY": 1, "HOLD": None, "SELL": 0,
+                              "STRONG_SELL": 0}  # fmt: skip
+    assert config.cost_sensitivity_bps == [0, 5, 10, 25, 50]
+
+
+def test_config_errors_are_one_sentence(tmp_path):
+    path = tmp_path / "bt.yaml"
+    path.write_text("position_sizing: kelly\n")
+    with pytest.raises(ConfigError, match="'position_sizing' = 'kelly' is not allowed"):
+        load_backtest_config(path)
+    path.write_text("action_units:\n  BUY: 0\n  STRONG_BUY: 0\n")
+    with pytest.raises(ConfigError, match="nothing could ever be held"):
+        load_backtest_config(path)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    monkeypatch.setitem(charlie.cli.STAGES, "backtest", "charlie.stages.backtest")
+    return charlie.cli.main
+
+
+def write_eval_csv(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, EVAL_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def params_file(tmp_path: Path, prices: Path) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(f"prices:\n  file_dir: {prices}\n  cache_dir: {tmp_path / 'cache'}\n")
+    return path
+
+
+def test_demo_sample_shows_the_model_and_the_benchmark_side_by_side(tmp_path, cli, capsys):
+    records = parse_files(sorted((SAMPLES / "xml").glob("*.xml"))).records
+    test = [r for r in records if "2025-01-01" <= r["as_of_date"] <= "2025-04-24"]
+    rows = [{"uid": r["uid"], "ticker": r["ticker"], "as_of_date": r["as_of_date"],
+             "true_action": r["action"], "pred_action": r["action"], "correct": True}
+            for r in test]  # fmt: skip
+    rows[0]["pred_action"] = "UNPARSEABLE"
+    eval_csv = write_eval_csv(tmp_path / "eval_results.csv", rows)
+    out = tmp_path / "backtests" / "baseline.csv"
+    args = ["backtest", "--params", str(params_file(tmp_path, SAMPLES / "prices")),
+            "--eval-csv", str(eval_csv), "--config", str(REPO / "configs/backtest_config.yaml"),
+            "--out", str(out)]  # fmt: skip
+    assert cli(args) == 0
+
+    paths = output_paths(out)
+    assert all(p.is_file() for p in paths.values())
+    assert [p.name for p in paths.values()] == [
+        "baseline.csv", "baseline_trades.csv", "baseline_metrics.json", "baseline_equity.png",
+        "baseline_drawdown.png", "baseline_report.html",
+    ]  # fmt: skip
+    saved = json.loads(paths["metrics"].read_text())
+    for side in ("strategy", "benchmark"):
+        assert set(saved[side]) == set(m.METRIC_NAMES)
+        assert saved[side]["n_trades"] > 0 and saved[side]["sharpe"] is not None
+    assert saved["inputs"]["predictions"] == len(test)
+    assert saved["inputs"]["unparseable"] == 1
+    assert set(saved["inputs"]["tickers"]) == set(json.loads((SAMPLES / "manifest.json")
+                                                               .read_text())["tickers"])  # fmt: skip
+    assert [r["commission_bps"] for r in saved["cost_sensitivity"]] == [0, 0, 5, 10, 25, 50]
+    returns = [r["strategy_total_return"] for r in saved["cost_sensitivity"][1:]]
+    assert returns == sorted(returns, reverse=True)  # more costs, less return
+    assert {"timing", "sizing", "metrics", "benchmark"} <= set(saved["conventions"])
+
+    daily = pd.read_csv(paths["daily"])
+    assert list(daily.columns) == list(DAILY_COLUMNS)
+    assert daily["date"].iloc[0] == "2025-01-03" and daily["date"].iloc[-1] == "2025-04-25"
+    trades = pd.read_csv(paths["trades"])
+    assert daily["costs"].sum() == pytest.approx((trades["commission"] + trades["slippage"]).sum())
+    assert paths["equity_png"].read_bytes().startswith(b"\x89PNG")
+
+    page = paths["report"].read_text()
+    assert page.count("data:image/png;base64,") == 2 and "<script" not in page
+    for name in m.METRIC_NAMES:
+        assert f"<td>{name}</td>" in page
+    strategy_sharpe = f"{saved['strategy']['sharpe']:.3f}"
+    benchmark_sharpe = f"{saved['benchmark']['sharpe']:.3f}"
+    assert f"<td>sharpe</td><td>{strategy_sharpe}</td><td>{benchmark_sharpe}</td>" in page
+    assert "Cost sensitivity" in page and "UNPARSEABLE" in page
+    err = capsys.readouterr().err
+    assert "strategy" in err and "benchmark" in err
+
+
+@pytest.mark.parametrize(
+    ("content", "config", "message"),
+    [
+        (None, None, "eval CSV .* does not exist; run `charlie evaluate` first."),
+        ("", None, "eval CSV .* is empty."),
+        (",".join(EVAL_COLUMNS) + "\n", None, "holds no prediction."),
+        ("ticker,as_of_date\nAAA,2025-01-06\n", None, "lacks the column\\(s\\) pred_action"),
+        ("ticker,as_of_date,pred_action\nAAA,2025-01-06,BUY\n", "sizing: all\n",
+         "unknown key 'sizing'; allowed keys here are: initial_cash"),
+        ("ticker,as_of_date,pred_action\nZZZ,2025-01-06,BUY\n", None, "no price data for ZZZ"),
+    ],
+)  # fmt: skip
+def test_user_errors_end_in_one_sentence(tmp_path, cli, capsys, content, config, message):
+    eval_csv = tmp_path / "eval.csv"
+    if content is not None:
+        eval_csv.write_text(content)
+    config_path = REPO / "configs" / "backtest_config.yaml"
+    if config is not None:
+        config_path = tmp_path / "bt.yaml"
+        config_path.write_text(config)
+    out = tmp_path / "bt" / "x.csv"
+    args = ["backtest", "--params", str(params_file(tmp_path, SAMPLES / "prices")),
+            "--eval-csv", str(eval_csv), "--config", str(config_path), "--out", str(out)]  # fmt: skip
+    assert cli(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("charlie backtest: error: ")
+    assert re.search(message, err), err
+    assert not out.exists()
