@@ -123,7 +123,7 @@ def trained(tmp_path_factory):
     data = tokenized(tok, {"train": rows["train"][:32], "validation": rows["validation"][:8]})
     base = save_base_and_data(tmp, tok, data)
     cfg = TrainConfig(base_model=str(base), dataset_dir=tmp / "data", output_dir=tmp / "run",
-                      method="lora", gpu_type="CPU", max_steps=2, per_device_train_batch_size=8,
+                      method="lora", gpu_type="CPU", max_steps=2, per_device_train_batch_size=8, merge=True,
                       report_to=["none"], disable_tqdm=True, save_strategy="no")  # fmt: skip
     train(cfg)
     sft = DatasetDict({s: Dataset.from_list(rows[s][:12]) for s in ("train", "test")})
@@ -184,3 +184,19 @@ def test_bad_inputs_are_one_sentence(trained, tmp_path, monkeypatch):
         run_stage(trained, model_dir=str(tmp_path))
     with pytest.raises(CharlieError, match=r"has no 'validation' split \(it has train, test\)"):
         run_stage(trained, split="validation")
+
+
+def test_a_merged_model_gives_the_same_predictions_as_its_adapter(trained, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert run_stage(trained, out=str(trained / "a" / "eval_results.csv"), limit=6) == 0
+    assert run_stage(trained, model_dir=str(trained / "run" / "merged"),
+                     out=str(trained / "m" / "eval_results.csv"), limit=6) == 0  # fmt: skip
+    adapter = [
+        json.loads(x)["generated"]
+        for x in (trained / "a" / "eval_generations.jsonl").read_text().splitlines()
+    ]
+    merged = [
+        json.loads(x)["generated"]
+        for x in (trained / "m" / "eval_generations.jsonl").read_text().splitlines()
+    ]
+    assert adapter == merged and len(adapter) == 6
