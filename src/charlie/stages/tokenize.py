@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="the SFT DatasetDict (default: dataset.out)")
     parser.add_argument("--out", help="output directory (default: the config's dataset_dir)")
     parser.add_argument(
+        "--tokenizer",
+        help="base tokenizer: a path or hub id (default: the config's tokenizer or base_model)",
+    )
+    parser.add_argument(
         "--num-shards", type=int, help="shards per split (default: train.num_shards)"
     )
     parser.add_argument(
@@ -72,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not sys.stderr.isatty():
         datasets.disable_progress_bars()
-    name = config.tokenizer or config.base_model
+    name = args.tokenizer or config.tokenizer or config.base_model
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=config.trust_remote_code)
     except (OSError, ValueError) as exc:

@@ -26,7 +26,13 @@ log = logging.getLogger("charlie.train")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The config file and the run's switches."""
     parser.add_argument("--config", help="training config (default: params train.config)")
-    parser.add_argument("--smoke-test", action="store_true", help="run 10 steps only")
+    parser.add_argument(
+        "--smoke-test", nargs="?", const=True, default=False, type=_flag,
+        help="run 10 steps only (also --smoke-test=true|false, as a pipeline passes it)",
+    )  # fmt: skip
+    parser.add_argument("--base-model", help="override the config's base_model (hub id or path)")
+    parser.add_argument("--dataset-dir", help="override the config's dataset_dir")
+    parser.add_argument("--output-dir", help="override the config's output_dir")
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument(
         "--resume", action="store_const", const=True, dest="resume",
@@ -52,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
     params = load_params(args.params, overrides={"train.config": args.config})
     config_path = Path(params.train.config)
     cfg = load_train_config(config_path)
+    overrides = {"base_model": args.base_model,
+                 "dataset_dir": args.dataset_dir and Path(args.dataset_dir),
+                 "output_dir": args.output_dir and Path(args.output_dir)}  # fmt: skip
+    cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     setup_logging("train")
     if cfg.gpu_type.upper() != "CPU":
         refuse_if_it_cannot_fit(cfg)
@@ -66,6 +76,16 @@ def run(args: argparse.Namespace) -> int:
         metrics.get("eval_loss", float("nan")), cfg.output_dir,
     )  # fmt: skip
     return 0
+
+
+def _flag(value: str) -> bool:
+    """``true``/``false`` (any case, or 1/0, yes/no) as a bool, for ``--smoke-test=VALUE``."""
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def refuse_if_it_cannot_fit(cfg) -> None:

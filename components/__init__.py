@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines container components, one folder per ``charlie <stage>``: interfaces only."""

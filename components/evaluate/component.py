@@ -1,0 +1,40 @@
+"""`charlie evaluate` as a KFP container component (interface only)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components.images import CPU_IMAGE
+
+
+@dsl.container_component
+def evaluate(
+    model: Input[Model],
+    sft_dataset: Input[Dataset],
+    eval_config: str,
+    split: str,
+    limit: int,
+    results: Output[Dataset],
+):
+    """Greedy-decode a thesis per row of a split and score the actions as a classifier and as trades.
+
+    Args:
+        model: train's output; its merged/ model is evaluated.
+        sft_dataset: The SFT DatasetDict from dataset.
+        eval_config: Eval config path inside the image (configs/eval_config.yaml).
+        split: Split to evaluate (test).
+        limit: Evaluate the first N rows only; 0 evaluates them all.
+        results: Directory with eval_results.csv, eval_generations.jsonl, eval_metrics.json,
+            eval_summary.md and confusion_matrix.png.
+    """
+    return dsl.ContainerSpec(
+        image=CPU_IMAGE,
+        command=["charlie", "evaluate"],
+        args=[
+            "--config", eval_config,
+            "--model-dir", f"{model.path}/merged",
+            "--dataset-dir", sft_dataset.path,
+            "--split", split,
+            "--limit", limit,
+            "--out", f"{results.path}/eval_results.csv",
+        ],
+    )  # fmt: skip
