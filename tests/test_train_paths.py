@@ -401,3 +401,21 @@ def test_deepspeed_zero3_single_process_on_the_cpu(tiny, tmp_path, trainers, sin
     assert manifest["final_metrics"]["global_step"] == 2
     losses = _losses(manifest["log_history"])
     assert sorted(losses) == [1, 2] and all(math.isfinite(v) for v in losses.values())
+
+
+def test_a_retried_step_with_a_fresh_output_dir_resumes_from_the_checkpoint_dir(tiny, tmp_path):
+    """Kubeflow: a retried pod gets a new, empty output artifact but the same PVC."""
+    from charlie.training.sft import train
+
+    pvc = tmp_path / "pvc" / "checkpoints"
+    first = train(_config(tiny, tmp_path / "attempt-1", max_steps=4, checkpoint_dir=pvc))
+    assert first["global_step"] == 4
+    assert sorted(p.name for p in pvc.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert not list((tmp_path / "attempt-1").glob("checkpoint-*"))  # only the final model there
+    assert (tmp_path / "attempt-1" / "adapter_model.safetensors").is_file()
+
+    second = train(_config(tiny, tmp_path / "attempt-2", max_steps=6, checkpoint_dir=pvc))
+    assert second["global_step"] == 6
+    history = _manifest(tmp_path / "attempt-2")["log_history"]
+    assert sorted(_losses(history)) == [1, 2, 3, 4, 5, 6]  # steps 1-4 came from the PVC
+    assert (tmp_path / "attempt-2" / "adapter_model.safetensors").is_file()

@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-model", help="override the config's base_model (hub id or path)")
     parser.add_argument("--dataset-dir", help="override the config's dataset_dir")
     parser.add_argument("--output-dir", help="override the config's output_dir")
+    parser.add_argument(
+        "--checkpoint-dir",
+        help="keep checkpoints here (e.g. on a PVC) so a retried step resumes; default: output_dir",
+    )
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument(
         "--resume", action="store_const", const=True, dest="resume",
@@ -60,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_train_config(config_path)
     overrides = {"base_model": args.base_model,
                  "dataset_dir": args.dataset_dir and Path(args.dataset_dir),
-                 "output_dir": args.output_dir and Path(args.output_dir)}  # fmt: skip
+                 "output_dir": args.output_dir and Path(args.output_dir),
+                 "checkpoint_dir": args.checkpoint_dir and Path(args.checkpoint_dir)}  # fmt: skip
     cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     setup_logging("train")
     if cfg.gpu_type.upper() != "CPU":

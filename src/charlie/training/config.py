@@ -32,6 +32,11 @@ class TrainConfig(Section):
         Path("data/hf_datasets/tokenized"), description="`charlie tokenize` output."
     )
     output_dir: Path = Field(description="Checkpoints, adapter, manifest, TensorBoard runs.")
+    checkpoint_dir: Path | None = Field(
+        None,
+        description="Checkpoints and TensorBoard runs, when they must outlive output_dir (a "
+        "PVC on Kubeflow, so a retried step resumes); default: output_dir.",
+    )
     method: Literal["full", "lora", "qlora"] = "lora"
     max_length: int = Field(2048, ge=16, description="Tokens per example, prompt included.")
     over_length: Literal["trim_prompt", "drop"] = Field(

@@ -84,7 +84,7 @@ def sft_arguments(cfg: TrainConfig, *, cuda: bool, smoke_test: bool, report_to: 
     # Progress bars for people at a terminal; logs (DVC, KFP, CI) get the metrics lines only.
     args.setdefault("disable_tqdm", not sys.stderr.isatty())
     return SFTConfig(
-        output_dir=str(cfg.output_dir),
+        output_dir=str(cfg.checkpoint_dir or cfg.output_dir),
         max_length=cfg.max_length,
         completion_only_loss=True,
         report_to=report_to,
@@ -162,9 +162,10 @@ def train(
     ]
 
     # ------------------------------------------------------------------ resume?
-    last = get_last_checkpoint(str(cfg.output_dir)) if cfg.output_dir.is_dir() else None
+    checkpoints = cfg.checkpoint_dir or cfg.output_dir
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if resume and last is None:
-        raise CharlieError(f"--resume: no checkpoint-* directory in {cfg.output_dir}.")
+        raise CharlieError(f"--resume: no checkpoint-* directory in {checkpoints}.")
     resume_from = last if resume is not False else None
     if resume_from:
         log.info("resuming from %s", resume_from)
