@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install demo test lint format sample bench lock pipeline clean
+.PHONY: help install demo test lint format sample bench lock pipeline manifests clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ sample: install  ## regenerate the bundled sample in data/samples/
 
 pipeline: install  ## compile pipelines/sft_pipeline.yaml (commit it; tests fail when it is stale)
 	python -m pipelines.sft_pipeline
+
+manifests: install  ## regenerate manifests/base/pipeline.yaml (KFP Pipeline + PipelineVersion)
+	PYTHONPATH=$(CURDIR) kfp dsl compile --py pipelines/sft_pipeline.py --output manifests/base/pipeline.yaml --kubernetes-manifest-format --include-pipeline-manifest --namespace charlie
 
 bench: install  ## run the benchmarks (figures and ratios on stdout)
 	python benchmarks/bench_parse.py

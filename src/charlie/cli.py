@@ -26,6 +26,7 @@ STAGES: dict[str, str] = {
     "train": "charlie.stages.train",
     "evaluate": "charlie.stages.evaluate",
     "backtest": "charlie.stages.backtest",
+    "submit": "charlie.stages.submit",
     "plan": "charlie.stages.plan",
 }
 

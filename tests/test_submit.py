@@ -1,0 +1,210 @@
+"""`charlie submit` against a fake KFP v2beta1 server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from charlie import cli
+from charlie.stages import submit
+
+from .kfp_server import FakeKfp
+
+REPO = Path(__file__).resolve().parents[1]
+COMPILED = REPO / "pipelines" / "sft_pipeline.yaml"
+RUNS = "/apis/v2beta1/runs"
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # kfp.Client reads ~/.config/kfp/context.json; keep the user's out of the tests.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("KFP_TOKEN", raising=False)
+    monkeypatch.setattr(cli, "STAGES", {**cli.STAGES, "submit": "charlie.stages.submit"})
+
+
+@pytest.fixture
+def package(tmp_path: Path) -> Path:
+    path = tmp_path / "sft_pipeline.yaml"
+    shutil.copy(COMPILED, path)
+    return path
+
+
+def _main(*argv: str) -> int:
+    return cli.main(["submit", *argv])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dry_run_prints_and_calls_no_server(package, capsys):
+    with FakeKfp() as server:
+        code = _main(
+            "--host", server.url, "--package", str(package), "--experiment", "exp1",
+            "--param", "smoke_test=true", "--param", "eval_limit=5", "--dry-run",
+        )  # fmt: skip
+        assert server.requests == []
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "charlie-sft" in out and "exp1" in out and server.url in out
+    assert '"eval_limit": 5' in out and '"smoke_test": true' in out
+    assert "version:" in out
+
+
+def test_submit_uploads_the_compiled_yaml_and_starts_the_run(package, capsys, monkeypatch):
+    monkeypatch.setenv("KFP_TOKEN", "s3cret-token")
+    with FakeKfp() as server:
+        code = _main(
+            "--host", server.url, "--package", str(package), "--experiment", "nightly",
+            "--param", "smoke_test=true", "--param", "eval_limit=5",
+            "--param", "train_start=2024-01-02", "--param", "input_dir=123",
+        )  # fmt: skip
+        assert code == 0
+        uploads = server.calls("POST", "/apis/v2beta1/pipelines/upload")
+        assert len(uploads) == 1
+        assert uploads[0].query["name"] == "charlie-sft"
+        assert uploads[0].files["uploadfile"] == package.read_bytes()
+        assert server.calls("POST", "/apis/v2beta1/experiments")[0].body["display_name"] == (
+            "nightly"
+        )
+        (created,) = server.calls("POST", RUNS)
+        assert created.body["runtime_config"]["parameters"] == {
+            "smoke_test": True,
+            "eval_limit": 5,
+            "train_start": "2024-01-02",
+            "input_dir": "123",
+        }
+        pipeline_id = next(iter(server.pipelines))
+        version = server.versions[pipeline_id][0]
+        ref = created.body["pipeline_version_reference"]
+        assert ref == {
+            "pipeline_id": pipeline_id,
+            "pipeline_version_id": version["pipeline_version_id"],
+        }
+        assert created.body["experiment_id"] == next(iter(server.experiments))
+        assert all(r.headers.get("authorization") == "Bearer s3cret-token" for r in server.requests)
+        run_id = next(iter(server.runs))
+    captured = capsys.readouterr()
+    assert run_id in captured.out and f"{server.url}/#/runs/details/{run_id}" in captured.out
+    assert "s3cret-token" not in captured.out + captured.err
+
+
+def test_second_submit_uploads_a_new_version_and_reuses_the_experiment(package):
+    with FakeKfp() as server:
+        assert _main("--host", server.url, "--package", str(package)) == 0
+        assert _main("--host", server.url, "--package", str(package)) == 0
+        assert len(server.calls("POST", "/apis/v2beta1/pipelines/upload")) == 1
+        (again,) = server.calls("POST", "/apis/v2beta1/pipelines/upload_version")
+        pipeline_id = next(iter(server.pipelines))
+        assert again.query["pipelineid"] == pipeline_id
+        assert again.files["uploadfile"] == package.read_bytes()
+        assert len(server.pipelines) == 1 and len(server.versions[pipeline_id]) == 2
+        assert len(server.experiments) == 1
+        runs = server.calls("POST", RUNS)
+        new_version = server.versions[pipeline_id][1]["pipeline_version_id"]
+        assert runs[1].body["pipeline_version_reference"]["pipeline_version_id"] == new_version
+        # version name: <git short hash>[-dirty]-<UTC timestamp>
+        assert again.query["name"].endswith("Z") and "-" in again.query["name"]
+
+
+def test_wait_exits_zero_on_success(package, capsys):
+    with FakeKfp(states=["PENDING", "RUNNING", "SUCCEEDED"]) as server:
+        code = _main(
+            "--host", server.url, "--package", str(package), "--wait", "--poll-interval", "0.01"
+        )
+        assert len(server.calls("GET", f"{RUNS}/{next(iter(server.runs))}")) == 3
+    assert code == 0
+    assert "succeeded" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("final", ["FAILED", "CANCELED"])
+def test_wait_exits_one_on_failure_with_a_sentence(package, capsys, final):
+    with FakeKfp(states=["RUNNING", final]) as server:
+        code = _main(
+            "--host", server.url, "--package", str(package), "--wait", "--poll-interval", "0.01"
+        )
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert final in err and err.endswith(".") and "Traceback" not in err
+
+
+def test_wait_times_out(package, capsys):
+    with FakeKfp(states=["RUNNING"]) as server:
+        started = time.monotonic()
+        code = _main(
+            "--host", server.url, "--package", str(package), "--wait",
+            "--timeout", "0.2", "--poll-interval", "0.05",
+        )  # fmt: skip
+        assert time.monotonic() - started < 10
+    assert code == 1
+    assert "did not finish within 0.2 seconds." in capsys.readouterr().err
+
+
+def test_unknown_param_is_one_sentence_listing_the_parameters(package, capsys):
+    with FakeKfp() as server:
+        code = _main("--host", server.url, "--package", str(package), "--param", "epochs=3")
+        assert server.requests == []
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.endswith(".")
+    assert "epochs" in err and "smoke_test" in err and "eval_limit" in err
+
+
+def test_badly_typed_param_is_refused(package, capsys):
+    assert _main("--host", "http://127.0.0.1:9", "--package", str(package),
+                 "--param", "eval_limit=many", "--dry-run") == 2  # fmt: skip
+    assert "NUMBER_INTEGER" in capsys.readouterr().err
+
+
+def test_unreachable_host_is_one_sentence_exit_two(package, capsys):
+    host = f"http://127.0.0.1:{_free_port()}"
+    code = _main("--host", host, "--package", str(package))
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.endswith(".")
+    assert "cannot reach the KFP server" in err and host in err
+
+
+def test_run_can_be_called_directly(package, capsys):
+    parser = argparse.ArgumentParser()
+    submit.add_arguments(parser)
+    with FakeKfp() as server:
+        args = parser.parse_args(["--host", server.url, "--package", str(package), "--dry-run"])
+        assert submit.run(args) == 0
+        assert server.requests == []
+
+
+def test_parameters_are_read_from_the_compiled_yaml():
+    params = submit.pipeline_parameters(COMPILED)
+    spec = next(yaml.safe_load_all(COMPILED.read_text()))
+    assert set(params) == set(spec["root"]["inputDefinitions"]["parameters"])
+    assert params["smoke_test"] == "BOOLEAN" and params["eval_limit"] == "NUMBER_INTEGER"
+
+
+def test_needs_compile_follows_mtimes(tmp_path: Path):
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "components" / "train").mkdir(parents=True)
+    source = tmp_path / "pipelines" / "sft_pipeline.py"
+    component = tmp_path / "components" / "train" / "component.py"
+    target = tmp_path / "pipelines" / "sft_pipeline.yaml"
+    source.write_text("")
+    component.write_text("")
+    assert submit.needs_compile(tmp_path)  # missing
+    target.write_text("")
+    old = time.time() - 100
+    os.utime(source, (old, old))
+    os.utime(component, (old, old))
+    assert not submit.needs_compile(tmp_path)
+    os.utime(component, None)
+    os.utime(target, (old + 1, old + 1))
+    assert submit.needs_compile(tmp_path)  # a component is newer
