@@ -7,7 +7,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install demo test lint format sample bench lock pipeline manifests clean
+.PHONY: help install demo test lint format sample bench lock pipeline manifests images clean
+
+REGISTRY ?= ghcr.io/charlie-mlops
+TAG      ?= 0.1.0
+IMAGES   := charlie-cpu charlie-cuda
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -57,6 +61,12 @@ pipeline: install  ## compile pipelines/sft_pipeline.yaml (commit it; tests fail
 
 manifests: install  ## regenerate manifests/base/pipeline.yaml (KFP Pipeline + PipelineVersion)
 	PYTHONPATH=$(CURDIR) kfp dsl compile --py pipelines/sft_pipeline.py --output manifests/base/pipeline.yaml --kubernetes-manifest-format --include-pipeline-manifest --namespace charlie
+
+images:  ## build and push the container images (make images REGISTRY=... TAG=...; needs Docker)
+	@for image in $(IMAGES); do \
+	  docker build --platform linux/amd64 -f images/$$image/Dockerfile -t $(REGISTRY)/$$image:$(TAG) . && \
+	  docker push $(REGISTRY)/$$image:$(TAG) || exit 1; \
+	done
 
 bench: install  ## run the benchmarks (figures and ratios on stdout)
 	python benchmarks/bench_parse.py
