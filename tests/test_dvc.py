@@ -84,3 +84,15 @@ def test_outputs_round_trip_through_the_default_offline_remote(fresh_clone):
     shutil.rmtree(fresh_clone / ".dvc" / "cache")
     run(["dvc", "pull", "--with-deps", "dataset"], fresh_clone)
     assert records.read_bytes() == original
+
+
+def test_a_parameter_sweep_with_dvc_exp_run(fresh_clone):
+    run(["git", "add", "-A"], fresh_clone)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid",
+         "commit", "-q", "-m", "clone"], fresh_clone)  # fmt: skip
+    output = run(["dvc", "exp", "run", "dataset", "-S", "dataset.embargo_days=5"], fresh_clone)
+    assert "Running stage 'dataset'" in output
+    card = json.loads((fresh_clone / "data/hf_datasets/dataset_card.json").read_text())
+    assert card["split_settings"]["embargo_days"] == 5 and card["dropped"]["embargo"] > 0
+    shown = run(["dvc", "exp", "show", "--csv"], fresh_clone)
+    assert "dataset.embargo_days" in shown.splitlines()[0]

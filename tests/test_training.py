@@ -170,6 +170,10 @@ def test_lora_run_saves_adapter_tokenizer_logs_and_manifest(lora_run):
         manifest["final_metrics"]["global_step"] == 4
         and manifest["started"] <= manifest["finished"]
     )
+    curve = (out / "loss.csv").read_text().splitlines()
+    assert curve[0] == "step,loss,eval_loss"
+    assert [line.split(",")[0] for line in curve[1:]] == ["1", "2", "3", "4"]
+    assert curve[-1].split(",")[2] != ""  # the evaluation at step 4
 
 
 def test_the_merged_model_loads_with_plain_automodel_and_matches_the_adapter(lora_run, tokenizer):

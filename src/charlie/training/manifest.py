@@ -91,3 +91,22 @@ def write_manifest(
     path = Path(cfg.output_dir) / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
     return path
+
+
+def write_loss_curve(output_dir: Path, log_history: list[dict[str, Any]]) -> Path:
+    """``<output_dir>/loss.csv``: step, train loss, eval loss (a DVC plot)."""
+    rows: dict[int, dict[str, Any]] = {}
+    for entry in log_history:
+        step = entry.get("step")
+        if step is None:
+            continue
+        row = rows.setdefault(int(step), {"step": int(step), "loss": "", "eval_loss": ""})
+        for key in ("loss", "eval_loss"):
+            if key in entry:
+                row[key] = entry[key]
+    path = Path(output_dir) / "loss.csv"
+    lines = ["step,loss,eval_loss"] + [
+        f"{r['step']},{r['loss']},{r['eval_loss']}" for _, r in sorted(rows.items())
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

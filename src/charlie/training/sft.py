@@ -140,7 +140,7 @@ def train(
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
-    from charlie.training.manifest import write_manifest
+    from charlie.training.manifest import write_loss_curve, write_manifest
 
     started = dt.datetime.now(dt.UTC)
     cuda = torch.cuda.is_available()
@@ -220,6 +220,7 @@ def train(
         metrics["merged_model"] = str(merged)
     if trainer.is_world_process_zero():
         write_manifest(cfg, config_path, started, metrics, trainer.state.log_history)
+        write_loss_curve(cfg.output_dir, trainer.state.log_history)
     return metrics
 
 
