@@ -181,33 +181,13 @@ def parse_params(items: list[str], known: dict[str, str]) -> dict[str, Any]:
 def version_name(root: Path | None) -> str:
     """<git short hash>[-dirty]-<UTC timestamp>; 'nogit' when there is no git checkout."""
     import datetime as dt
-    import subprocess
+
+    from charlie.gitinfo import git_state
 
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    commit = "nogit"
-    try:
-        cwd = str(root) if root else None
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        if dirty:
-            commit += "-dirty"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return f"{commit}-{stamp}"
+    state = git_state(root)
+    commit = state["commit"][:7] if state["commit"] else "nogit"
+    return f"{commit}{'-dirty' if state['dirty'] else ''}-{stamp}"
 
 
 # --- talking to KFP -----------------------------------------------------------------------

@@ -7,10 +7,11 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from charlie.gitinfo import git_state
 
 PACKAGES = ("charlie", "torch", "transformers", "trl", "peft", "datasets", "accelerate",
             "bitsandbytes", "deepspeed", "tokenizers", "numpy", "pandas")  # fmt: skip
@@ -22,19 +23,6 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _git() -> dict[str, Any]:
-    def run(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = run("rev-parse", "HEAD")
-    status = run("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
 def _hardware() -> dict[str, Any]:
@@ -74,7 +62,7 @@ def write_manifest(
     config_text = json.dumps(config, sort_keys=True)
     data_files = sorted(p for p in Path(cfg.dataset_dir).rglob("*") if p.is_file())
     manifest = {
-        "git": _git(),
+        "git": git_state(),
         "config": config,
         "config_file": str(config_path) if config_path else None,
         "config_sha256": hashlib.sha256(config_text.encode()).hexdigest(),
