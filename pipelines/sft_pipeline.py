@@ -5,8 +5,11 @@ Compile (the YAML beside this file is committed; a test fails when it is stale):
     python -m pipelines.sft_pipeline            # or: make pipeline
 
 Data stages cache; dataset (which fetches prices) retries with backoff; train never caches,
-requests GPUs on the GPU node pool, tolerates the nvidia.com/gpu taint, mounts a PVC for the
-model cache, and reads its secrets from Kubernetes Secrets (no value lives in any file).
+requests GPUs on the GPU node pool (one DeepSpeed process per GPU), tolerates the nvidia.com/gpu
+taint, mounts a PVC for the model cache and its checkpoints (one folder per run, so a retried
+attempt resumes), and reads its secrets from Kubernetes Secrets (no value lives in any file).
+parse, dataset, train, evaluate and backtest also fill Metrics, ClassificationMetrics, Markdown
+and HTML outputs through KFP's executor output, which the KFP UI shows.
 """
 
 from pathlib import Path
@@ -26,7 +29,7 @@ PIPELINE_YAML = Path(__file__).with_name("sft_pipeline.yaml")
 HF_SECRET = "charlie-hf"  # key token → HF_TOKEN
 EODHD_SECRET = "charlie-eodhd"  # key api_key → EODHD_API_KEY
 S3_SECRET = "charlie-s3"  # keys access_key_id, secret_access_key → AWS_*
-CACHE_MOUNT = "/mnt/charlie-cache"  # HF_HOME lives here: base models download once
+CACHE_MOUNT = "/mnt/charlie-cache"  # HF_HOME (base models download once) and checkpoints/
 TRAIN_TIMEOUT_S = 24 * 3600
 GPU_TAINT = "nvidia.com/gpu"
 
@@ -89,6 +92,9 @@ def sft_pipeline(
         base_model=base.outputs["model"],
         tokenized=tokens.outputs["tokenized"],
         smoke_test=smoke_test,
+        num_gpus=gpu_count,
+        checkpoint_root=f"{CACHE_MOUNT}/checkpoints",
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
     )
     trained.set_caching_options(False)
     trained.set_cpu_request("8").set_cpu_limit("16").set_memory_request("32Gi")

@@ -63,8 +63,11 @@ def _filter_name(query: dict[str, str]) -> str | None:
 class FakeKfp:
     """The fake server; a context manager that serves on a thread."""
 
-    def __init__(self, states: list[str] | None = None, multi_user: bool = False) -> None:
+    def __init__(
+        self, states: list[str] | None = None, multi_user: bool = False, run_id: str | None = None
+    ) -> None:
         self.states = list(states or ["RUNNING", "SUCCEEDED"])
+        self.run_id = run_id  # the id of created runs (default: a new UUID each)
         self.multi_user = multi_user
         self.requests: list[Request] = []
         self.pipelines: dict[str, dict] = {}
@@ -152,7 +155,8 @@ class FakeKfp:
             return (200, exp) if exp else (404, {"message": "experiment not found", "code": 5})
         if m == "POST" and p == "/runs":
             body = dict(req.body or {})
-            body.update(run_id=str(uuid.uuid4()), state="PENDING", created_at=_now())
+            body.update(run_id=self.run_id or str(uuid.uuid4()), state="PENDING",
+                        created_at=_now())  # fmt: skip
             self.runs[body["run_id"]] = body
             self._polls[body["run_id"]] = 0
             return 200, body

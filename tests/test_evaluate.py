@@ -138,7 +138,7 @@ def run_stage(tmp: Path, **kw) -> int:
     args = argparse.Namespace(params=repo / "params.yaml", config=str(repo / "configs/eval_config.yaml"),
                               model_dir=str(tmp / "run"), dataset_dir=str(tmp / "sft"), split="test",
                               out=str(tmp / "results" / "eval_results.csv"), batch_size=4,
-                              max_new_tokens=12, limit=None)  # fmt: skip
+                              max_new_tokens=12, limit=None, kfp_executor_input=None)  # fmt: skip
     for key, value in kw.items():
         setattr(args, key, value)
     return run(args)

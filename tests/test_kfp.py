@@ -1,6 +1,7 @@
 """The compiled Kubeflow pipeline: fresh, specified executor by executor, and runnable on the host."""
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,8 @@ def test_every_stage_runs_its_charlie_command_on_the_pinned_image(compiled):
     for stage in STAGES:
         container = executors[f"exec-{stage}"]["container"]
         command = container["command"]
-        assert command[command.index("charlie") + 1] == stage
+        program = "charlie.cli" if stage == "train" else "charlie"  # train: under DeepSpeed
+        assert command[command.index(program) + 1] == stage
         assert container["image"] == (CUDA_IMAGE if stage == "train" else CPU_IMAGE)
         assert container["image"].rsplit(":", 1)[1] not in ("", "latest")
         assert container["resources"]["resourceCpuRequest"]
@@ -74,6 +76,57 @@ def test_the_trainer_requests_gpus_on_the_gpu_pool(compiled):
             container = pipeline["deploymentSpec"]["executors"][f"exec-{stage}"]["container"]
             assert "accelerator" not in container["resources"]
             assert "nodeSelector" not in platform.get(f"exec-{stage}", {})
+
+
+def test_the_trainer_runs_one_deepspeed_process_per_gpu_and_checkpoints_on_the_pvc(compiled):
+    pipeline, platform = compiled
+    train = pipeline["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert train["command"][:5] == [
+        "deepspeed", "--num_gpus={{$.inputs.parameters['num_gpus']}}", "--no_local_rank",
+        "--module", "charlie.cli",
+    ]  # fmt: skip
+    task = pipeline["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
+    assert task["num_gpus"] == {"componentInputParameter": "gpu_count"}  # = the GPUs requested
+    checkpoints = train["args"][train["args"].index("--checkpoint-dir") + 1]
+    root = task["checkpoint_root"]["runtimeValue"]["constant"]
+    mount = platform["exec-train"]["pvcMount"][0]["mountPath"]
+    assert root.startswith(mount + "/")  # on the PVC: it outlives the pod
+    assert task["run_id"] == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
+    assert checkpoints == (
+        "{{$.inputs.parameters['checkpoint_root']}}/{{$.inputs.parameters['run_id']}}"
+    )  # one folder per run: a retried attempt finds its own checkpoints, a new run starts fresh
+
+
+def test_results_reach_the_kfp_ui_as_typed_artifacts(compiled):
+    pipeline, _ = compiled
+    executors = pipeline["deploymentSpec"]["executors"]
+    ui = {
+        stage: {
+            name: spec["artifactType"]["schemaTitle"]
+            for name, spec in pipeline["components"][f"comp-{stage}"]["outputDefinitions"][
+                "artifacts"
+            ].items()
+            if spec["artifactType"]["schemaTitle"]
+            in {"system.Metrics", "system.HTML", "system.Markdown", "system.ClassificationMetrics"}
+        }
+        for stage in STAGES
+    }
+    assert ui == {
+        "parse": {"metrics": "system.Metrics"},
+        "dataset": {"metrics": "system.Metrics", "card_summary": "system.Markdown"},
+        "init-model": {},
+        "tokenize": {},
+        "train": {"metrics": "system.Metrics"},
+        "evaluate": {"metrics": "system.Metrics", "summary": "system.Markdown",
+                     "confusion_matrix": "system.ClassificationMetrics"},
+        "backtest": {"metrics": "system.Metrics", "report": "system.HTML"},
+    }  # fmt: skip
+    for stage, outputs in ui.items():
+        args = executors[f"exec-{stage}"]["container"]["args"]
+        if outputs:  # the stage fills them from the executor input
+            assert args[args.index("--kfp-executor-input") + 1] == "{{$}}", stage
+        else:
+            assert "{{$}}" not in args, stage
 
 
 def test_secrets_come_from_kubernetes_secrets_only(compiled):
@@ -148,12 +201,15 @@ def test_train_flags_override_the_config(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_the_compiled_pipeline_runs_on_the_host(tmp_path):
     """Every executor's command, placeholders resolved, in DAG order on the bundled sample."""
+    job = "5f0c4a8e-0000-4000-8000-000000000001"
     runs = run_pipeline(
         PIPELINE_YAML,
         tmp_path,
         {"config": "configs/sft_tiny_lora_cpu.yaml", "smoke_test": True, "eval_limit": 16},
         cwd=ROOT,
         env={"CHARLIE_LOG_DIR": str(tmp_path / "logs")},
+        retry={"train"},  # its pod is lost after training: KFP runs it again
+        job_id=job,
     )
 
     assert list(runs) == STAGES
@@ -172,3 +228,51 @@ def test_the_compiled_pipeline_runs_on_the_host(tmp_path):
     assert (out["train"]["model"] / "manifest.json").is_file()
     assert (out["evaluate"]["results"] / "eval_metrics.json").is_file()
     assert (out["backtest"]["portfolio"] / "baseline_report.html").is_file()
+
+    # A retried train attempt resumes from the run's checkpoints on the PVC.
+    checkpoints = tmp_path / "pvc" / "charlie-cache" / "checkpoints" / job
+    assert runs["train"].attempts == 2
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-10"]
+    assert f"resuming from {checkpoints / 'checkpoint-10'}" in runs["train"].log
+    assert not list(out["train"]["model"].glob("checkpoint-*"))  # not in the output artifact
+
+    # What the KFP UI shows: the launcher merges this metadata from the executor output.
+    meta = {name: run.metadata for name, run in runs.items()}
+    report = json.loads((out["parse"]["report"]).read_text())
+    assert meta["parse"]["metrics"] == report["totals"]
+    card = json.loads((out["dataset"]["card"] / "dataset_card.json").read_text())
+    assert meta["dataset"]["metrics"]["records_test"] == card["records"]["test"]
+    assert (
+        out["dataset"]["card_summary"].read_text()
+        == (out["dataset"]["card"] / "dataset_card.md").read_text()
+    )
+    assert meta["train"]["metrics"]["global_step"] == 10
+    assert meta["train"]["metrics"]["eval_loss"] > 0
+
+    results = json.loads((out["evaluate"]["results"] / "eval_metrics.json").read_text())
+    assert meta["evaluate"]["metrics"]["accuracy"] == results["classification"]["accuracy"]
+    assert meta["evaluate"]["metrics"]["n"] == 16
+    assert "baseline_momentum_20d_sign_accuracy" in meta["evaluate"]["metrics"]
+    from kfp.dsl import ClassificationMetrics
+    from kfp.dsl.executor import create_artifact_instance
+
+    matrix = results["classification"]["confusion_matrix"]
+    expected = ClassificationMetrics()
+    expected.log_confusion_matrix(matrix["labels"], matrix["matrix"])
+    confusion = create_artifact_instance({
+        "type": {"schemaTitle": "system.ClassificationMetrics"},
+        "uri": str(out["evaluate"]["confusion_matrix"]),
+        "metadata": meta["evaluate"]["confusion_matrix"],
+    })  # fmt: skip
+    assert isinstance(confusion, ClassificationMetrics)
+    assert confusion.metadata == expected.metadata
+    assert sum(map(sum, matrix["matrix"])) == 16
+    assert out["evaluate"]["summary"].read_text().startswith("# Evaluation on the test split")
+
+    backtest = json.loads((out["backtest"]["portfolio"] / "baseline_metrics.json").read_text())
+    for side in ("strategy", "benchmark"):  # undefined ratios (null in the JSON) are left out
+        for key in ("total_return", "sharpe", "max_drawdown", "n_trades"):
+            assert meta["backtest"]["metrics"].get(f"{side}_{key}") == backtest[side][key]
+    html = out["backtest"]["report"].read_text()
+    assert html == (out["backtest"]["portfolio"] / "baseline_report.html").read_text()
+    assert html.lstrip().lower().startswith("<!doctype html")

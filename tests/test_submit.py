@@ -16,6 +16,7 @@ from charlie import cli
 from charlie.stages import submit
 
 from .kfp_server import FakeKfp
+from .s3_server import s3_client
 
 REPO = Path(__file__).resolve().parents[1]
 COMPILED = REPO / "pipelines" / "sft_pipeline.yaml"
@@ -208,3 +209,88 @@ def test_needs_compile_follows_mtimes(tmp_path: Path):
     os.utime(component, None)
     os.utime(target, (old + 1, old + 1))
     assert submit.needs_compile(tmp_path)  # a component is newer
+
+
+RUN_ID = "2b6f8a3c-1111-4222-8333-444455556666"
+
+
+def _put_run_artifacts(client, bucket: str, run_prefix: str) -> dict[str, bytes]:
+    """A finished run's artifacts as the KFP launcher lays them out: <run>/<task>/<output>."""
+    body = {path: f'{{"from": "{path}"}}\n'.encode() for path in submit.RUN_METRICS}
+    for path, (task, output, file) in submit.RUN_METRICS.items():
+        key = f"{run_prefix}/{task}/{output}" + (f"/{file}" if file else "")
+        client.put_object(Bucket=bucket, Key=key, Body=body[path])
+    # Neighbours that must not be picked: another run, another output of the same task.
+    client.put_object(Bucket=bucket, Key=f"{run_prefix}/evaluate/metrics", Body=b"{}")
+    client.put_object(Bucket=bucket, Key="kfp/charlie-sft/other-run/evaluate/results/"
+                      "eval_metrics.json", Body=b"{}")  # fmt: skip
+    return body
+
+
+def test_wait_fetch_metrics_downloads_the_runs_metrics_from_s3(
+    package, s3_endpoint, tmp_path, monkeypatch, capsys
+):
+    """After a successful run its dvc.yaml metrics files come from the artifact store (moto)."""
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket="artifacts")
+    body = _put_run_artifacts(client, "artifacts", f"kfp/charlie-sft/{RUN_ID}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (workspace / "params.yaml").write_text("parse:\n  report: reports/parse.json\n")
+    monkeypatch.chdir(workspace)
+    with FakeKfp(run_id=RUN_ID) as server:
+        code = _main(
+            "--host", server.url, "--package", str(package), "--pipeline-root",
+            "s3://artifacts/kfp", "--wait", "--poll-interval", "0.01", "--fetch-metrics",
+        )  # fmt: skip
+        (created,) = server.calls("POST", RUNS)
+    assert code == 0, capsys.readouterr().err
+    assert created.body["runtime_config"]["pipeline_root"] == "s3://artifacts/kfp"
+    written = {
+        "reports/parse.json": body["${parse.report}"],  # where params.yaml puts it
+        "data/hf_datasets/dataset_card.json": body["${dataset.card}"],  # the default
+        "results/eval_metrics.json": body["results/eval_metrics.json"],
+        "backtests/baseline_metrics.json": body["backtests/baseline_metrics.json"],
+    }
+    assert {path: (workspace / path).read_bytes() for path in written} == written
+    assert "fetched 4 metrics files" in capsys.readouterr().out
+
+
+def test_fetch_metrics_names_what_the_run_lacks(package, s3_endpoint, tmp_path, monkeypatch,
+                                                capsys):  # fmt: skip
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket="artifacts")
+    client.put_object(Bucket="artifacts", Key=f"charlie-sft/{RUN_ID}/parse/report", Body=b"{}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.chdir(tmp_path)
+    with FakeKfp(run_id=RUN_ID) as server:
+        code = _main("--host", server.url, "--package", str(package), "--pipeline-root",
+                     "minio://artifacts", "--wait", "--poll-interval", "0.01", "--fetch-metrics")  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"under minio://artifacts/charlie-sft/{RUN_ID}/ hold no dataset/card/dataset_" in err
+    assert "evaluate/results/eval_metrics.json, backtest/portfolio/baseline_metrics.json." in err
+    assert not (tmp_path / "data").exists()  # all or nothing
+
+
+def test_fetch_metrics_refuses_what_it_cannot_read_before_submitting(package, capsys):
+    with FakeKfp() as server:
+        no_wait = _main("--host", server.url, "--package", str(package), "--fetch-metrics")
+        gcs = _main("--host", server.url, "--package", str(package), "--wait",
+                    "--fetch-metrics", "--pipeline-root", "gs://bucket/kfp")  # fmt: skip
+        assert server.requests == []
+    err = capsys.readouterr().err
+    assert no_wait == gcs == 2
+    assert "--fetch-metrics needs --wait" in err
+    assert "'gs://bucket/kfp' is not an s3:// or minio:// URI" in err
+
+
+def test_metrics_fetched_are_the_metrics_dvc_yaml_declares():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    declared = {
+        next(iter(m)) if isinstance(m, dict) else m
+        for stage in stages.values()
+        for m in stage.get("metrics", [])
+    }
+    assert declared == set(submit.RUN_METRICS)

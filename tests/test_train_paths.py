@@ -419,3 +419,26 @@ def test_a_retried_step_with_a_fresh_output_dir_resumes_from_the_checkpoint_dir(
     history = _manifest(tmp_path / "attempt-2")["log_history"]
     assert sorted(_losses(history)) == [1, 2, 3, 4, 5, 6]  # steps 1-4 came from the PVC
     assert (tmp_path / "attempt-2" / "adapter_model.safetensors").is_file()
+
+
+def test_a_retry_after_the_last_checkpoint_trains_no_extra_step(tiny, tmp_path, monkeypatch):
+    """The pod is lost after the final checkpoint: the retry only saves what that holds."""
+    from safetensors.torch import load_file
+
+    from charlie.training.sft import train
+
+    monkeypatch.chdir(tmp_path)
+    pvc = tmp_path / "pvc"
+    tensorboard = {"report_to": ["tensorboard"], "eval_strategy": "steps", "eval_steps": 2}
+    train(_config(tiny, tmp_path / "attempt-1", max_steps=4, checkpoint_dir=pvc, **tensorboard))
+    again = train(_config(tiny, tmp_path / "attempt-2", max_steps=4, checkpoint_dir=pvc,
+                          **tensorboard))  # fmt: skip
+    assert not (tmp_path / "runs").exists()  # TensorBoard stays under the checkpoint dir
+    assert any((pvc / "runs").rglob("events.out.tfevents.*"))
+    assert again["global_step"] == 4
+    assert sorted(p.name for p in pvc.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    saved = load_file(tmp_path / "attempt-2" / "adapter_model.safetensors")
+    final = load_file(pvc / "checkpoint-4" / "adapter_model.safetensors")
+    assert saved.keys() == final.keys()
+    assert all(saved[k].equal(final[k]) for k in saved)
+    assert sorted(_losses(_manifest(tmp_path / "attempt-2")["log_history"])) == [1, 2, 3, 4]

@@ -1,13 +1,19 @@
 """`charlie backtest` as a KFP container component (interface only)."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Output
+from kfp.dsl import HTML, Dataset, Input, Metrics, Output
 
 from components.images import CPU_IMAGE
 
 
 @dsl.container_component
-def backtest(results: Input[Dataset], backtest_config: str, portfolio: Output[Dataset]):
+def backtest(
+    results: Input[Dataset],
+    backtest_config: str,
+    portfolio: Output[Dataset],
+    metrics: Output[Metrics],
+    report: Output[HTML],
+):
     """Backtest the predictions as a daily, cost-aware portfolio against buy-and-hold.
 
     Args:
@@ -15,6 +21,9 @@ def backtest(results: Input[Dataset], backtest_config: str, portfolio: Output[Da
         backtest_config: Costs, sizing and action mapping (configs/backtest_config.yaml).
         portfolio: Directory with baseline.csv (daily), baseline_trades.csv, baseline_metrics.json,
             baseline_equity.png, baseline_drawdown.png and baseline_report.html.
+        metrics: Strategy and benchmark return, CAGR, Sharpe, Sortino, max drawdown, turnover,
+            trades, and the costs paid.
+        report: baseline_report.html, the self-contained report, rendered in the KFP UI.
     """
     return dsl.ContainerSpec(
         image=CPU_IMAGE,
@@ -23,5 +32,6 @@ def backtest(results: Input[Dataset], backtest_config: str, portfolio: Output[Da
             "--eval-csv", f"{results.path}/eval_results.csv",
             "--config", backtest_config,
             "--out", f"{portfolio.path}/baseline.csv",
+            "--kfp-executor-input", dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER,
         ],
     )  # fmt: skip

@@ -1,7 +1,7 @@
 """`charlie dataset` as a KFP container component (interface only; the runtime is the library)."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Output
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Output
 
 from components.images import CPU_IMAGE
 
@@ -15,6 +15,8 @@ def dataset(
     test_end: str,
     sft_dataset: Output[Dataset],
     card: Output[Artifact],
+    card_summary: Output[Markdown],
+    metrics: Output[Metrics],
 ):
     """Build the SFT DatasetDict: point-in-time market snapshots as prompts, theses as completions.
 
@@ -29,6 +31,8 @@ def dataset(
         test_end: Last test date, TEST_END_DATE.
         sft_dataset: The train/validation/test DatasetDict (datasets.load_from_disk).
         card: Directory holding dataset_card.json and dataset_card.md.
+        card_summary: dataset_card.md, rendered in the KFP UI.
+        metrics: Records per split and records dropped (embargo, outside the splits).
     """
     return dsl.ContainerSpec(
         image=CPU_IMAGE,
@@ -44,5 +48,6 @@ def dataset(
             "--records", records.path,
             "--out", sft_dataset.path,
             "--card", f"{card.path}/dataset_card.json",
+            "--kfp-executor-input", dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER,
         ],
     )  # fmt: skip

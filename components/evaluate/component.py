@@ -1,7 +1,7 @@
 """`charlie evaluate` as a KFP container component (interface only)."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Model, Output
+from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from components.images import CPU_IMAGE
 
@@ -14,6 +14,9 @@ def evaluate(
     split: str,
     limit: int,
     results: Output[Dataset],
+    metrics: Output[Metrics],
+    confusion_matrix: Output[ClassificationMetrics],
+    summary: Output[Markdown],
 ):
     """Greedy-decode a thesis per row of a split and score the actions as a classifier and as trades.
 
@@ -25,6 +28,10 @@ def evaluate(
         limit: Evaluate the first N rows only; 0 evaluates them all.
         results: Directory with eval_results.csv, eval_generations.jsonl, eval_metrics.json,
             eval_summary.md and confusion_matrix.png.
+        metrics: Accuracy, macro-F1, parse rate, per-window hit rate and signed return, and each
+            baseline's accuracy.
+        confusion_matrix: True against predicted action (UNPARSEABLE included).
+        summary: eval_summary.md, rendered in the KFP UI.
     """
     return dsl.ContainerSpec(
         image=CPU_IMAGE,
@@ -36,5 +43,6 @@ def evaluate(
             "--split", split,
             "--limit", limit,
             "--out", f"{results.path}/eval_results.csv",
+            "--kfp-executor-input", dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER,
         ],
     )  # fmt: skip

@@ -1,7 +1,7 @@
 """`charlie parse` as a KFP container component (interface only; the runtime is the library)."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Output
+from kfp.dsl import Artifact, Dataset, Metrics, Output
 
 from components.images import CPU_IMAGE
 
@@ -12,6 +12,7 @@ def parse(
     records: Output[Dataset],
     rejects: Output[Dataset],
     report: Output[Artifact],
+    metrics: Output[Metrics],
 ):
     """Parse XML theses into JSONL records, accounting for every thesis.
 
@@ -21,6 +22,7 @@ def parse(
         records: records.jsonl, one valid thesis per line.
         rejects: rejects.jsonl, every rejected thesis or file with its reason.
         report: parse_report.json, theses seen = records + rejects + collapsed duplicates.
+        metrics: The report's totals (files, theses seen, records, rejects, duplicates).
     """
     return dsl.ContainerSpec(
         image=CPU_IMAGE,
@@ -30,5 +32,6 @@ def parse(
             "--out", records.path,
             "--rejects", rejects.path,
             "--report", report.path,
+            "--kfp-executor-input", dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER,
         ],
     )  # fmt: skip

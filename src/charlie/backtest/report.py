@@ -463,6 +463,17 @@ def conventions(config: BacktestConfig, n_tickers: int) -> dict[str, str]:
 # ---------------------------------------------------------------- outputs
 
 
+HEADLINE = ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "turnover", "n_trades")
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The numbers runs are compared on: strategy and benchmark risk/return, and costs paid."""
+    return {
+        **{side: {k: metrics[side][k] for k in HEADLINE} for side in ("strategy", "benchmark")},
+        "costs_paid": metrics["costs"]["strategy"]["total"],
+    }
+
+
 def output_paths(out: Path | str) -> dict[str, Path]:
     """Every file the backtest writes, named after ``--out``'s stem, beside it."""
     out = Path(out)

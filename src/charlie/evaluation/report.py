@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,23 @@ def compute(cfg: Any, frame: pd.DataFrame, momentum: np.ndarray, train_labels: l
         "baselines": compare,
         "conventions": CONVENTIONS,
     }
+
+
+def headline(info: dict) -> dict[str, Any]:
+    """The numbers runs are compared on: classification, trading per window, baselines' accuracy."""
+    c = info["classification"]
+    out: dict[str, Any] = {
+        k: c[k] for k in ("n", "accuracy", "macro_f1", "parse_rate", "unparseable")
+    }
+    for h, window in info["financial"].items():
+        out.update(
+            {f"{k}_{h}": window[k] for k in ("hit_rate", "mean_signed_return", "sharpe_like")}
+        )
+    for name, baseline in info["baselines"].items():
+        if name != "model":
+            slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+            out[f"baseline_{slug}_accuracy"] = baseline["accuracy"]
+    return out
 
 
 def summary_markdown(info: dict, windows: list[int]) -> str:

@@ -56,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="daily CSV; the other outputs are named after its stem (default: %(default)s)",
     )
 
+    from charlie import kfp_executor
+
+    kfp_executor.add_argument(parser)
+
 
 def read_eval_csv(path: Path):
     """The eval CSV as a frame of strings, with one sentence if it is missing or empty."""
@@ -105,6 +109,11 @@ def run(args: argparse.Namespace) -> int:
 
     _summary(result.metrics)
     log.info("wrote %s (log: %s)", ", ".join(str(p) for p in paths.values()), log_file)
+    from charlie.backtest.report import headline
+    from charlie.kfp_executor import publish, scalars
+
+    publish(args.kfp_executor_input, metrics=scalars(headline(result.metrics)),
+            html=paths["report"])  # fmt: skip
     return 0
 
 

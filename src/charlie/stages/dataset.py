@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--card", help="dataset card JSON; .md beside it (default: dataset.card)")
     parser.add_argument("--embargo-days", type=int, help="trading days dropped before each split")
 
+    from charlie import kfp_executor
+
+    kfp_executor.add_argument(parser)
+
 
 def read_records(path):
     """Records from a JSONL file, with one sentence if it is missing or empty."""
@@ -136,4 +140,8 @@ def run(args: argparse.Namespace) -> int:
         max(cfg.forward_windows),
     )  # fmt: skip
     log.info("wrote %s, %s and %s (log: %s)", cfg.out, cfg.card, card_md, log_file)
+    from charlie.kfp_executor import publish, scalars
+
+    publish(args.kfp_executor_input, markdown=card_md,
+            metrics=scalars({k: info[k] for k in ("records", "dropped", "validation_reaching_test")}))  # fmt: skip
     return 0

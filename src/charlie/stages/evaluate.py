@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, help="tokens generated per row")
     parser.add_argument("--limit", type=int, help="evaluate the first N rows only (a quick look)")
 
+    from charlie import kfp_executor
+
+    kfp_executor.add_argument(parser)
+
 
 def load_for_inference(model_dir):
     """A model ready to generate, from an adapter directory or a full model directory."""
@@ -147,10 +151,17 @@ def run(args: argparse.Namespace) -> int:
             frame.loc[group.index, f"fwd_ret_{h}"] = values
         momentum[group.index.to_numpy()] = momentum_sign(prices[ticker], list(group["as_of_date"]))
 
-    write_outputs(
+    info = write_outputs(
         cfg, frame, texts, momentum, list(data["train"]["action"]) if "train" in data else []
     )
     acc = frame["correct"].mean()
     log.info("evaluated %d rows of %s: accuracy %.3f, parse rate %.3f; wrote %s and beside it",
              len(frame), cfg.split, acc, 1 - (frame["pred_action"] == "UNPARSEABLE").mean(), cfg.out)  # fmt: skip
+    from charlie.evaluation.report import headline
+    from charlie.kfp_executor import publish, scalars
+
+    matrix = info["classification"]["confusion_matrix"]
+    publish(args.kfp_executor_input, metrics=scalars(headline(info)),
+            confusion=(matrix["labels"], matrix["matrix"]),
+            markdown=cfg.out.with_name("eval_summary.md"))  # fmt: skip
     return 0

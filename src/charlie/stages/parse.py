@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="exit 1 when any thesis or file was rejected",
     )
 
+    from charlie import kfp_executor
+
+    kfp_executor.add_argument(parser)
+
 
 class _Progress:
     """A file wrapper that advances a progress bar as lxml reads it."""
@@ -105,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
         _write_jsonl(rej, result.rejects, orjson)
         rep.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     log.info("wrote %s, %s and %s (log: %s)", params.out, params.rejects, params.report, log_file)
+    from charlie.kfp_executor import publish, scalars
+
+    publish(args.kfp_executor_input, metrics=scalars(report["totals"]))
 
     if params.strict and result.rejects:
         log.error("--strict: %d rejects, exiting 1 (see %s)", len(result.rejects), params.rejects)

@@ -6,6 +6,14 @@ uploads it (a new pipeline, or a new version of --pipeline-name when that exists
 is named <git short hash>[-dirty]-<UTC timestamp>), gets or creates --experiment and starts a
 run with the --param values. Prints the run id and its URL.
 
+With --wait --fetch-metrics, a run that succeeds has its metrics files (the ones dvc.yaml
+declares: parse report, dataset card, evaluation and backtest metrics) downloaded from the run's
+artifacts in S3-compatible storage into their workspace paths, so `dvc metrics diff` compares
+the run with the last committed metrics. The artifacts are found under
+<pipeline root>/<pipeline name>/<run id>/ (--pipeline-root, else KFP's default
+minio://mlpipeline/v2/artifacts), read with boto3: credentials from AWS_ACCESS_KEY_ID and
+AWS_SECRET_ACCESS_KEY, the endpoint from AWS_ENDPOINT_URL (MinIO, or any S3-compatible store).
+
 --param NAME=VALUE must name a parameter of the pipeline; a STRING parameter takes VALUE as
 written, the others JSON-decode it (true/false, numbers). A bearer token is read from
 $KFP_TOKEN when set (never printed). --dry-run prints what would be submitted and calls no
@@ -14,7 +22,8 @@ server.
 exit codes:
   0  submitted (with --wait: the run SUCCEEDED or was SKIPPED)
   1  with --wait: the run FAILED, was CANCELED, or --timeout passed first
-  2  bad --param, no pipeline to compile, the server unreachable or refusing a call
+  2  bad --param, no pipeline to compile, the server unreachable or refusing a call, or
+     --fetch-metrics finding no metrics file of the run
 """
 
 from __future__ import annotations
@@ -31,6 +40,15 @@ TOKEN_ENV = "KFP_TOKEN"
 PIPELINE_SOURCE = Path("pipelines") / "sft_pipeline.py"
 PIPELINE_YAML = Path("pipelines") / "sft_pipeline.yaml"
 COMPONENTS = Path("components")
+DEFAULT_PIPELINE_ROOT = "minio://mlpipeline/v2/artifacts"  # KFP's, when a run names none
+# A `metrics:` file of dvc.yaml, as written there (${section.key} comes from params.yaml) ←
+# (task, output artifact, file inside it; "" when the artifact is the file itself).
+RUN_METRICS = {
+    "${parse.report}": ("parse", "report", ""),
+    "${dataset.card}": ("dataset", "card", "dataset_card.json"),
+    "results/eval_metrics.json": ("evaluate", "results", "eval_metrics.json"),
+    "backtests/baseline_metrics.json": ("backtest", "portfolio", "baseline_metrics.json"),
+}
 SUCCESS_STATES = {"SUCCEEDED", "SKIPPED"}
 FAILURE_STATES = {"FAILED", "CANCELED"}
 
@@ -75,6 +93,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=10.0,
         help="with --wait: seconds between status checks (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--pipeline-root",
+        help="where the run writes its artifacts, e.g. s3://bucket/kfp (default: the server's, "
+        f"normally {DEFAULT_PIPELINE_ROOT})",
+    )
+    parser.add_argument(
+        "--fetch-metrics",
+        action="store_true",
+        help="with --wait: download the run's metrics files into their dvc.yaml paths "
+        "(then `dvc metrics diff` shows what the run changed)",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="print what would be submitted; call no server"
@@ -321,6 +350,93 @@ def _wait(kfp: _Kfp, run_id: str, timeout: float, interval: float) -> str:
         time.sleep(max(0.0, min(interval, deadline - time.monotonic())))
 
 
+# --- the run's metrics ---------------------------------------------------------------------
+
+
+def _bucket_and_prefix(uri: str) -> tuple[str, str]:
+    """(bucket, key prefix) of an s3:// or minio:// pipeline root."""
+    from charlie.errors import CharlieError
+
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme not in ("s3", "minio") or not rest.strip("/"):
+        raise CharlieError(
+            f"--fetch-metrics reads S3-compatible storage; pipeline root {uri!r} is not an "
+            "s3:// or minio:// URI."
+        )
+    bucket, _, prefix = rest.partition("/")
+    return bucket, prefix.strip("/")
+
+
+def run_metric_keys(keys: list[str], run_prefix: str) -> dict[str, str]:
+    """Workspace path → object key, for the RUN_METRICS files among a run's artifact keys.
+
+    The KFP launcher writes an output to <run prefix>/<task>/<output> (newer versions may put
+    an execution folder between the two), so the match allows one extra folder.
+    """
+    import re
+
+    found: dict[str, str] = {}
+    for path, (task, output, file) in RUN_METRICS.items():
+        inside = f"/{re.escape(file)}" if file else ""
+        pattern = re.compile(
+            rf"^{re.escape(run_prefix)}/{re.escape(task)}/(?:[^/]+/)?{re.escape(output)}{inside}$"
+        )
+        matches = sorted(k for k in keys if pattern.match(k))
+        if matches:
+            found[path] = matches[-1]
+    return found
+
+
+def workspace_path(template: str, params: Any) -> str:
+    """A dvc.yaml path with its ``${section.key}`` references filled from params.yaml."""
+    import re
+
+    return re.sub(
+        r"\$\{(\w+)\.(\w+)\}", lambda m: str(getattr(getattr(params, m[1]), m[2])), template
+    )
+
+
+def fetch_metrics(
+    pipeline_root: str, pipeline_name: str, run_id: str, dest: Path, params: Any
+) -> list[Path]:
+    """Download a finished run's metrics files into their workspace paths under ``dest``."""
+    import boto3
+    import botocore.exceptions
+
+    from charlie.errors import CharlieError
+    from charlie.io import atomic_outputs
+
+    bucket, root = _bucket_and_prefix(pipeline_root)
+    run_prefix = "/".join(p for p in (root, pipeline_name, run_id) if p)
+    where = f"{pipeline_root.rstrip('/')}/{pipeline_name}/{run_id}/"
+    s3 = boto3.client("s3")
+    try:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=run_prefix + "/")
+        keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+        found = run_metric_keys(keys, run_prefix)
+        missing = [m for m in RUN_METRICS if m not in found]  # pipeline order
+        if missing:
+            wanted = ", ".join("/".join(x for x in RUN_METRICS[m] if x) for m in missing)
+            raise CharlieError(f"the run's artifacts under {where} hold no {wanted}.")
+        paths = [dest / workspace_path(path, params) for path in found]
+        with atomic_outputs(*paths) as temps:
+            for temp, key in zip(temps, found.values(), strict=True):
+                temp.write_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        log.debug("fetch failed", exc_info=True)
+        raise CharlieError(f"cannot read the run's artifacts under {where}: {exc}.") from None
+    for path, key in zip(paths, found.values(), strict=True):
+        log.info("fetched %s from %s", path, key)
+    return paths
+
+
+def _pipeline_name(package: Path) -> str:
+    """The compiled pipeline's own name (pipelineInfo.name): the launcher's folder for runs."""
+    import yaml
+
+    return next(yaml.safe_load_all(package.read_text(encoding="utf-8")))["pipelineInfo"]["name"]
+
+
 def run(args: argparse.Namespace) -> int:
     """Compile if stale, upload, start a run; with --wait follow it. Returns the exit code."""
     import json
@@ -334,6 +450,10 @@ def run(args: argparse.Namespace) -> int:
     host = args.host.rstrip("/")
     if not host.startswith(("http://", "https://")):
         raise CharlieError(f"--host {args.host} must be an http:// or https:// URL.")
+    if args.fetch_metrics and not args.wait:
+        raise CharlieError("--fetch-metrics needs --wait: metrics exist once the run has ended.")
+    if args.fetch_metrics:
+        _bucket_and_prefix(args.pipeline_root or DEFAULT_PIPELINE_ROOT)  # fail before submitting
 
     root: Path | None = None
     if args.package is not None:
@@ -361,6 +481,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"experiment: {args.experiment}")
         print(f"run:        {run_name}")
         print(f"parameters: {json.dumps(params, sort_keys=True)}")
+        if args.pipeline_root:
+            print(f"root:       {args.pipeline_root}")
         if args.wait:
             print(f"wait:       up to {args.timeout:g} s")
         return 0
@@ -400,6 +522,7 @@ def run(args: argparse.Namespace) -> int:
         params=params,
         pipeline_id=pipeline_id,
         version_id=version_id,
+        pipeline_root=args.pipeline_root,
     )
     run_id = started.run_id
     print(f"run id:  {run_id}")
@@ -410,6 +533,13 @@ def run(args: argparse.Namespace) -> int:
     state = _wait(kfp, run_id, float(args.timeout), float(args.poll_interval))
     if state in SUCCESS_STATES:
         print(f"run {run_id} {state.lower()}")
+        if args.fetch_metrics:
+            root_uri = args.pipeline_root or DEFAULT_PIPELINE_ROOT
+            from charlie.config import load_params
+
+            paths = fetch_metrics(root_uri, _pipeline_name(package), run_id, root or Path.cwd(),
+                                  load_params(args.params))  # fmt: skip
+            print(f"fetched {len(paths)} metrics files; see them with: dvc metrics diff")
         return 0
     if state == "TIMEOUT":
         message = f"run {run_id} did not finish within {args.timeout:g} seconds."

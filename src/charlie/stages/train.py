@@ -2,7 +2,8 @@
 
     charlie train --config configs/sft_tiny_lora_cpu.yaml            # the CPU demo
     charlie train --config configs/sft_config.yaml --smoke-test      # 10 steps, as in the seed
-    deepspeed --num_gpus=4 -m charlie.cli train --config configs/sft_config_multigpu.yaml
+    deepspeed --num_gpus=4 --no_local_rank --module charlie.cli train \\
+        --config configs/sft_config_multigpu.yaml
     torchrun --nproc_per_node=4 -m charlie.cli train --config configs/sft_config_multigpu.yaml
 
 The loss covers the completion only. Checkpoints go to the config's output_dir every
@@ -50,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--merge", action="store_const", const=True, help="also write <output_dir>/merged"
     )
 
+    from charlie import kfp_executor
+
+    kfp_executor.add_argument(parser)
+
 
 def run(args: argparse.Namespace) -> int:
     """Plan, train, save; returns the exit code."""
@@ -80,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         metrics.get("global_step", 0), metrics.get("train_loss", float("nan")),
         metrics.get("eval_loss", float("nan")), cfg.output_dir,
     )  # fmt: skip
+    from charlie.kfp_executor import publish, scalars
+
+    publish(args.kfp_executor_input, metrics=scalars(metrics))
     return 0
 
 

@@ -1,7 +1,8 @@
 """Supervised fine-tuning with TRL's SFTTrainer and PEFT LoRA / QLoRA.
 
     charlie train --config configs/sft_tiny_lora_cpu.yaml [--smoke-test] [--resume] [--merge]
-    deepspeed --num_gpus=4 -m charlie.cli train --config configs/sft_config_multigpu.yaml
+    deepspeed --num_gpus=4 --no_local_rank --module charlie.cli train \\
+        --config configs/sft_config_multigpu.yaml
 
 One linear function, :func:`train`, split by banner comments (load data, load model, train,
 save, evaluate), after the TRL and alignment-handbook scripts; the LoRA and quantisation
@@ -207,11 +208,25 @@ def train(
         processing_class=tokenizer,
         peft_config=get_peft_config(cfg),
     )
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    if resume_from and _finished(resume_from, args.max_steps) and not args.deepspeed:
+        # Trainer runs one step past max_steps when it resumes a finished run (its loop checks
+        # for the end only after a step): load the last checkpoint's weights and state instead.
+        from transformers import TrainerState
+
+        log.info("%s already reached max_steps=%d: nothing left to train", resume_from,
+                 args.max_steps)  # fmt: skip
+        trainer._load_from_checkpoint(resume_from)
+        trainer.state = TrainerState.load_from_json(os.path.join(resume_from, "trainer_state.json"))
+        # What train() does first: callbacks set up (TensorBoard writes under output_dir/runs).
+        trainer.control = trainer.callback_handler.on_train_begin(args, trainer.state,
+                                                                  trainer.control)  # fmt: skip
+        train_metrics: dict[str, Any] = {}
+    else:
+        train_metrics = trainer.train(resume_from_checkpoint=resume_from).metrics
 
     # ------------------------------------------------------------------ save
     trainer.save_model(str(cfg.output_dir))  # the adapter (or full model) and the tokenizer
-    metrics = {**result.metrics, "global_step": trainer.state.global_step}
+    metrics = {**train_metrics, "global_step": trainer.state.global_step}
 
     # ------------------------------------------------------------------ evaluate
     metrics.update(trainer.evaluate())
@@ -222,6 +237,14 @@ def train(
         write_manifest(cfg, config_path, started, metrics, trainer.state.log_history)
         write_loss_curve(cfg.output_dir, trainer.state.log_history)
     return metrics
+
+
+def _finished(checkpoint: str, max_steps: int) -> bool:
+    """Whether a checkpoint already holds all ``max_steps`` (> 0) steps of its run."""
+    import json
+
+    state = json.loads(Path(checkpoint, "trainer_state.json").read_text(encoding="utf-8"))
+    return max_steps > 0 and state["global_step"] >= max_steps
 
 
 def merge_adapter(cfg: TrainConfig, tokenizer: Any) -> Path:
