@@ -242,11 +242,12 @@ def test_wait_fetch_metrics_downloads_the_runs_metrics_from_s3(
     with FakeKfp(run_id=RUN_ID) as server:
         code = _main(
             "--host", server.url, "--package", str(package), "--pipeline-root",
-            "s3://artifacts/kfp", "--wait", "--poll-interval", "0.01", "--fetch-metrics",
+            "s3://artifacts/kfp?region=us-east-1", "--wait", "--poll-interval", "0.01",
+            "--fetch-metrics",
         )  # fmt: skip
         (created,) = server.calls("POST", RUNS)
     assert code == 0, capsys.readouterr().err
-    assert created.body["runtime_config"]["pipeline_root"] == "s3://artifacts/kfp"
+    assert created.body["runtime_config"]["pipeline_root"] == "s3://artifacts/kfp?region=us-east-1"
     written = {
         "reports/parse.json": body["${parse.report}"],  # where params.yaml puts it
         "data/hf_datasets/dataset_card.json": body["${dataset.card}"],  # the default

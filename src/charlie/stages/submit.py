@@ -357,7 +357,7 @@ def _bucket_and_prefix(uri: str) -> tuple[str, str]:
     """(bucket, key prefix) of an s3:// or minio:// pipeline root."""
     from charlie.errors import CharlieError
 
-    scheme, sep, rest = uri.partition("://")
+    scheme, sep, rest = uri.split("?")[0].partition("://")  # a query is not part of the keys
     if not sep or scheme not in ("s3", "minio") or not rest.strip("/"):
         raise CharlieError(
             f"--fetch-metrics reads S3-compatible storage; pipeline root {uri!r} is not an "
@@ -408,7 +408,7 @@ def fetch_metrics(
 
     bucket, root = _bucket_and_prefix(pipeline_root)
     run_prefix = "/".join(p for p in (root, pipeline_name, run_id) if p)
-    where = f"{pipeline_root.rstrip('/')}/{pipeline_name}/{run_id}/"
+    where = f"{pipeline_root.split('?')[0].rstrip('/')}/{pipeline_name}/{run_id}/"
     s3 = boto3.client("s3")
     try:
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=run_prefix + "/")
