@@ -12,8 +12,8 @@ UI artifacts the component declares, by type:
                                 renders the file itself)
 
 It then writes the ExecutorOutput JSON to ``outputs.outputFile``; the KFP launcher merges each
-artifact's metadata into ML Metadata after the container exits. (Metrics metadata is also saved
-as JSON at the artifact's path, for downloads.) This is the JSON that
+artifact's metadata into ML Metadata after the container exits. (Metrics and confusion-matrix
+metadata is also saved as JSON at the artifact's path, for downloads.) This is the JSON that
 ``kfp.dsl.executor.Executor.write_executor_output`` writes for Python components (the tests
 compare the two), written with the standard library so that images need not carry the KFP SDK.
 """
