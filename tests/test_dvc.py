@@ -49,11 +49,14 @@ def lock_stages(text: str, names: tuple[str, ...]) -> dict:
 DATA_STAGES = ("parse", "dataset")  # the training stages are exercised by their own tests
 
 
-def test_repro_on_a_fresh_clone_then_a_second_repro_does_nothing(fresh_clone):
+def test_repro_on_a_fresh_clone_then_a_second_repro_does_nothing(fresh_clone, monkeypatch):
+    # As on users' machines: Python writes __pycache__ into the stages' source folders.
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
     committed_lock = lock_stages((fresh_clone / "dvc.lock").read_text(), DATA_STAGES)
     metrics = ("data/jsonl/parse_report.json", "data/hf_datasets/dataset_card.json")
     committed = {p: (fresh_clone / p).read_text() for p in metrics}
-    output = run(["dvc", "repro", "dataset"], fresh_clone)
+    # Up to tokenize: its dataset.map must leave the dataset stage's output as it was.
+    output = run(["dvc", "repro", "tokenize"], fresh_clone)
     # The committed lock and metrics are what the committed code produces, so `dvc metrics
     # diff` and `dvc status` mean something; `make demo` refreshes them.
     assert lock_stages((fresh_clone / "dvc.lock").read_text(), DATA_STAGES) == committed_lock, (
@@ -61,16 +64,17 @@ def test_repro_on_a_fresh_clone_then_a_second_repro_does_nothing(fresh_clone):
     )
     for path, text in committed.items():
         assert (fresh_clone / path).read_text() == text, f"{path} is stale: run `make demo`"
-    assert "Running stage 'parse'" in output and "Running stage 'dataset'" in output
+    for stage in ("parse", "dataset", "init-model", "tokenize"):
+        assert f"Running stage '{stage}'" in output
     assert (fresh_clone / "data/hf_datasets/sft_dataset/dataset_dict.json").is_file()
     report = json.loads((fresh_clone / "data/jsonl/parse_report.json").read_text())
     assert report["balanced"] is True and report["totals"]["records"] > 2000
     lines = (fresh_clone / "data/jsonl/records.jsonl").read_text().splitlines()
     assert len(lines) == report["totals"]["records"]
 
-    again = run(["dvc", "repro", "dataset"], fresh_clone)
+    again = run(["dvc", "repro", "tokenize"], fresh_clone)
     assert "Running stage" not in again
-    assert "up to date" in run(["dvc", "status", "dataset"], fresh_clone)
+    assert "up to date" in run(["dvc", "status", "tokenize"], fresh_clone)
     assert "totals.records" in run(["dvc", "metrics", "show"], fresh_clone)
 
 
@@ -96,3 +100,10 @@ def test_a_parameter_sweep_with_dvc_exp_run(fresh_clone):
     assert card["split_settings"]["embargo_days"] == 5 and card["dropped"]["embargo"] > 0
     shown = run(["dvc", "exp", "show", "--csv"], fresh_clone)
     assert "dataset.embargo_days" in shown.splitlines()[0]
+
+
+def test_bytecode_in_a_dependency_folder_does_not_change_the_stage():
+    """Stages depending on src/charlie/evaluation stay clean where Python writes __pycache__."""
+    for path in ("src/charlie/evaluation/__pycache__/report.cpython-311.pyc",
+                 "src/charlie/backtest/engine.pyc"):  # fmt: skip
+        assert path in run([str(BIN / "dvc"), "check-ignore", path], REPO)

@@ -1,4 +1,5 @@
-"""Atomic output writing: a crash leaves the previous outputs intact, never a half-written file."""
+"""Stage I/O: outputs written atomically (a crash leaves the previous ones intact, never a
+half-written file), and another stage's dataset read without writing into it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,20 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+
+def load_dataset_dir(path: Path | str) -> Any:
+    """A DatasetDict another stage saved, opened so that nothing is ever written into it.
+
+    datasets writes the results of map/filter as cache-*.arrow files beside the data it read:
+    into the producing stage's output, which DVC then sees modified (and reruns). With caching
+    off they go to a temporary directory instead, deleted at exit.
+    """
+    import datasets
+
+    datasets.disable_caching()
+    return datasets.load_from_disk(str(path))
 
 
 def _umask() -> int:

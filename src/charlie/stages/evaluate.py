@@ -104,9 +104,9 @@ def run(args: argparse.Namespace) -> int:
     # ---------------------------------------------------------------- data
     if not (cfg.dataset_dir / "dataset_dict.json").is_file():
         raise CharlieError(f"{cfg.dataset_dir} is not a DatasetDict; run `charlie dataset` first.")
-    from datasets import load_from_disk
+    from charlie.io import load_dataset_dir
 
-    data = load_from_disk(str(cfg.dataset_dir))
+    data = load_dataset_dir(cfg.dataset_dir)
     if cfg.split not in data:
         raise CharlieError(
             f"{cfg.dataset_dir} has no {cfg.split!r} split (it has {', '.join(data)})."

@@ -36,11 +36,10 @@ def run(args: argparse.Namespace) -> int:
     if not (cfg.dataset / "dataset_dict.json").is_file():
         raise CharlieError(f"{cfg.dataset} is not a DatasetDict; run `charlie dataset` first.")
 
-    from datasets import load_from_disk
-
+    from charlie.io import load_dataset_dir
     from charlie.training.tokens import build_tiny_model, train_tokenizer
 
-    train = load_from_disk(str(cfg.dataset))["train"]
+    train = load_dataset_dir(cfg.dataset)["train"]
     texts = (f"{p}\n{c}" for p, c in zip(train["prompt"], train["completion"], strict=True))
     tokenizer = train_tokenizer(texts, cfg.vocab_size)
     model = build_tiny_model(

@@ -67,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
         raise CharlieError(f"{source} is not a DatasetDict; run `charlie dataset` first.")
 
     import datasets
-    from datasets import load_from_disk
     from transformers import AutoTokenizer
 
     from charlie.dataset import percentiles
+    from charlie.io import load_dataset_dir
     from charlie.training.tokenize import tokenize_batch
     from charlie.training.tokens import add_thesis_tokens
 
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         tokenizer.pad_token = tokenizer.eos_token
     added = add_thesis_tokens(tokenizer)
 
-    dataset = load_from_disk(str(source))
+    dataset = load_dataset_dir(source)
     tokenized = dataset.map(
         tokenize_batch,
         batched=True,

@@ -136,11 +136,11 @@ def train(
         The final metrics.
     """
     import torch
-    from datasets import load_from_disk
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
+    from charlie.io import load_dataset_dir
     from charlie.training.manifest import write_loss_curve, write_manifest
 
     started = dt.datetime.now(dt.UTC)
@@ -153,7 +153,7 @@ def train(
     # ------------------------------------------------------------------ load data
     if not (cfg.dataset_dir / "dataset_dict.json").is_file():
         raise CharlieError(f"{cfg.dataset_dir} holds no tokenized dataset; run `charlie tokenize`.")
-    dataset = load_from_disk(str(cfg.dataset_dir))
+    dataset = load_dataset_dir(cfg.dataset_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(cfg.dataset_dir / "tokenizer"))
     for split in ("train", "validation"):
         if split not in dataset:
