@@ -77,7 +77,7 @@ def confusion_matrix(labels: list[str], matrix: list[list[int]]) -> dict[str, An
 def publish(
     executor_input: str | None,
     *,
-    metrics: Mapping[str, float] | None = None,
+    metrics: Mapping[str, Any] | None = None,
     confusion: tuple[list[str], list[list[int]]] | None = None,
     html: Path | None = None,
     markdown: Path | None = None,
@@ -86,7 +86,8 @@ def publish(
 
     Args:
         executor_input: The ``{{$}}`` JSON, or None when the stage runs outside Kubeflow.
-        metrics: Scalar metrics for every ``system.Metrics`` output.
+        metrics: Numbers for every ``system.Metrics`` output (nested mappings are flattened
+            and everything but finite numbers dropped, by :func:`scalars`).
         confusion: (labels, rows) for every ``system.ClassificationMetrics`` output.
         html: Report copied to every ``system.HTML`` output.
         markdown: Report copied to every ``system.Markdown`` output.
@@ -117,7 +118,7 @@ def publish(
         path = local_path(artifact["uri"])
         if kind in (METRICS, CLASSIFICATION):
             if kind == METRICS:
-                metadata = dict(_needs(metrics, name, kind))
+                metadata = scalars(_needs(metrics, name, kind))
             else:
                 metadata = confusion_matrix(*_needs(confusion, name, kind))
             path.parent.mkdir(parents=True, exist_ok=True)  # the same JSON, for downloads

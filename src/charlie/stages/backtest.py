@@ -110,9 +110,9 @@ def run(args: argparse.Namespace) -> int:
     _summary(result.metrics)
     log.info("wrote %s (log: %s)", ", ".join(str(p) for p in paths.values()), log_file)
     from charlie.backtest.report import headline
-    from charlie.kfp_executor import publish, scalars
+    from charlie.kfp_executor import publish
 
-    publish(args.kfp_executor_input, metrics=scalars(headline(result.metrics)),
+    publish(args.kfp_executor_input, metrics=headline(result.metrics),
             html=paths["report"])  # fmt: skip
     return 0
 

@@ -140,8 +140,8 @@ def run(args: argparse.Namespace) -> int:
         max(cfg.forward_windows),
     )  # fmt: skip
     log.info("wrote %s, %s and %s (log: %s)", cfg.out, cfg.card, card_md, log_file)
-    from charlie.kfp_executor import publish, scalars
+    from charlie.kfp_executor import publish
 
     publish(args.kfp_executor_input, markdown=card_md,
-            metrics=scalars({k: info[k] for k in ("records", "dropped", "validation_reaching_test")}))  # fmt: skip
+            metrics={k: info[k] for k in ("records", "dropped", "validation_reaching_test")})  # fmt: skip
     return 0

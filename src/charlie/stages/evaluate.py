@@ -158,10 +158,10 @@ def run(args: argparse.Namespace) -> int:
     log.info("evaluated %d rows of %s: accuracy %.3f, parse rate %.3f; wrote %s and beside it",
              len(frame), cfg.split, acc, 1 - (frame["pred_action"] == "UNPARSEABLE").mean(), cfg.out)  # fmt: skip
     from charlie.evaluation.report import headline
-    from charlie.kfp_executor import publish, scalars
+    from charlie.kfp_executor import publish
 
     matrix = info["classification"]["confusion_matrix"]
-    publish(args.kfp_executor_input, metrics=scalars(headline(info)),
+    publish(args.kfp_executor_input, metrics=headline(info),
             confusion=(matrix["labels"], matrix["matrix"]),
             markdown=cfg.out.with_name("eval_summary.md"))  # fmt: skip
     return 0

@@ -109,9 +109,9 @@ def run(args: argparse.Namespace) -> int:
         _write_jsonl(rej, result.rejects, orjson)
         rep.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     log.info("wrote %s, %s and %s (log: %s)", params.out, params.rejects, params.report, log_file)
-    from charlie.kfp_executor import publish, scalars
+    from charlie.kfp_executor import publish
 
-    publish(args.kfp_executor_input, metrics=scalars(report["totals"]))
+    publish(args.kfp_executor_input, metrics=report["totals"])
 
     if params.strict and result.rejects:
         log.error("--strict: %d rejects, exiting 1 (see %s)", len(result.rejects), params.rejects)

@@ -85,9 +85,9 @@ def run(args: argparse.Namespace) -> int:
         metrics.get("global_step", 0), metrics.get("train_loss", float("nan")),
         metrics.get("eval_loss", float("nan")), cfg.output_dir,
     )  # fmt: skip
-    from charlie.kfp_executor import publish, scalars
+    from charlie.kfp_executor import publish
 
-    publish(args.kfp_executor_input, metrics=scalars(metrics))
+    publish(args.kfp_executor_input, metrics=metrics)
     return 0
 
 

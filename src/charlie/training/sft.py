@@ -136,7 +136,7 @@ def train(
         The final metrics.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
@@ -208,15 +208,16 @@ def train(
         processing_class=tokenizer,
         peft_config=get_peft_config(cfg),
     )
-    if resume_from and _finished(resume_from, args.max_steps) and not args.deepspeed:
+    saved = None  # the last checkpoint's state, when a max_steps run resumes
+    if resume_from and args.max_steps > 0 and not args.deepspeed:
+        saved = TrainerState.load_from_json(os.path.join(resume_from, "trainer_state.json"))
+    if saved is not None and saved.global_step >= args.max_steps:
         # Trainer runs one step past max_steps when it resumes a finished run (its loop checks
         # for the end only after a step): load the last checkpoint's weights and state instead.
-        from transformers import TrainerState
-
         log.info("%s already reached max_steps=%d: nothing left to train", resume_from,
                  args.max_steps)  # fmt: skip
         trainer._load_from_checkpoint(resume_from)
-        trainer.state = TrainerState.load_from_json(os.path.join(resume_from, "trainer_state.json"))
+        trainer.state = saved
         # What train() does first: callbacks set up (TensorBoard writes under output_dir/runs).
         trainer.control = trainer.callback_handler.on_train_begin(args, trainer.state,
                                                                   trainer.control)  # fmt: skip
@@ -237,14 +238,6 @@ def train(
         write_manifest(cfg, config_path, started, metrics, trainer.state.log_history)
         write_loss_curve(cfg.output_dir, trainer.state.log_history)
     return metrics
-
-
-def _finished(checkpoint: str, max_steps: int) -> bool:
-    """Whether a checkpoint already holds all ``max_steps`` (> 0) steps of its run."""
-    import json
-
-    state = json.loads(Path(checkpoint, "trainer_state.json").read_text(encoding="utf-8"))
-    return max_steps > 0 and state["global_step"] >= max_steps
 
 
 def merge_adapter(cfg: TrainConfig, tokenizer: Any) -> Path:
