@@ -21,9 +21,7 @@ from components.init_model.component import init_model
 from components.parse.component import parse
 from components.tokenize.component import tokenize
 from components.train.component import train
-from kfp import compiler, dsl, kubernetes
-
-PIPELINE_YAML = Path(__file__).with_name("sft_pipeline.yaml")
+from kfp import dsl, kubernetes
 
 # Kubernetes names the cluster provides (manifests/): Secrets and the PVC.
 HF_SECRET = "charlie-hf"  # key token → HF_TOKEN
@@ -127,11 +125,7 @@ def sft_pipeline(
     kubernetes.use_secret_as_env(book, EODHD_SECRET, {"api_key": "EODHD_API_KEY"}, optional=True)
 
 
-def compile_pipeline(path: Path | str = PIPELINE_YAML) -> Path:
-    """Compile the pipeline to ``path`` (default: the committed pipelines/sft_pipeline.yaml)."""
-    compiler.Compiler().compile(pipeline_func=sft_pipeline, package_path=str(path))
-    return Path(path)
-
-
 if __name__ == "__main__":
-    print(f"compiled {compile_pipeline()}")
+    from charlie.kubeflow.package import compile_pipeline  # the one compile: `charlie submit`'s
+
+    print(f"compiled {compile_pipeline(Path(__file__).resolve().parents[1])}")

@@ -15,14 +15,11 @@ import pytest
 import charlie.cli
 from charlie.backtest import engine
 from charlie.backtest import metrics as m
-from charlie.backtest.config import BacktestConfig, load_backtest_config
-from charlie.backtest.report import (
-    DAILY_COLUMNS,
-    output_paths,
-    prepare_predictions,
-    run_backtest,
-    write_outputs,
-)
+from charlie.backtest.config import BacktestConfig
+from charlie.backtest.core import DAILY_COLUMNS, run_backtest
+from charlie.backtest.panel import prepare_predictions
+from charlie.backtest.report import output_paths, write_outputs
+from charlie.config import load_config
 from charlie.errors import CharlieError, ConfigError
 from charlie.parsing import parse_files
 
@@ -362,8 +359,46 @@ def test_prepare_predictions_rejects_what_it_cannot_trade():
         prepare_predictions(pd.DataFrame({"ticker": ["AAA"]}))
 
 
+def test_a_metric_added_only_in_the_metrics_module_is_in_the_json_and_the_html(
+    tmp_path, monkeypatch
+):
+    def up_days(x: m.MetricInputs) -> float:
+        return float((x.returns > 0).mean())
+
+    monkeypatch.setitem(m.METRICS, "up_days", m.Metric(up_days, "pct"))
+    frames = {"AAA": bars(DAYS, [10, 11, 12, 11, 13])}
+    preds = predictions([("AAA", DAYS[0], "BUY"), ("AAA", DAYS[2], "SELL")])
+    result = run_backtest(preds, frames, BacktestConfig(**FREE))
+    paths = write_outputs(result, tmp_path / "bt.csv")
+    saved = json.loads(paths["metrics"].read_text())
+    strategy, benchmark = saved["strategy"]["up_days"], saved["benchmark"]["up_days"]
+    returns = result.daily["returns"]
+    assert strategy == pytest.approx((returns > 0).mean())
+    assert benchmark == pytest.approx((result.benchmark_daily["returns"] > 0).mean())
+    page = paths["report"].read_text()
+    row = f"<tr><td>up_days</td><td>{strategy:.2%}</td><td>{benchmark:.2%}</td>"
+    assert f"{row}<td>{strategy - benchmark:.2%}</td></tr>" in page
+    assert page.index("<td>exposure</td>") < page.index("<td>up_days</td>")  # registry order
+
+
+def test_the_report_escapes_every_text_it_shows(tmp_path):
+    hostile = "<script>alert('x')</script>"
+    preds = predictions([(hostile, DAYS[0], "BUY")])
+    ticker = preds["ticker"][0]  # upper-cased, kept as written otherwise
+    result = run_backtest(preds, {ticker: bars(DAYS[:3], [10, 11, 12])}, BacktestConfig())
+    result.metrics["conventions"]["timing"] = 'Filled at the <b>open</b> & "marked"'
+    page = write_outputs(result, tmp_path / "bt.csv")["report"].read_text()
+    assert "<script" not in page.lower()
+    assert "<td>&lt;SCRIPT&gt;ALERT(&#39;X&#39;)&lt;/SCRIPT&gt;</td>" in page
+    assert "Filled at the &lt;b&gt;open&lt;/b&gt; &amp; &#34;marked&#34;" in page
+    assert "<b>" not in page
+    # The report's own markup is not escaped: tables, the n/a marker, the embedded images.
+    assert '<td><span class="na" title="undefined: see the conventions">n/a</span></td>' in page
+    assert page.count('src="data:image/png;base64,') == 2
+
+
 def test_the_shipped_config_loads_with_the_seed_values():
-    config = load_backtest_config(REPO / "configs" / "backtest_config.yaml")
+    config = load_config(REPO / "configs" / "backtest_config.yaml", BacktestConfig)
     assert config == BacktestConfig()
     assert (config.initial_cash, config.transaction_cost_bps, config.slippage_bps) == (1e6, 5, 10)
     assert (config.position_sizing, config.fixed_pct_value) == ("fixed_pct", 0.02)
@@ -376,18 +411,17 @@ def test_config_errors_are_one_sentence(tmp_path):
     path = tmp_path / "bt.yaml"
     path.write_text("position_sizing: kelly\n")
     with pytest.raises(ConfigError, match="'position_sizing' = 'kelly' is not allowed"):
-        load_backtest_config(path)
+        load_config(path, BacktestConfig)
     path.write_text("action_units:\n  BUY: 0\n  STRONG_BUY: 0\n")
     with pytest.raises(ConfigError, match="nothing could ever be held"):
-        load_backtest_config(path)
+        load_config(path, BacktestConfig)
 
 
 # ---------------------------------------------------------------- the stage
 
 
 @pytest.fixture
-def cli(monkeypatch):
-    monkeypatch.setitem(charlie.cli.STAGES, "backtest", "charlie.stages.backtest")
+def cli():
     return charlie.cli.main
 
 

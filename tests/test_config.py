@@ -1,10 +1,22 @@
+import argparse
 import datetime as dt
 from pathlib import Path
 from typing import Literal
 
 import pytest
+from pydantic import Field
 
-from charlie.config import Params, Section, load_config, load_params
+from charlie.backtest.config import BacktestConfig
+from charlie.config import (
+    CONFIG,
+    Params,
+    ParseParams,
+    SampleParams,
+    Section,
+    add_flags,
+    load_config,
+    load_params,
+)
 from charlie.errors import ConfigError
 
 from .conftest import REPO
@@ -130,3 +142,86 @@ def test_config_files_load_into_their_model_with_the_same_errors(tmp_path):
         load_config(path, Toy)
     with pytest.raises(ConfigError, match=r"config file .*missing.yaml does not exist\."):
         load_config(tmp_path / "missing.yaml", Toy)
+
+
+# ---------------------------------------------------------------- flags from sections
+
+
+class Knobs(Section):
+    """A section whose fields become flags."""
+
+    input_dir: Path = Field(Path("in"), description="Where to read 100% of it.")
+    strict: bool = Field(False, description="Stop on the first problem.")
+    mode: Literal["fast", "slow"] = Field("fast", description="How hard to try.")
+    windows: list[int] = Field([1, 5], description="Horizons.")
+    when: dt.date | None = None
+    optimizer: Toy.Optimizer = Toy.Optimizer()  # nested: params.yaml or environment only
+
+
+def knob_parser(**kwargs) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="charlie knobs")
+    add_flags(parser, Knobs, "knobs", **kwargs)
+    return parser
+
+
+def test_a_flag_is_declared_once_by_its_field(capsys):
+    help_text = " ".join(knob_parser().format_help().split())
+    assert (
+        "--input-dir PATH Where to read 100% of it. (default: params.yaml knobs.input_dir; in if unset)"
+        in help_text
+    )
+    assert "--strict, --no-strict Stop on the first problem." in help_text
+    assert "--mode {fast,slow}" in help_text and "--windows A,B,..." in help_text
+    assert (
+        "--when YYYY-MM-DD" in help_text
+        and "(default: params.yaml knobs.when; none if unset)" in help_text
+    )
+    assert "--optimizer" not in help_text
+    args = knob_parser().parse_args(["--no-strict", "--windows", "2,3", "--mode", "slow"])
+    assert vars(args)["knobs.strict"] is False and vars(args)["knobs.windows"] == ["2", "3"]
+    assert vars(args)["knobs.input_dir"] is None  # unset: falls through
+    with pytest.raises(SystemExit):
+        knob_parser().parse_args(["--mode", "medium"])
+    assert "invalid choice: 'medium'" in capsys.readouterr().err
+
+
+def test_flags_can_be_chosen_and_renamed():
+    parser = knob_parser(fields={"source": "input_dir"})
+    assert "--source PATH" in parser.format_help() and "--strict" not in parser.format_help()
+    assert vars(parser.parse_args(["--source", "x"]))["knobs.input_dir"] == "x"
+    with pytest.raises(TypeError, match=r"Knobs\.optimizer cannot be a command-line flag"):
+        knob_parser(fields=["optimizer"])
+
+
+def test_parsed_flags_override_params_and_errors_name_the_flag(tmp_path):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--params")
+    add_flags(parser, ParseParams, "parse", {"from": "input_dir", "strict": "strict"})
+    path = write(tmp_path, "parse:\n  input_dir: from-file\n  strict: true\n")
+    args = parser.parse_args(["--params", str(path), "--from", "from-flag"])
+    params = load_params(args, env={})
+    assert params.parse.input_dir == Path("from-flag") and params.parse.strict is True
+    add_flags(parser, SampleParams, "sample", ["tickers"])
+    args = parser.parse_args(["--params", str(path), "--tickers", "99"])
+    with pytest.raises(ConfigError, match=r"^--tickers: 'sample.tickers' = 99 is not allowed"):
+        load_params(args, env={})
+
+
+def test_config_file_flags_override_the_file(tmp_path):
+    path = tmp_path / "toy.yaml"
+    path.write_text("steps: 3\n")
+    parser = argparse.ArgumentParser()
+    add_flags(parser, Toy, CONFIG)
+    assert load_config(path, Toy, overrides=parser.parse_args([])).steps == 3
+    assert load_config(path, Toy, overrides=parser.parse_args(["--steps", "7"])).steps == 7
+    path.write_text("slippage_bps: 3\n")
+    parser = argparse.ArgumentParser()
+    add_flags(parser, BacktestConfig, CONFIG)
+    args = parser.parse_args(["--slippage-bps", "-5"])
+    with pytest.raises(ConfigError, match=r"^--slippage-bps: 'slippage_bps' = -5.0 is not allowed"):
+        load_config(path, BacktestConfig, overrides=args)
+
+
+def test_an_unknown_price_provider_names_the_known_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown provider 'bloomberg'; known: file, eodhd"):
+        load_params(tmp_path / "none.yaml", env={}, overrides={"prices.providers": ["bloomberg"]})

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from charlie import UNPARSEABLE
+from charlie.evaluation import core
 from charlie.evaluation import metrics as m
 from charlie.evaluation.returns import forward_returns, momentum_sign
-from charlie.inference import UNPARSEABLE
 
 BARS = pd.DataFrame({
     "date": pd.to_datetime(["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05", "2024-01-08"]),
@@ -35,6 +38,27 @@ def test_momentum_sign():
         -1.0,
         0.0,
     ]
+
+
+def test_price_window_covers_the_momentum_lookback_and_the_longest_window():
+    frame = pd.DataFrame({"ticker": ["AAA", "BBB", "AAA"],
+                          "as_of_date": ["2024-03-01", "2024-02-01", "2024-01-15"]})  # fmt: skip
+    assert core.price_window(frame, [1, 5]) == {
+        "AAA": (dt.date(2024, 1, 15) - dt.timedelta(days=40), dt.date(2024, 3, 21)),
+        "BBB": (dt.date(2023, 12, 23), dt.date(2024, 2, 21)),
+    }
+
+
+def test_attach_forward_returns_per_ticker_leaves_the_input_alone():
+    frame = pd.DataFrame({"ticker": ["AAA", "BBB", "AAA"],
+                          "as_of_date": ["2024-01-02", "2024-01-03", "2024-01-08"]})  # fmt: skip
+    other = BARS.assign(adj_close=[50.0, 40.0, 60.0, 30.0, 45.0])
+    out, momentum = core.attach_forward_returns(frame, {"AAA": BARS, "BBB": other}, [1, 2])
+    assert list(frame.columns) == ["ticker", "as_of_date"]
+    assert list(out.columns) == ["ticker", "as_of_date", "fwd_ret_1", "fwd_ret_2"]
+    assert out["fwd_ret_1"].tolist()[:2] == [pytest.approx(0.10), pytest.approx(0.5)]
+    assert out["fwd_ret_2"][1] == pytest.approx(-0.25) and np.isnan(out["fwd_ret_1"][2])
+    assert momentum.tolist() == [0.0, 0.0, 0.0]  # fewer than 20 bars behind every date
 
 
 def test_classification_against_hand_counts():
@@ -132,16 +156,18 @@ def trained(tmp_path_factory):
 
 
 def run_stage(tmp: Path, **kw) -> int:
-    from charlie.stages.evaluate import run
+    from charlie.stages.evaluate import add_arguments, run
 
     repo = Path(__file__).resolve().parents[1]
-    args = argparse.Namespace(params=repo / "params.yaml", config=str(repo / "configs/eval_config.yaml"),
-                              model_dir=str(tmp / "run"), dataset_dir=str(tmp / "sft"), split="test",
-                              out=str(tmp / "results" / "eval_results.csv"), batch_size=4,
-                              max_new_tokens=12, limit=None, kfp_executor_input=None)  # fmt: skip
-    for key, value in kw.items():
-        setattr(args, key, value)
-    return run(args)
+    flags = {"params": repo / "params.yaml", "config": repo / "configs/eval_config.yaml",
+             "model_dir": tmp / "run", "dataset_dir": tmp / "sft", "split": "test",
+             "out": tmp / "results" / "eval_results.csv", "batch_size": 4, "max_new_tokens": 12,
+             **kw}  # fmt: skip
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--params")
+    add_arguments(parser)
+    argv = [f"--{k.replace('_', '-')}={v}" for k, v in flags.items() if v is not None]
+    return run(parser.parse_args(argv))
 
 
 def test_evaluate_writes_every_output_and_counts_what_it_could_not_parse(trained, monkeypatch):
@@ -184,6 +210,15 @@ def test_bad_inputs_are_one_sentence(trained, tmp_path, monkeypatch):
         run_stage(trained, model_dir=str(tmp_path))
     with pytest.raises(CharlieError, match=r"has no 'validation' split \(it has train, test\)"):
         run_stage(trained, split="validation")
+    with pytest.raises(CharlieError, match=r"is not a DatasetDict; run `charlie dataset` first"):
+        run_stage(trained, dataset_dir=str(tmp_path))
+    adapter = tmp_path / "adapter"
+    shutil.copytree(trained / "run", adapter, ignore=shutil.ignore_patterns("merged", "check*"))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "gone")
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(CharlieError, match=r"^cannot load the adapter's base model '.*gone'"):
+        run_stage(trained, model_dir=str(adapter))
 
 
 def test_a_merged_model_gives_the_same_predictions_as_its_adapter(trained, monkeypatch):

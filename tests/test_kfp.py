@@ -11,11 +11,12 @@ pytest.importorskip("kfp")
 pytest.importorskip("kfp.kubernetes")
 
 from components.images import CPU_IMAGE, CUDA_IMAGE
-from pipelines.sft_pipeline import PIPELINE_YAML, compile_pipeline
 
+from charlie.kubeflow import package
 from tests.kfp_harness import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
+PIPELINE_YAML = ROOT / package.PIPELINE_YAML
 STAGES = ["parse", "dataset", "init-model", "tokenize", "train", "evaluate", "backtest"]
 
 
@@ -26,7 +27,9 @@ def _docs(path: Path) -> tuple[dict, dict]:
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> tuple[dict, dict]:
-    return _docs(compile_pipeline(tmp_path_factory.mktemp("kfp") / "sft_pipeline.yaml"))
+    return _docs(
+        package.compile_pipeline(ROOT, tmp_path_factory.mktemp("kfp") / "sft_pipeline.yaml")
+    )
 
 
 def test_committed_yaml_is_a_fresh_compile(compiled):
@@ -178,23 +181,22 @@ def test_train_flags_override_the_config(monkeypatch, tmp_path):
     monkeypatch.setattr(sft, "train", fake_train)
     monkeypatch.setenv("CHARLIE_LOG_DIR", str(tmp_path / "logs"))
     monkeypatch.chdir(ROOT)
-    args = build_parser().parse_args(
-        ["train", "--config", "configs/sft_tiny_lora_cpu.yaml", "--base-model", "/m",
-         "--dataset-dir", "/d", "--output-dir", "/o", "--smoke-test=false"]
-    )  # fmt: skip
+    argv = ["train", "--config", "configs/sft_tiny_lora_cpu.yaml", "--base-model", "/m",
+            "--dataset-dir", "/d", "--output-dir", "/o", "--smoke-test=false"]  # fmt: skip
+    args = build_parser(argv).parse_args(argv)
     assert args._run(args) == 0
     assert (seen["cfg"].base_model, seen["cfg"].dataset_dir, seen["cfg"].output_dir) == (
         "/m", Path("/d"), Path("/o"),
     )  # fmt: skip
     assert seen["smoke_test"] is False
 
-    args = build_parser().parse_args(["train", "--config", "configs/sft_tiny_lora_cpu.yaml",
-                                      "--smoke-test"])  # fmt: skip
+    argv = ["train", "--config", "configs/sft_tiny_lora_cpu.yaml", "--smoke-test"]
+    args = build_parser(argv).parse_args(argv)
     assert args._run(args) == 0
     assert seen["smoke_test"] is True
     assert seen["cfg"].output_dir == Path("checkpoints/sft-tiny-lora-cpu")
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["train", "--smoke-test=maybe"])
+        build_parser(["train"]).parse_args(["train", "--smoke-test=maybe"])
     assert isinstance(args, argparse.Namespace)
 
 

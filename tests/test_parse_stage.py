@@ -125,9 +125,9 @@ def test_a_failed_write_leaves_previous_outputs_intact(tmp_path, monkeypatch, ca
     real_write = parse_stage._write_jsonl
     calls = []
 
-    def crash_on_second_file(path, rows, module):
+    def crash_on_second_file(path, rows):
         calls.append(path)
-        real_write(path, rows, module)
+        real_write(path, rows)
         if len(calls) == 2:
             raise OSError(28, "No space left on device")
 

@@ -347,7 +347,6 @@ def test_unknown_moe_layout_is_refused():
 
 def _main(monkeypatch, argv):
     monkeypatch.chdir(REPO)
-    monkeypatch.setitem(cli.STAGES, "plan", "charlie.stages.plan")
     return cli.main(["plan", *argv])
 
 
@@ -376,7 +375,7 @@ def test_stage_overrides_gpus_and_gpu_type(monkeypatch, capsys):
     ("argv", "expected"),
     [
         (["--gpu-type", "B300-288GB"], "unknown gpu_type 'B300-288GB'; known types: H100-80GB"),
-        (["--gpus", "0"], "--gpus must be at least 1, not 0."),
+        (["--gpus", "0"], "--gpus: 'num_gpus' = 0 is not allowed"),
     ],
 )
 def test_stage_bad_input_is_one_sentence_and_exit_2(monkeypatch, capsys, argv, expected):

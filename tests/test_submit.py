@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import socket
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from charlie import cli
+from charlie.kubeflow.artifacts import RUN_METRICS
 from charlie.stages import submit
 
 from .kfp_server import FakeKfp
@@ -28,7 +27,6 @@ def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # kfp.Client reads ~/.config/kfp/context.json; keep the user's out of the tests.
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("KFP_TOKEN", raising=False)
-    monkeypatch.setattr(cli, "STAGES", {**cli.STAGES, "submit": "charlie.stages.submit"})
 
 
 @pytest.fixture
@@ -185,39 +183,13 @@ def test_run_can_be_called_directly(package, capsys):
         assert server.requests == []
 
 
-def test_parameters_are_read_from_the_compiled_yaml():
-    params = submit.pipeline_parameters(COMPILED)
-    spec = next(yaml.safe_load_all(COMPILED.read_text()))
-    assert set(params) == set(spec["root"]["inputDefinitions"]["parameters"])
-    assert params["smoke_test"] == "BOOLEAN" and params["eval_limit"] == "NUMBER_INTEGER"
-
-
-def test_needs_compile_follows_mtimes(tmp_path: Path):
-    (tmp_path / "pipelines").mkdir()
-    (tmp_path / "components" / "train").mkdir(parents=True)
-    source = tmp_path / "pipelines" / "sft_pipeline.py"
-    component = tmp_path / "components" / "train" / "component.py"
-    target = tmp_path / "pipelines" / "sft_pipeline.yaml"
-    source.write_text("")
-    component.write_text("")
-    assert submit.needs_compile(tmp_path)  # missing
-    target.write_text("")
-    old = time.time() - 100
-    os.utime(source, (old, old))
-    os.utime(component, (old, old))
-    assert not submit.needs_compile(tmp_path)
-    os.utime(component, None)
-    os.utime(target, (old + 1, old + 1))
-    assert submit.needs_compile(tmp_path)  # a component is newer
-
-
 RUN_ID = "2b6f8a3c-1111-4222-8333-444455556666"
 
 
 def _put_run_artifacts(client, bucket: str, run_prefix: str) -> dict[str, bytes]:
     """A finished run's artifacts as the KFP launcher lays them out: <run>/<task>/<output>."""
-    body = {path: f'{{"from": "{path}"}}\n'.encode() for path in submit.RUN_METRICS}
-    for path, (task, output, file) in submit.RUN_METRICS.items():
+    body = {path: f'{{"from": "{path}"}}\n'.encode() for path in RUN_METRICS}
+    for path, (task, output, file) in RUN_METRICS.items():
         key = f"{run_prefix}/{task}/{output}" + (f"/{file}" if file else "")
         client.put_object(Bucket=bucket, Key=key, Body=body[path])
     # Neighbours that must not be picked: another run, another output of the same task.
@@ -285,13 +257,3 @@ def test_fetch_metrics_refuses_what_it_cannot_read_before_submitting(package, ca
     assert no_wait == gcs == 2
     assert "--fetch-metrics needs --wait" in err
     assert "'gs://bucket/kfp' is not an s3:// or minio:// URI" in err
-
-
-def test_metrics_fetched_are_the_metrics_dvc_yaml_declares():
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    declared = {
-        next(iter(m)) if isinstance(m, dict) else m
-        for stage in stages.values()
-        for m in stage.get("metrics", [])
-    }
-    assert declared == set(submit.RUN_METRICS)

@@ -1,7 +1,8 @@
-"""The ``charlie`` command: one subcommand per pipeline stage.
+"""The ``charlie`` command: one subcommand per pipeline stage, and four utilities.
 
-A subcommand, its DVC stage (dvc.yaml) and its KFP component share one name. Stage modules
-import nothing heavy at module level, so ``charlie --help`` stays fast.
+A pipeline stage's subcommand, its DVC stage (dvc.yaml) and its KFP component share one name;
+``sample``, ``prices``, ``plan`` and ``submit`` are utilities (commands only). Only the module
+of the subcommand being run is imported, so ``charlie --help`` imports no stage at all.
 """
 
 from __future__ import annotations
@@ -15,20 +16,29 @@ from pathlib import Path
 from charlie import __version__
 from charlie.errors import CharlieError
 
-# Order is pipeline order; each module defines HELP, add_arguments() and run().
+# Pipeline order. Each is charlie.stages.<name with _ for ->, defining add_arguments() and run()
+# (its docstring is the subcommand's --help); the line here is the one-line summary.
 STAGES: dict[str, str] = {
-    "sample": "charlie.stages.sample",
-    "parse": "charlie.stages.parse",
-    "prices": "charlie.stages.prices",
-    "dataset": "charlie.stages.dataset",
-    "init-model": "charlie.stages.init_model",
-    "tokenize": "charlie.stages.tokenize",
-    "train": "charlie.stages.train",
-    "evaluate": "charlie.stages.evaluate",
-    "backtest": "charlie.stages.backtest",
-    "submit": "charlie.stages.submit",
-    "plan": "charlie.stages.plan",
+    "sample": "generate the synthetic sample corpus (theses XML + prices)",
+    "parse": "parse XML theses into JSONL records (hardened, nothing lost)",
+    "prices": "fetch daily prices (file | eodhd | yfinance) into the parquet cache",
+    "dataset": "build the train/validation/test DatasetDict from records and prices",
+    "init-model": "build the tiny local tokenizer and Llama model the CPU demo trains",
+    "tokenize": "apply the chat template and special tokens; save tokenized shards",
+    "train": "fine-tune with TRL SFTTrainer + LoRA/QLoRA (resumable, with a manifest)",
+    "evaluate": "generate theses for a split and score them against baselines",
+    "backtest": "simulate the predictions as a cost-aware daily portfolio, with an HTML report",
+    "submit": "upload the compiled pipeline to Kubeflow Pipelines and start (and follow) a run",
+    "plan": "estimate per-GPU memory of a training config and say whether it fits",
 }
+UTILITIES = ("sample", "prices", "plan", "submit")
+"""Commands that are not pipeline stages: no DVC stage, no KFP component."""
+
+
+def stage_module(name: str) -> str:
+    """The module that implements subcommand ``name``."""
+    return f"charlie.stages.{name.replace('-', '_')}"
+
 
 DESCRIPTION = """\
 Charlie fine-tunes a causal LLM to write trading theses (reasoning, support, action) from a
@@ -50,8 +60,13 @@ examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with one subparser per stage."""
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The top-level parser; the stage ``argv`` names (its first word) gets its flags.
+
+    Every stage is listed with its summary, but only the named one is imported, so the
+    top-level help and every other stage cost nothing.
+    """
+    named = next((a for a in (argv or []) if not a.startswith("-")), None)
     parser = argparse.ArgumentParser(
         prog="charlie",
         description=DESCRIPTION,
@@ -61,11 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"charlie {__version__}")
     sub = parser.add_subparsers(dest="stage", metavar="<stage>", title="stages")
     sub.required = True
-    for name, module_path in STAGES.items():
-        module = importlib.import_module(module_path)
+    for name, summary in STAGES.items():
+        if name != named:
+            sub.add_parser(name, help=summary)
+            continue
+        module = importlib.import_module(stage_module(name))
         stage_parser = sub.add_parser(
             name,
-            help=module.HELP,
+            help=summary,
             description=module.__doc__,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
@@ -89,7 +107,8 @@ def _load_dotenv() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one stage; user errors become one sentence on stderr and a non-zero exit code."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     _load_dotenv()
     try:
         return int(args._run(args) or 0)

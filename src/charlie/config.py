@@ -10,16 +10,21 @@ the ``CHARLIE_`` form wins when both are set.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import os
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from charlie.errors import ConfigError
+from charlie.prices.registry import PROVIDERS
 
 ENV_PREFIX = "CHARLIE_"
 ENV_NESTING = "__"
@@ -70,10 +75,15 @@ class ParseParams(Section):
     """``charlie parse``: XML theses to JSONL records."""
 
     input_dir: Path = Field(Path("data/samples/xml"), description="Reads every *.xml here.")
-    out: Path = Field(Path("data/jsonl/records.jsonl"), description="Valid records.")
-    rejects: Path = Field(Path("data/jsonl/rejects.jsonl"), description="Rejected theses.")
-    report: Path = Field(Path("data/jsonl/parse_report.json"), description="Accounting.")
-    strict: bool = Field(False, description="Exit 1 when anything was rejected.")
+    out: Path = Field(Path("data/jsonl/records.jsonl"), description="The records JSONL to write.")
+    rejects: Path = Field(
+        Path("data/jsonl/rejects.jsonl"), description="The rejects JSONL to write."
+    )
+    report: Path = Field(
+        Path("data/jsonl/parse_report.json"),
+        description="The accounting report JSON (a DVC metric).",
+    )
+    strict: bool = Field(False, description="Exit 1 when any thesis or file was rejected.")
 
 
 class EodhdParams(Section):
@@ -95,8 +105,10 @@ class YFinanceParams(Section):
 class PricesParams(Section):
     """Where daily prices come from: providers tried in order, network ones cached."""
 
-    providers: list[Literal["file", "eodhd", "yfinance"]] = Field(
-        ["file"], min_length=1, description="The seed's order is [eodhd, yfinance]."
+    providers: list[str] = Field(
+        ["file"],
+        min_length=1,
+        description=f"Tried in order, from {', '.join(PROVIDERS)}; the seed's is eodhd,yfinance.",
     )
     file_dir: Path = Field(Path("data/samples/prices"), description="The file provider's dir.")
     cache_dir: Path = Field(Path("data/price_cache"), description="Parquet cache per ticker.")
@@ -109,13 +121,29 @@ class PricesParams(Section):
     eodhd: EodhdParams = EodhdParams()
     yfinance: YFinanceParams = YFinanceParams()
 
+    @field_validator("providers")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name not in PROVIDERS:
+                raise ValueError(f"unknown provider {name!r}; known: {', '.join(PROVIDERS)}")
+        return names
+
 
 class DatasetParams(Section):
     """``charlie dataset``: chronological splits of snapshot prompts and thesis completions."""
 
-    records: Path = Field(Path("data/jsonl/records.jsonl"), description="Parsed records.")
-    out: Path = Field(Path("data/hf_datasets/sft_dataset"), description="DatasetDict dir.")
-    card: Path = Field(Path("data/hf_datasets/dataset_card.json"), description="Card (+ .md).")
+    records: Path = Field(
+        Path("data/jsonl/records.jsonl"), description="The records JSONL (`charlie parse`)."
+    )
+    out: Path = Field(
+        Path("data/hf_datasets/sft_dataset"),
+        description="The SFT DatasetDict directory (`charlie dataset` writes it).",
+    )
+    card: Path = Field(
+        Path("data/hf_datasets/dataset_card.json"),
+        description="The dataset card JSON; its .md beside it.",
+    )
     train_start: dt.date = Field(
         dt.date(2023, 10, 24), json_schema_extra={"env": "TRAIN_START_DATE"}
     )
@@ -132,9 +160,6 @@ class DatasetParams(Section):
     )
     outside_splits: Literal["error", "drop"] = Field(
         "error", description="Records dated outside every split: stop, or drop and count."
-    )
-    forward_windows: list[int] = Field(
-        [1, 5, 10, 30], min_length=1, description="Forward-return horizons (trading days)."
     )
 
     @model_validator(mode="after")
@@ -153,8 +178,11 @@ class DatasetParams(Section):
 class InitModelParams(Section):
     """``charlie init-model``: the tiny local base model and tokenizer for CPU runs."""
 
-    dataset: Path = Field(Path("data/hf_datasets/sft_dataset"), description="Its train split.")
-    out: Path = Field(Path("models/tiny"), description="save_pretrained directory.")
+    dataset: Path = Field(
+        Path("data/hf_datasets/sft_dataset"),
+        description="The DatasetDict whose train split to learn from.",
+    )
+    out: Path = Field(Path("models/tiny"), description="The output directory (save_pretrained).")
     vocab_size: int = Field(4096, ge=300, description="BPE vocabulary (upper bound).")
     hidden_size: int = Field(128, ge=16)
     num_layers: int = Field(2, ge=1)
@@ -175,6 +203,27 @@ class TrainParams(Section):
     num_proc: int = Field(2, ge=1, description="Processes for tokenization.")
 
 
+class EvaluateParams(Section):
+    """``charlie evaluate``: which eval config the pipeline runs (its settings live there)."""
+
+    config: Path = Field(Path("configs/eval_config.yaml"), description="The eval config file.")
+
+
+class BacktestParams(Section):
+    """``charlie backtest``: its paths; costs, sizing and the action mapping are in ``config``."""
+
+    eval_csv: Path = Field(
+        Path("results/eval_results.csv"), description="Predictions from `charlie evaluate`."
+    )
+    config: Path = Field(
+        Path("configs/backtest_config.yaml"), description="Costs, sizing and action mapping."
+    )
+    out: Path = Field(
+        Path("backtests/baseline.csv"),
+        description="The daily CSV; the other outputs are named after its stem, beside it.",
+    )
+
+
 class Params(Section):
     """The whole ``params.yaml``: one section per stage."""
 
@@ -184,6 +233,8 @@ class Params(Section):
     dataset: DatasetParams = DatasetParams()
     init_model: InitModelParams = InitModelParams()
     train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    backtest: BacktestParams = BacktestParams()
 
 
 def _seed_aliases() -> dict[str, tuple[str, ...]]:
@@ -199,18 +250,20 @@ def _seed_aliases() -> dict[str, tuple[str, ...]]:
 
 
 def load_params(
-    path: Path | str = DEFAULT_PARAMS,
+    path: Path | str | argparse.Namespace = DEFAULT_PARAMS,
     *,
     env: Mapping[str, str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | argparse.Namespace | None = None,
 ) -> Params:
     """Load and validate ``params.yaml`` with environment and command-line overrides.
 
     Args:
-        path: The params file. A missing file means "all defaults".
+        path: The params file (a missing file means "all defaults"), or a stage's parsed
+            arguments: their ``--params`` file, with their flags as the overrides.
         env: Environment to read ``CHARLIE_<SECTION>__<KEY>`` overrides from (default
             ``os.environ``).
-        overrides: Dotted keys (``"parse.strict"``) set from command-line flags; ``None``
+        overrides: The parsed arguments of a stage whose flags :func:`add_flags` made (every
+            params section's flags are taken), or dotted keys (``"parse.strict"``); ``None``
             values are ignored so unset flags fall through.
 
     Returns:
@@ -220,6 +273,8 @@ def load_params(
         ConfigError: One sentence naming the offending key, where it came from, and what is
             allowed.
     """
+    if isinstance(path, argparse.Namespace):
+        path, overrides = getattr(path, "params", None) or DEFAULT_PARAMS, path
     path = Path(path)
     data = _read_yaml(path) if path.is_file() else {}
     sources: dict[tuple[str, ...], str] = {}
@@ -235,22 +290,27 @@ def load_params(
         keys = tuple(k.lower() for k in name[len(ENV_PREFIX) :].split(ENV_NESTING))
         _set(data, keys, value)
         sources[keys] = f"environment variable {name}"
-    for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        keys = tuple(dotted.split("."))
+    for keys, (value, flag) in _flag_values(overrides, set(Params.model_fields)).items():
         _set(data, keys, value)
-        sources[keys] = f"--{keys[-1].replace('_', '-')}"
+        sources[keys] = flag
 
     return _validate(Params, data, sources, str(path))
 
 
-def load_config(path: Path | str, model: type[M]) -> M:
+def load_config(
+    path: Path | str,
+    model: type[M],
+    *,
+    overrides: Mapping[str, Any] | argparse.Namespace | None = None,
+) -> M:
     """Load a stage's config file (``configs/*.yaml``) into its typed model.
 
     Args:
         path: The YAML file; it must exist.
         model: The :class:`Section` subclass that describes the file.
+        overrides: The stage's parsed arguments (the flags :func:`add_flags` made for
+            ``model`` under :data:`CONFIG`), or a mapping of its keys; ``None`` values fall
+            through to the file.
 
     Raises:
         ConfigError: The file is missing, is not YAML, or a key or value is not allowed.
@@ -258,7 +318,122 @@ def load_config(path: Path | str, model: type[M]) -> M:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist.")
-    return _validate(model, _read_yaml(path), {}, str(path))
+    data, sources = _read_yaml(path), {}
+    if isinstance(overrides, Mapping):
+        overrides = {f"{CONFIG}.{key}": value for key, value in overrides.items()}
+    for keys, (value, flag) in _flag_values(overrides, {CONFIG}).items():
+        data[keys[1]] = value
+        sources[keys[1:]] = flag
+    return _validate(model, data, sources, str(path))
+
+
+# ---------------------------------------------------------------- command-line flags
+
+CONFIG = "config"
+"""The section name :func:`add_flags` files a stage's config-file fields under."""
+_FLAGS = "_charlie_flags"  # argparse default: dest → the flag's name, for error messages
+
+
+def add_flags(
+    parser: argparse.ArgumentParser,
+    model: type[BaseModel],
+    section: str,
+    fields: Sequence[str] | Mapping[str, str] | None = None,
+) -> None:
+    """Declare command-line flags from a config section's fields: one declaration, no copies.
+
+    Each flag takes its type from the field (a bool is ``--x/--no-x``, a Literal lists its
+    choices, a list is comma-separated), its help from the field's description and shows the
+    default; an unset flag is ``None`` and falls through to params.yaml or the config file.
+    :func:`load_params` and :func:`load_config` take the parsed arguments as overrides.
+
+    Args:
+        parser: The stage's parser.
+        model: The section (a params.yaml section, or a config file's model).
+        section: Its name in params.yaml, or :data:`CONFIG` for the stage's --config file.
+        fields: The fields to expose (default: every one a flag can set); a mapping
+            ``{flag name: field}`` renames flags.
+    """
+    names = _field_names(model, fields)
+    registered = dict(parser.get_default(_FLAGS) or {})
+    for flag_name, key in names.items():
+        info = model.model_fields[key]
+        kwargs = _flag_kwargs(info)
+        if kwargs is None:
+            if fields is None:
+                continue
+            raise TypeError(f"{model.__name__}.{key} cannot be a command-line flag")
+        flag, dest = f"--{flag_name.replace('_', '-')}", f"{section}.{key}"
+        where = (
+            f"the --config file's {key}" if section == CONFIG else f"params.yaml {section}.{key}"
+        )
+        default = "" if info.is_required() else f"; {_shown(info.default)} if unset"
+        text = (info.description or key.replace("_", " ").capitalize() + ".").replace("%", "%%")
+        parser.add_argument(flag, dest=dest, default=None, help=f"{text} (default: {where}{default})",
+                            **kwargs)  # fmt: skip
+        registered[dest] = flag
+    parser.set_defaults(**{_FLAGS: registered})
+
+
+def _field_names(
+    model: type[BaseModel], fields: Sequence[str] | Mapping[str, str] | None
+) -> dict[str, str]:
+    if fields is None:
+        return {key: key for key in model.model_fields}
+    if isinstance(fields, Mapping):
+        return dict(fields)
+    return {key: key for key in fields}
+
+
+def _flag_kwargs(info: FieldInfo) -> dict[str, Any] | None:
+    """argparse keywords for a field, or None when a flag cannot set it (a nested section)."""
+    annotation = info.annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(options) != 1:
+            return None
+        annotation = options[0]
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if annotation in (int, float):
+        return {"type": annotation, "metavar": "N"}
+    if origin is Literal:
+        return {"choices": [str(c) for c in typing.get_args(annotation)]}
+    if origin is list and typing.get_args(annotation)[0] in (int, float, str):
+        return {"type": _comma_list, "metavar": "A,B,..."}
+    if annotation in (str, Path, dt.date):
+        return {"metavar": {Path: "PATH", dt.date: "YYYY-MM-DD"}.get(annotation, "TEXT")}
+    return None
+
+
+def _comma_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return "none" if value is None else str(value)
+
+
+def _flag_values(
+    overrides: Mapping[str, Any] | argparse.Namespace | None, sections: set[str]
+) -> dict[tuple[str, ...], tuple[Any, str]]:
+    """Dotted keys of ``sections`` → (value, where it came from), unset values left out."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, argparse.Namespace):
+        flags = getattr(overrides, _FLAGS, None) or {}
+        items = [(dest, getattr(overrides, dest), flag) for dest, flag in flags.items()]
+    else:
+        items = [(k, v, f"--{k.split('.')[-1].replace('_', '-')}") for k, v in overrides.items()]
+    out = {}
+    for dotted, value, flag in items:
+        keys = tuple(dotted.split("."))
+        if value is not None and keys[0] in sections:
+            out[keys] = (value, flag)
+    return out
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any
 from charlie import ACTIONS
 from charlie.calendar import shift_trading_days
 from charlie.errors import CharlieError
+from charlie.snapshot import snapshots_for_ticker
 
 SPLITS = ("train", "validation", "test")
 PROMPT_HEADER = (
@@ -283,8 +284,6 @@ def build_rows(
     Raises:
         CharlieError: Records outside every split when ``drop_outside`` is false.
     """
-    from charlie.snapshot import snapshots_for_ticker
-
     dropped: Counter[str] = Counter()
     by_ticker: dict[str, list[tuple[dict[str, Any], str]]] = {}
     outside = []

@@ -6,9 +6,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from charlie import ACTIONS
+from charlie import ACTIONS, UNPARSEABLE
 
-UNPARSEABLE = "UNPARSEABLE"
 _TOKEN = re.compile(r"<(STRONG_BUY|BUY|HOLD|SELL|STRONG_SELL)>")
 _TEXT = re.compile(r"\b(strong[\s_-]*buy|strong[\s_-]*sell|buy|hold|sell)\b", re.IGNORECASE)
 

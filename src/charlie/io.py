@@ -11,6 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from charlie.errors import CharlieError
+
+
+def require_dataset_dict(path: Path | str, made_by: str = "charlie dataset") -> Path:
+    """``path`` as a Path, or one sentence saying it is not a saved DatasetDict and what makes it."""
+    path = Path(path)
+    if not (path / "dataset_dict.json").is_file():
+        raise CharlieError(f"{path} is not a DatasetDict; run `{made_by}` first.")
+    return path
+
 
 def load_dataset_dir(path: Path | str) -> Any:
     """A DatasetDict another stage saved, opened so that nothing is ever written into it.

@@ -45,9 +45,6 @@ REASONS: dict[str, str] = {
     "malformed_xml": "the XML is malformed; theses before the fault were kept",
     "unexpected_root": "the root element is not <stock-theses>",
 }
-FILE_REASONS = frozenset(
-    {"forbidden_dtd", "empty_file", "not_xml", "encoding_error", "malformed_xml", "unexpected_root"}
-)
 ROOT_TAG = "stock-theses"
 THESIS_TAG = "thesis"
 EXCERPT_CHARS = 200

@@ -76,6 +76,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import yaml
+
 from charlie.errors import CharlieError
 
 if TYPE_CHECKING:
@@ -718,8 +720,6 @@ def load_gpu(gpu_type: str, gpus_file: Path = DEFAULT_CONFIGS_DIR / "gpus.yaml")
     Raises:
         CharlieError: The file is missing or malformed, or the type is not in it.
     """
-    import yaml
-
     try:
         data = yaml.safe_load(gpus_file.read_text(encoding="utf-8"))
         gpus = {str(k): float(v) for k, v in data["gpus"].items()}

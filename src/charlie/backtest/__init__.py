@@ -1,32 +1,17 @@
 """The portfolio backtest: predictions in, a cost-aware daily simulation and its report out.
 
-* ``engine``: pure numpy kernels on date x ticker arrays (:func:`simulate`).
-* ``metrics``: empyrical-convention metrics, ``f(returns, periods=252) -> float``.
-* ``report``: the pandas layer (:func:`run_backtest`) and the outputs (:func:`write_outputs`).
-* ``config``: :class:`BacktestConfig`, the typed ``configs/backtest_config.yaml``.
+* ``config``: :class:`~charlie.backtest.config.BacktestConfig`, the typed
+  ``configs/backtest_config.yaml``.
+* ``panel``: the inputs: the eval CSV's predictions checked (``prepare_predictions``), the
+  bars to fetch (``price_window``), both aligned as date x ticker arrays (``build_panel``).
+* ``engine``: pure numpy kernels on those arrays (``simulate``); no dates, no tickers.
+* ``metrics``: empyrical-convention metrics, ``f(returns, periods=252) -> float``, and the
+  ``METRICS`` registry the outputs report (one entry per metric).
+* ``core``: the backtest itself (``run_backtest`` -> ``BacktestResult``): strategy and
+  benchmark, daily tables, trades, metrics, cost sensitivity, the conventions in words.
+* ``report``: the outputs (``write_outputs``): CSVs, metrics JSON, PNGs and the HTML page
+  rendered from ``templates/report.html.j2``.
 
-The stage is ``charlie backtest`` (``charlie.stages.backtest``).
+The stage is ``charlie backtest`` (``charlie.stages.backtest``). Import from the modules;
+this package re-exports nothing.
 """
-
-from charlie.backtest.config import ActionUnits, BacktestConfig, load_backtest_config
-from charlie.backtest.engine import Simulation, simulate
-from charlie.backtest.report import (
-    BacktestResult,
-    prepare_predictions,
-    price_window,
-    run_backtest,
-    write_outputs,
-)
-
-__all__ = [
-    "ActionUnits",
-    "BacktestConfig",
-    "BacktestResult",
-    "Simulation",
-    "load_backtest_config",
-    "prepare_predictions",
-    "price_window",
-    "run_backtest",
-    "simulate",
-    "write_outputs",
-]

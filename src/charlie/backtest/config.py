@@ -8,13 +8,12 @@ conventions explicit. Every key is validated on load with one sentence naming it
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from charlie import ACTIONS
-from charlie.config import Section, load_config
+from charlie.config import Section
 
 
 class ActionUnits(Section):
@@ -99,8 +98,3 @@ class BacktestConfig(Section):
     def max_units(self) -> float:
         """The largest |units| any action can ask for (equal_weight sizes a unit by it)."""
         return max((abs(v) for v in self.units().values() if v is not None), default=0.0)
-
-
-def load_backtest_config(path: Path | str) -> BacktestConfig:
-    """Load and validate a backtest config file (one-sentence ``ConfigError`` otherwise)."""
-    return load_config(path, BacktestConfig)

@@ -2,8 +2,9 @@
 
 Shapes: ``T`` rows of trading dates by ``N`` ticker columns; a missing price is NaN. Row ``t``
 of a target array is what was decided after the close of date ``t``; it is traded at row
-``t + 1``, never earlier. The pandas layer (``charlie.backtest.report``) builds these arrays
-and wraps the results; nothing here knows about dates, tickers or files.
+``t + 1``, never earlier. The pandas layer builds these arrays (``charlie.backtest.panel``)
+and wraps the results (``charlie.backtest.core``); nothing here knows about dates, tickers or
+files.
 
 Execution (DESIGN.md, "Backtest execution"):
 

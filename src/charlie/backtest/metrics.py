@@ -14,28 +14,22 @@ Undefined values are NaN, never an exception: every metric of an empty series; v
 Sharpe and Sortino of fewer than 2 returns; Sharpe and Sortino of zero-variance returns
 (all equal); Sortino when no return is below the target (empyrical gives inf there); Calmar
 without a drawdown.
+
+:data:`METRICS` is the registry the backtest reports: each entry names a metric, how to
+compute it from a :class:`MetricInputs` and how to display it. Adding a metric is one entry
+there: :func:`summary` (hence the metrics JSON) and the HTML report's table follow it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 PERIODS = 252
-
-METRIC_NAMES = (
-    "total_return",
-    "cagr",
-    "annual_volatility",
-    "sharpe",
-    "sortino",
-    "max_drawdown",
-    "calmar",
-    "turnover",
-    "n_trades",
-    "exposure",
-)
 
 
 def _returns(returns) -> np.ndarray:
@@ -140,6 +134,57 @@ def mean_exposure(gross_exposure) -> float:
     return float(values.mean()) if values.size else math.nan
 
 
+# ---------------------------------------------------------------- the registry
+
+
+Format = Literal["pct", "num", "x", "int"]
+"""How the report shows a value: percent (2 decimals), number (3), multiple (``2.00x``), count."""
+
+
+@dataclass(frozen=True)
+class MetricInputs:
+    """What a metric may be computed from: one book's daily series over the whole period."""
+
+    returns: np.ndarray
+    """Simple daily returns, checked (finite, >= -1)."""
+    turnover: np.ndarray
+    """Daily traded notional (buys + sells) / the previous equity."""
+    gross_exposure: np.ndarray
+    """Daily sum of |position value| / equity."""
+    n_trades: int
+    risk_free: float
+    """Per period; also Sortino's required return."""
+    periods: int
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported metric: how it is computed and shown."""
+
+    compute: Callable[[MetricInputs], float | int]
+    format: Format
+    difference: bool = True
+    """Whether the report shows strategy minus benchmark (a count of fills does not)."""
+
+
+METRICS: dict[str, Metric] = {
+    "total_return": Metric(lambda x: total_return(x.returns), "pct"),
+    "cagr": Metric(lambda x: cagr(x.returns, x.periods), "pct"),
+    "annual_volatility": Metric(lambda x: annual_volatility(x.returns, x.periods), "pct"),
+    "sharpe": Metric(lambda x: sharpe_ratio(x.returns, x.risk_free, x.periods), "num"),
+    "sortino": Metric(lambda x: sortino_ratio(x.returns, x.risk_free, x.periods), "num"),
+    "max_drawdown": Metric(lambda x: max_drawdown(x.returns), "pct"),
+    "calmar": Metric(lambda x: calmar_ratio(x.returns, x.periods), "num"),
+    "turnover": Metric(lambda x: annual_turnover(x.turnover, x.periods), "x"),
+    "n_trades": Metric(lambda x: x.n_trades, "int", difference=False),
+    "exposure": Metric(lambda x: mean_exposure(x.gross_exposure), "pct"),
+}
+"""Every metric the backtest reports, in the report's order: name -> :class:`Metric`."""
+
+METRIC_NAMES = tuple(METRICS)
+"""The registry's names, in order (:func:`summary` and the report read :data:`METRICS`)."""
+
+
 def summary(
     returns,
     *,
@@ -149,17 +194,13 @@ def summary(
     risk_free: float = 0.0,
     periods: int = PERIODS,
 ) -> dict[str, float | int]:
-    """Every metric in :data:`METRIC_NAMES` for one return series."""
-    values = _returns(returns)
-    return {
-        "total_return": total_return(values),
-        "cagr": cagr(values, periods),
-        "annual_volatility": annual_volatility(values, periods),
-        "sharpe": sharpe_ratio(values, risk_free, periods),
-        "sortino": sortino_ratio(values, risk_free, periods),
-        "max_drawdown": max_drawdown(values),
-        "calmar": calmar_ratio(values, periods),
-        "turnover": annual_turnover(turnover, periods),
-        "n_trades": int(n_trades),
-        "exposure": mean_exposure(gross_exposure),
-    }
+    """Every metric in :data:`METRICS` for one return series, by name."""
+    inputs = MetricInputs(
+        returns=_returns(returns),
+        turnover=np.asarray(turnover, dtype=np.float64),
+        gross_exposure=np.asarray(gross_exposure, dtype=np.float64),
+        n_trades=int(n_trades),
+        risk_free=risk_free,
+        periods=periods,
+    )
+    return {name: metric.compute(inputs) for name, metric in METRICS.items()}

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from charlie import ACTIONS
-from charlie.inference import UNPARSEABLE
+from charlie import ACTIONS, UNPARSEABLE
 
 LABELS = [*ACTIONS, UNPARSEABLE]
 SIGN = {"STRONG_BUY": 1, "BUY": 1, "HOLD": 0, "SELL": -1, "STRONG_SELL": -1, UNPARSEABLE: 0}

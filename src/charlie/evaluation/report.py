@@ -1,75 +1,24 @@
-"""The evaluation's outputs: the per-sample CSV, generations, metrics JSON, summary and plot."""
+"""The evaluation's outputs: the per-sample CSV, generations, metrics JSON, summary and plot.
+
+Rendering and writing only: every number in them comes from
+:func:`charlie.evaluation.core.compute_metrics`.
+"""
 
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from charlie.evaluation import metrics as m
 from charlie.io import atomic_outputs
 
-CONVENTIONS = [
-    "Forward return over h trading days: adj_close(t+h) / adj_close(t) - 1, t being the last bar "
-    "on or before the record's date; NaN when the window runs past the data (counted, not dropped).",
-    "Directional predictions: BUY/STRONG_BUY long (+1), SELL/STRONG_SELL short (-1); HOLD and "
-    "UNPARSEABLE take no position and are reported apart.",
-    "Sharpe-style ratio: mean / std (ddof=1) of signed forward returns, per window, not annualised "
-    "(overlapping multi-day windows make sqrt(252) scaling wrong).",
-    "Baselines act on exactly the model's rows; the majority class is the training split's.",
-    "Intervals: 95% percentile bootstrap over rows, seeded.",
-]
 
-
-def compute(cfg: Any, frame: pd.DataFrame, momentum: np.ndarray, train_labels: list[str]) -> dict:
-    """Every metric of the report, as a JSON-ready dict."""
-    truth, pred = list(frame["true_action"]), list(frame["pred_action"])
-    windows = cfg.forward_windows
-    fwd = {h: frame[f"fwd_ret_{h}"].to_numpy(dtype="float64") for h in windows}
-    first = fwd[windows[0]]
-    compare = {}
-    for name, actions in m.baselines(
-        truth, pred, train_labels or truth, momentum, seed=cfg.seed
-    ).items():
-        ci = m.bootstrap(truth, actions, first, samples=cfg.bootstrap_samples, seed=cfg.seed)
-        compare[name] = {
-            "accuracy": float(np.mean([a == t for a, t in zip(actions, truth, strict=True)])),
-            "accuracy_ci95": ci["accuracy"],
-            f"mean_signed_return_{windows[0]}d": m.mean_signed(actions, first),
-            f"mean_signed_return_{windows[0]}d_ci95": ci["mean_signed_return"],
-            **{f"mean_signed_return_{h}d": m.mean_signed(actions, fwd[h]) for h in windows[1:]},
-        }
-    return {
-        "split": cfg.split,
-        "rows": len(frame),
-        "classification": m.classification(truth, pred),
-        "financial": m.financial(pred, fwd),
-        "baselines": compare,
-        "conventions": CONVENTIONS,
-    }
-
-
-def headline(info: dict) -> dict[str, Any]:
-    """The numbers runs are compared on: classification, trading per window, baselines' accuracy."""
-    c = info["classification"]
-    out: dict[str, Any] = {
-        k: c[k] for k in ("n", "accuracy", "macro_f1", "parse_rate", "unparseable")
-    }
-    for h, window in info["financial"].items():
-        out.update(
-            {f"{k}_{h}": window[k] for k in ("hit_rate", "mean_signed_return", "sharpe_like")}
-        )
-    for name, baseline in info["baselines"].items():
-        if name != "model":
-            slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-            out[f"baseline_{slug}_accuracy"] = baseline["accuracy"]
-    return out
-
-
-def summary_markdown(info: dict, windows: list[int]) -> str:
+def summary_markdown(info: dict[str, Any], windows: Sequence[int]) -> str:
+    """``eval_summary.md``: the metrics as tables, then the conventions."""
     c = info["classification"]
     lines = [
         f"# Evaluation on the {info['split']} split ({info['rows']} rows)",
@@ -112,7 +61,8 @@ def summary_markdown(info: dict, windows: list[int]) -> str:
     return "\n".join(lines)
 
 
-def confusion_png(info: dict, path: Any) -> None:
+def confusion_png(info: dict[str, Any], path: Path) -> None:
+    """``confusion_matrix.png``: true against predicted action, counts in the cells."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,11 +86,25 @@ def confusion_png(info: dict, path: Any) -> None:
     plt.close(fig)
 
 
-def write_outputs(cfg: Any, frame: pd.DataFrame, texts: list[str], momentum: np.ndarray,
-                  train_labels: list[str]) -> dict:  # fmt: skip
-    """Write every output beside ``cfg.out``, atomically and together."""
-    info = compute(cfg, frame, momentum, train_labels)
-    out = cfg.out
+def write_outputs(
+    out: Path,
+    frame: pd.DataFrame,
+    texts: Sequence[str],
+    info: dict[str, Any],
+    forward_windows: Sequence[int],
+) -> list[Path]:
+    """Write every output beside ``out`` (the per-sample CSV), atomically and together.
+
+    Args:
+        out: The CSV's path; the generations, metrics, summary and plot go beside it.
+        frame: The per-sample frame, forward returns included.
+        texts: The generated text of each row, in the frame's order.
+        info: The metrics (:func:`charlie.evaluation.core.compute_metrics`).
+        forward_windows: The windows, in the summary's order.
+
+    Returns:
+        The paths written.
+    """
     paths = [out, out.with_name("eval_generations.jsonl"), out.with_name("eval_metrics.json"),
              out.with_name("eval_summary.md"), out.with_name("confusion_matrix.png")]  # fmt: skip
     with atomic_outputs(*paths) as (csv, gen, met, md, png):
@@ -148,6 +112,6 @@ def write_outputs(cfg: Any, frame: pd.DataFrame, texts: list[str], momentum: np.
         gen.write_text("".join(json.dumps({"uid": u, "generated": t}, ensure_ascii=False) + "\n"
                                for u, t in zip(frame["uid"], texts, strict=True)), encoding="utf-8")  # fmt: skip
         met.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        md.write_text(summary_markdown(info, cfg.forward_windows), encoding="utf-8")
+        md.write_text(summary_markdown(info, forward_windows), encoding="utf-8")
         confusion_png(info, png)
-    return info
+    return paths

@@ -12,13 +12,15 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 import pandas as pd
 import requests
 
 from charlie.prices.base import AuthError, NotAvailable, TransientError, normalize_frame
+from charlie.prices.cache import CachedProvider
 
 log = logging.getLogger("charlie.prices.eodhd")
 
@@ -71,6 +73,17 @@ def _retry_after_s(value: str | None) -> float | None:
     if when.tzinfo is None:  # RFC 9110 dates are GMT
         when = when.replace(tzinfo=dt.UTC)
     return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+
+
+KEY_ENV = "EODHD_API_KEY"
+
+
+def from_params(params: Any, env: Mapping[str, str]) -> CachedProvider:
+    """The ``eodhd`` provider of the ``prices`` section (``prices.eodhd``), cached as parquet."""
+    o = params.eodhd
+    provider = EodhdProvider(env.get(KEY_ENV), base_url=o.base_url, exchange=o.exchange,
+                             timeout_s=o.timeout_s, max_retries=o.max_retries, backoff_s=o.backoff_s)  # fmt: skip
+    return CachedProvider(provider, params.cache_dir)
 
 
 class EodhdProvider:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from charlie.prices.base import PRICE_COLUMNS, NotAvailable, normalize_frame
+
+
+def from_params(params: Any, env: Mapping[str, str]) -> FileProvider:
+    """The ``file`` provider of the ``prices`` section: ``prices.file_dir``, never cached."""
+    return FileProvider(params.file_dir)
 
 
 class FileProvider:

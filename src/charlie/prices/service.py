@@ -11,17 +11,18 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from charlie.errors import CharlieError
+from charlie.prices import registry
 from charlie.prices.base import AuthError, NotAvailable, PriceProvider, TransientError
-from charlie.prices.cache import CachedProvider
+from charlie.progress import progress_bar
 
 log = logging.getLogger("charlie.prices")
-EODHD_KEY_ENV = "EODHD_API_KEY"
 
 
 @dataclass
@@ -47,41 +48,15 @@ class PriceResult:
         return "\n".join(lines)
 
 
-def build_providers(params: Any, env: dict[str, str] | None = None) -> list[PriceProvider]:
-    """The provider chain named in the ``prices`` config section, network ones cached.
+def build_providers(params: Any, env: Mapping[str, str] | None = None) -> list[PriceProvider]:
+    """The provider chain named in the ``prices`` config section (see charlie.prices.registry).
 
     Args:
         params: A ``PricesParams`` (see charlie.config).
-        env: Where to read ``EODHD_API_KEY`` (default ``os.environ``).
+        env: Where providers read their keys, e.g. ``EODHD_API_KEY`` (default ``os.environ``).
     """
     env = os.environ if env is None else env
-    chain: list[PriceProvider] = []
-    for name in params.providers:
-        if name == "file":
-            from charlie.prices.files import FileProvider
-
-            chain.append(FileProvider(params.file_dir))
-        elif name == "eodhd":
-            from charlie.prices.eodhd import EodhdProvider
-
-            provider = EodhdProvider(
-                env.get(EODHD_KEY_ENV),
-                base_url=params.eodhd.base_url,
-                exchange=params.eodhd.exchange,
-                timeout_s=params.eodhd.timeout_s,
-                max_retries=params.eodhd.max_retries,
-                backoff_s=params.eodhd.backoff_s,
-            )
-            chain.append(CachedProvider(provider, params.cache_dir))
-        elif name == "yfinance":
-            from charlie.prices.yahoo import YFinanceProvider
-
-            chain.append(
-                CachedProvider(
-                    YFinanceProvider(timeout_s=params.yfinance.timeout_s), params.cache_dir
-                )
-            )
-    return chain
+    return [registry.create(name, params, env) for name in params.providers]
 
 
 def fetch_prices(
@@ -137,3 +112,23 @@ def require_all(result: PriceResult, providers: list[PriceProvider]) -> None:
             f"no price data for {', '.join(result.missing)} from any provider ({names}); "
             "the table above says what each one answered."
         )
+
+
+def load_all_prices(
+    wanted: dict[str, tuple[dt.date, dt.date]], params: Any, env: Mapping[str, str] | None = None
+) -> PriceResult:
+    """Fetch every ticker through the configured chain, log the table, fail on missing ones.
+
+    Args:
+        wanted: Ticker to inclusive date range.
+        params: A ``PricesParams`` (the ``prices`` section).
+        env: Where to read ``EODHD_API_KEY`` (default ``os.environ``).
+    """
+    providers = build_providers(params, env)
+    log.info("prices for %d tickers from %s", len(wanted), " -> ".join(p.name for p in providers))
+    with progress_bar(total=len(wanted), desc="prices", unit="ticker") as bar:
+        result = fetch_prices(wanted, providers, bar)
+    for line in result.table().splitlines():
+        log.info(line)
+    require_all(result, providers)
+    return result

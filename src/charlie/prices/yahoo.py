@@ -17,8 +17,9 @@ import logging
 import re
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import pandas as pd
 
@@ -29,6 +30,7 @@ from charlie.prices.base import (
     TransientError,
     normalize_frame,
 )
+from charlie.prices.cache import CachedProvider
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +162,11 @@ def _to_price_frame(raw: pd.DataFrame | None, ticker: str) -> pd.DataFrame:
     out = frame.loc[:, [c for c in _COLUMNS if c in frame.columns]].rename(columns=_COLUMNS)
     out.insert(0, "date", index.normalize())
     return out.reset_index(drop=True)
+
+
+def from_params(params: Any, env: Mapping[str, str]) -> CachedProvider:
+    """The ``yfinance`` provider of the ``prices`` section (``prices.yfinance``), cached."""
+    return CachedProvider(YFinanceProvider(timeout_s=params.yfinance.timeout_s), params.cache_dir)
 
 
 class YFinanceProvider:

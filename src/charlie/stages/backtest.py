@@ -29,91 +29,49 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
-HELP = "simulate the predictions as a cost-aware daily portfolio, with an HTML report"
+from charlie.backtest.config import BacktestConfig
+from charlie.backtest.core import headline, run_backtest
+from charlie.backtest.panel import prepare_predictions, price_window, read_eval_csv
+from charlie.backtest.report import write_outputs
+from charlie.config import CONFIG, BacktestParams, add_flags, load_config, load_params
+from charlie.kubeflow import executor as kfp_executor
+from charlie.logs import setup_logging
+from charlie.prices.service import load_all_prices
+
 log = logging.getLogger("charlie.backtest")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Paths; costs, sizing and the action mapping live in the --config file."""
-    parser.add_argument(
-        "--eval-csv",
-        type=Path,
-        default=Path("results/eval_results.csv"),
-        help="predictions from `charlie evaluate` (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=Path("configs/backtest_config.yaml"),
-        help="costs, sizing and action mapping (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("backtests/baseline.csv"),
-        help="daily CSV; the other outputs are named after its stem (default: %(default)s)",
-    )
-
-    from charlie import kfp_executor
-
+    """Paths from params.yaml's `backtest` section; the --config file's keys as flags."""
+    add_flags(parser, BacktestParams, "backtest")
+    add_flags(parser, BacktestConfig, CONFIG)
     kfp_executor.add_argument(parser)
-
-
-def read_eval_csv(path: Path):
-    """The eval CSV as a frame of strings, with one sentence if it is missing or empty."""
-    import pandas as pd
-
-    from charlie.errors import CharlieError
-
-    if not path.is_file():
-        raise CharlieError(f"eval CSV {path} does not exist; run `charlie evaluate` first.")
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise CharlieError(f"eval CSV {path} is empty.") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        reason = str(exc).strip().splitlines()[0].rstrip(".")
-        raise CharlieError(f"eval CSV {path} is not a readable CSV: {reason}.") from None
 
 
 def run(args: argparse.Namespace) -> int:
     """Load, simulate, write the outputs and log the headline numbers; returns the exit code."""
-    from charlie.backtest.config import load_backtest_config
-    from charlie.backtest.report import (
-        prepare_predictions,
-        price_window,
-        run_backtest,
-        write_outputs,
-    )
-    from charlie.config import load_params
-    from charlie.logs import setup_logging
-    from charlie.stages.prices import load_all_prices
-
     log_file = setup_logging("backtest")
-    config = load_backtest_config(args.config)
-    prices_params = load_params(args.params).prices
-    log.debug("backtest config %s: %s", args.config, config.model_dump_json())
+    params = load_params(args)
+    paths = params.backtest
+    config = load_config(paths.config, BacktestConfig, overrides=args)
+    log.debug("backtest config %s: %s", paths.config, config.model_dump_json())
 
-    predictions = prepare_predictions(read_eval_csv(args.eval_csv), f"eval CSV {args.eval_csv}")
+    predictions = prepare_predictions(read_eval_csv(paths.eval_csv), f"eval CSV {paths.eval_csv}")
     log.info(
         "%d predictions for %d tickers from %s",
         len(predictions),
         predictions["ticker"].nunique(),
-        args.eval_csv,
+        paths.eval_csv,
     )
-    prices = load_all_prices(price_window(predictions), prices_params)
+    prices = load_all_prices(price_window(predictions), params.prices)
     result = run_backtest(predictions, prices.frames, config)
-    paths = write_outputs(result, args.out)
+    written = write_outputs(result, paths.out)
 
     _summary(result.metrics)
-    log.info("wrote %s (log: %s)", ", ".join(str(p) for p in paths.values()), log_file)
-    from charlie.backtest.report import headline
-    from charlie.kfp_executor import publish
-
-    publish(args.kfp_executor_input, metrics=headline(result.metrics),
-            html=paths["report"])  # fmt: skip
+    log.info("wrote %s (log: %s)", ", ".join(str(p) for p in written.values()), log_file)
+    kfp_executor.publish(args.kfp_executor_input, metrics=headline(result.metrics),
+                         html=written["report"])  # fmt: skip
     return 0
 
 

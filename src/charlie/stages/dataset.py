@@ -16,79 +16,36 @@ DVC metric, and Markdown). Nothing is written unless everything succeeded.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import sys
 
-HELP = "build the train/validation/test DatasetDict from records and prices"
+from charlie import dataset as core
+from charlie.config import DatasetParams, add_flags, load_config, load_params
+from charlie.errors import CharlieError
+from charlie.evaluation.config import EvalConfig
+from charlie.io import atomic_directory, atomic_outputs
+from charlie.kubeflow import executor as kfp_executor
+from charlie.logs import setup_logging
+from charlie.prices.service import load_all_prices
+from charlie.records import read_records, wanted_ranges
+
 log = logging.getLogger("charlie.dataset")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags override params.yaml's `dataset` section."""
-    parser.add_argument("--records", help="records JSONL (default: dataset.records)")
-    parser.add_argument("--out", help="DatasetDict directory (default: dataset.out)")
-    parser.add_argument("--card", help="dataset card JSON; .md beside it (default: dataset.card)")
-    parser.add_argument("--embargo-days", type=int, help="trading days dropped before each split")
-
-    from charlie import kfp_executor
-
+    add_flags(parser, DatasetParams, "dataset")
     kfp_executor.add_argument(parser)
-
-
-def read_records(path):
-    """Records from a JSONL file, with one sentence if it is missing or empty."""
-    from pathlib import Path
-
-    import orjson
-
-    from charlie.errors import CharlieError
-
-    path = Path(path)
-    if not path.is_file():
-        raise CharlieError(f"records file {path} does not exist; run `charlie parse` first.")
-    records = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-    if not records:
-        raise CharlieError(f"records file {path} holds no record.")
-    return records
-
-
-def wanted_ranges(records, prices_params):
-    """Each ticker's date range: its records widened by the history and forward margins."""
-    import datetime as dt
-
-    spans: dict[str, list[str]] = {}
-    for record in records:
-        span = spans.setdefault(record["ticker"], [record["as_of_date"], record["as_of_date"]])
-        span[0] = min(span[0], record["as_of_date"])
-        span[1] = max(span[1], record["as_of_date"])
-    before = dt.timedelta(days=prices_params.history_days)
-    after = dt.timedelta(days=prices_params.forward_days)
-    return {
-        ticker: (dt.date.fromisoformat(a) - before, dt.date.fromisoformat(b) + after)
-        for ticker, (a, b) in sorted(spans.items())
-    }
 
 
 def run(args: argparse.Namespace) -> int:
     """Build, audit and write the dataset; returns the exit code."""
-    import json
-
-    from charlie import dataset as core
-    from charlie.config import load_params
-    from charlie.errors import CharlieError
-    from charlie.io import atomic_directory, atomic_outputs
-    from charlie.logs import setup_logging
-    from charlie.stages.prices import load_all_prices
-
-    params = load_params(
-        args.params,
-        overrides={
-            "dataset.records": args.records,
-            "dataset.out": args.out,
-            "dataset.card": args.card,
-            "dataset.embargo_days": args.embargo_days,
-        },
-    )
+    params = load_params(args)
     cfg = params.dataset
+    # The audit counts validation records whose longest forward window reaches the test period:
+    # the windows are the evaluation's, so they are read from its config, not declared twice.
+    horizon = max(load_config(params.evaluate.config, EvalConfig).forward_windows)
     log_file = setup_logging("dataset")
     log.debug("dataset: %s prices: %s", cfg.model_dump_json(), params.prices.model_dump_json())
     spec = core.SplitSpec(
@@ -97,12 +54,15 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
     records = read_records(cfg.records)
-    prices = load_all_prices(wanted_ranges(records, params.prices), params.prices)
+    prices = load_all_prices(
+        wanted_ranges(records, params.prices.history_days, params.prices.forward_days),
+        params.prices,
+    )
     rows, bar_dates, dropped = core.build_rows(
         records, prices.frames, spec, drop_outside=cfg.outside_splits == "drop"
     )
     core.check_splits(rows, spec)
-    findings = core.audit(rows, bar_dates, spec, max(cfg.forward_windows))
+    findings = core.audit(rows, bar_dates, spec, horizon)
     if findings.problems:
         raise CharlieError(
             f"leakage audit failed: {findings.problems[0]}"
@@ -116,8 +76,6 @@ def run(args: argparse.Namespace) -> int:
     digest = core.input_hash(cfg.records.read_bytes(), sorted(prices.frames.items()))
     info = core.card(rows, spec, dropped, findings, digest, sources)
 
-    import sys
-
     import datasets  # heavy: imported only once everything else succeeded
     from datasets import Dataset, DatasetDict
 
@@ -129,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     with atomic_directory(cfg.out) as tmp, atomic_outputs(cfg.card, card_md) as (tj, tm):
         dataset.save_to_disk(str(tmp))
         tj.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        tm.write_text(core.card_markdown(info, max(cfg.forward_windows)), encoding="utf-8")
+        tm.write_text(core.card_markdown(info, horizon), encoding="utf-8")
 
     counts = info["records"]
     log.info(
@@ -137,11 +95,9 @@ def run(args: argparse.Namespace) -> int:
         "%d validation records reach the test period within %d days",
         counts["train"], counts["validation"], counts["test"], info["dropped"]["embargo"],
         info["dropped"]["outside_splits"], findings.validation_reaching_test,
-        max(cfg.forward_windows),
+        horizon,
     )  # fmt: skip
     log.info("wrote %s, %s and %s (log: %s)", cfg.out, cfg.card, card_md, log_file)
-    from charlie.kfp_executor import publish
-
-    publish(args.kfp_executor_input, markdown=card_md,
+    kfp_executor.publish(args.kfp_executor_input, markdown=card_md,
             metrics={k: info[k] for k in ("records", "dropped", "validation_reaching_test")})  # fmt: skip
     return 0

@@ -12,32 +12,24 @@ from __future__ import annotations
 import argparse
 import logging
 
-HELP = "build the tiny local tokenizer and Llama model the CPU demo trains"
+from charlie.config import InitModelParams, add_flags, load_params
+from charlie.io import atomic_directory, load_dataset_dir, require_dataset_dict
+from charlie.logs import setup_logging
+from charlie.training.tokens import build_tiny_model, train_tokenizer
+
 log = logging.getLogger("charlie.init_model")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags override params.yaml's `init_model` section."""
-    parser.add_argument("--dataset", help="DatasetDict whose train split to learn from")
-    parser.add_argument("--out", help="output directory (default: init_model.out)")
+    add_flags(parser, InitModelParams, "init_model")
 
 
 def run(args: argparse.Namespace) -> int:
     """Train the tokenizer, build the model, save both atomically."""
-    from charlie.config import load_params
-    from charlie.errors import CharlieError
-    from charlie.io import atomic_directory
-    from charlie.logs import setup_logging
-
-    cfg = load_params(
-        args.params, overrides={"init_model.dataset": args.dataset, "init_model.out": args.out}
-    ).init_model
+    cfg = load_params(args).init_model
     setup_logging("init-model")
-    if not (cfg.dataset / "dataset_dict.json").is_file():
-        raise CharlieError(f"{cfg.dataset} is not a DatasetDict; run `charlie dataset` first.")
-
-    from charlie.io import load_dataset_dir
-    from charlie.training.tokens import build_tiny_model, train_tokenizer
+    require_dataset_dict(cfg.dataset)
 
     train = load_dataset_dir(cfg.dataset)["train"]
     texts = (f"{p}\n{c}" for p, c in zip(train["prompt"], train["completion"], strict=True))

@@ -19,28 +19,26 @@ exit codes:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
-HELP = "parse XML theses into JSONL records (hardened, nothing lost)"
+import orjson
+
+from charlie.config import ParseParams, add_flags, load_params
+from charlie.errors import CharlieError
+from charlie.io import atomic_outputs
+from charlie.kubeflow import executor as kfp_executor
+from charlie.logs import setup_logging
+from charlie.parsing import REASONS, parse_files
+from charlie.progress import progress_bar
+
 log = logging.getLogger("charlie.parse")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags override params.yaml's `parse` section."""
-    parser.add_argument("--input-dir", help="directory of *.xml theses (default: parse.input_dir)")
-    parser.add_argument("--out", help="records JSONL to write (default: parse.out)")
-    parser.add_argument("--rejects", help="rejects JSONL to write (default: parse.rejects)")
-    parser.add_argument("--report", help="report JSON, a DVC metric (default: parse.report)")
-    parser.add_argument(
-        "--strict",
-        action="store_const",
-        const=True,
-        help="exit 1 when any thesis or file was rejected",
-    )
-
-    from charlie import kfp_executor
-
+    add_flags(parser, ParseParams, "parse")
     kfp_executor.add_argument(parser)
 
 
@@ -62,27 +60,7 @@ class _Progress:
 
 def run(args: argparse.Namespace) -> int:
     """Parse, write outputs atomically, print a summary; returns the exit code."""
-    import json
-
-    import orjson
-
-    from charlie.config import load_params
-    from charlie.errors import CharlieError
-    from charlie.io import atomic_outputs
-    from charlie.logs import setup_logging
-    from charlie.parsing import REASONS, parse_files
-    from charlie.progress import progress_bar
-
-    params = load_params(
-        args.params,
-        overrides={
-            "parse.input_dir": args.input_dir,
-            "parse.out": args.out,
-            "parse.rejects": args.rejects,
-            "parse.report": args.report,
-            "parse.strict": args.strict,
-        },
-    ).parse
+    params = load_params(args).parse
     log_file = setup_logging("parse")
     log.debug("parse: %s", params.model_dump_json())
 
@@ -105,13 +83,11 @@ def run(args: argparse.Namespace) -> int:
             f"{len(result.rejects)} rejected); previous outputs were left as they were."
         )
     with atomic_outputs(params.out, params.rejects, params.report) as (out, rej, rep):
-        _write_jsonl(out, result.records, orjson)
-        _write_jsonl(rej, result.rejects, orjson)
+        _write_jsonl(out, result.records)
+        _write_jsonl(rej, result.rejects)
         rep.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     log.info("wrote %s, %s and %s (log: %s)", params.out, params.rejects, params.report, log_file)
-    from charlie.kfp_executor import publish
-
-    publish(args.kfp_executor_input, metrics=report["totals"])
+    kfp_executor.publish(args.kfp_executor_input, metrics=report["totals"])
 
     if params.strict and result.rejects:
         log.error("--strict: %d rejects, exiting 1 (see %s)", len(result.rejects), params.rejects)
@@ -119,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_jsonl(path: Path, rows: list[dict], orjson) -> None:
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
     # orjson writes UTF-8 as is (non-ASCII stays readable) and is ~5x faster than json here.
     dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
     path.write_bytes(b"".join(dumps(row, option=newline) for row in rows))

@@ -20,33 +20,26 @@ from __future__ import annotations
 import argparse
 import logging
 
-HELP = "estimate per-GPU memory of a training config and say whether it fits"
+from charlie.config import CONFIG, TrainParams, add_flags, load_params
+from charlie.logs import setup_logging
+from charlie.plan import plan_for, render_table, verdict
+from charlie.training.config import TrainConfig, load_train_config
+
 log = logging.getLogger("charlie.plan")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags: the training config, and overrides of its hardware keys."""
-    parser.add_argument(
-        "--config", required=True, help="training config YAML (e.g. configs/sft_config.yaml)"
-    )
-    parser.add_argument("--gpus", type=int, help="number of GPUs (default: the config's num_gpus)")
-    parser.add_argument(
-        "--gpu-type", help="GPU type from configs/gpus.yaml (default: the config's gpu_type)"
-    )
+    """The training config, and what-if overrides of its hardware keys."""
+    add_flags(parser, TrainParams, "train", ["config"])
+    add_flags(parser, TrainConfig, CONFIG, {"gpus": "num_gpus", "gpu_type": "gpu_type"})
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the plan's table and verdict; returns 0 when it fits, 1 when it does not."""
-    from charlie.errors import CharlieError
-    from charlie.logs import setup_logging
-    from charlie.plan import plan_for, render_table, verdict
-    from charlie.training.config import load_train_config
-
     setup_logging("plan")
-    if args.gpus is not None and args.gpus < 1:
-        raise CharlieError(f"--gpus must be at least 1, not {args.gpus}.")
-    cfg = load_train_config(args.config)
-    plan = plan_for(cfg, num_gpus=args.gpus, gpu_type=args.gpu_type)
+    params = load_params(args)
+    cfg = load_train_config(params.train.config, overrides=args)
+    plan = plan_for(cfg)
     log.debug("plan: %s", plan)
 
     print(render_table(plan))

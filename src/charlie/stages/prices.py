@@ -16,33 +16,30 @@ exit codes:
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 
-HELP = "fetch daily prices (file | eodhd | yfinance) into the parquet cache"
+from charlie.config import PricesParams, add_flags, load_params
+from charlie.errors import CharlieError
+from charlie.logs import setup_logging
+from charlie.prices.service import load_all_prices
+from charlie.records import read_records, wanted_ranges
+
 log = logging.getLogger("charlie.prices")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags for the tickers and range; providers come from params.yaml's `prices` section."""
+    """What to cover (these are not settings); the provider order overrides params.yaml's."""
     parser.add_argument("--records", help="records JSONL whose tickers and dates to cover")
     parser.add_argument("--tickers", help="comma-separated tickers (instead of --records)")
     parser.add_argument("--start", help="first date, YYYY-MM-DD (with --tickers)")
     parser.add_argument("--end", help="last date, YYYY-MM-DD (with --tickers)")
-    parser.add_argument(
-        "--providers", help="comma-separated provider order, e.g. eodhd,yfinance (default: params)"
-    )
+    add_flags(parser, PricesParams, "prices", ["providers"])
 
 
 def run(args: argparse.Namespace) -> int:
     """Fetch, print the provenance table; returns the exit code."""
-    import datetime as dt
-
-    from charlie.config import load_params
-    from charlie.errors import CharlieError
-    from charlie.logs import setup_logging
-
-    overrides = {"prices.providers": args.providers.split(",") if args.providers else None}
-    params = load_params(args.params, overrides=overrides)
+    params = load_params(args)
     setup_logging("prices")
     if args.tickers:
         if not (args.start and args.end):
@@ -53,24 +50,7 @@ def run(args: argparse.Namespace) -> int:
             raise CharlieError("--start and --end must be dates like 2024-01-31.") from None
         wanted = {t.strip().upper(): (start, end) for t in args.tickers.split(",") if t.strip()}
     else:
-        from charlie.stages.dataset import read_records, wanted_ranges
-
         records = read_records(params.dataset.records if args.records is None else args.records)
-        wanted = wanted_ranges(records, params.prices)
+        wanted = wanted_ranges(records, params.prices.history_days, params.prices.forward_days)
     load_all_prices(wanted, params.prices)
     return 0
-
-
-def load_all_prices(wanted, prices_params):
-    """Fetch every ticker through the configured chain, log the table, fail on missing ones."""
-    from charlie.prices.service import build_providers, fetch_prices, require_all
-    from charlie.progress import progress_bar
-
-    providers = build_providers(prices_params)
-    log.info("prices for %d tickers from %s", len(wanted), " -> ".join(p.name for p in providers))
-    with progress_bar(total=len(wanted), desc="prices", unit="ticker") as bar:
-        result = fetch_prices(wanted, providers, bar)
-    for line in result.table().splitlines():
-        log.info(line)
-    require_all(result, providers)
-    return result

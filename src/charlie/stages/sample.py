@@ -15,54 +15,23 @@ from __future__ import annotations
 import argparse
 import logging
 
-HELP = "generate the synthetic sample corpus (theses XML + prices)"
+from charlie.config import SampleParams, add_flags, load_params
+from charlie.io import atomic_outputs
+from charlie.logs import setup_logging
+from charlie.progress import progress_bar
+from charlie.sample import SampleSpec, iter_generate, manifest_json, render_prices_csv, render_xml
+
 log = logging.getLogger("charlie.sample")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags override params.yaml's `sample` section."""
-    parser.add_argument("--out-dir", help="output directory (default: params sample.out_dir)")
-    parser.add_argument("--seed", type=int, help="random seed (default: params sample.seed)")
-    parser.add_argument("--tickers", type=int, help="number of tickers, 1-20")
-    parser.add_argument("--start", help="first thesis date, YYYY-MM-DD")
-    parser.add_argument("--end", help="last thesis date, YYYY-MM-DD")
-    parser.add_argument(
-        "--detail",
-        help="reasoning per thesis: compact (~0.5 kB) or full (~2.2 kB; ~2.5 kB theses, real volume)",
-    )
-    parser.add_argument("--dirty-rate", type=float, help="share of theses with a defect")
-    parser.add_argument(
-        "--ipo-ticker",
-        action=argparse.BooleanOptionalAction,
-        help="list the last ticker mid-period (--no-ipo-ticker: every ticker has full history)",
-    )
+    add_flags(parser, SampleParams, "sample")
 
 
 def run(args: argparse.Namespace) -> int:
     """Generate and write the sample; returns the exit code."""
-    from charlie.config import load_params
-    from charlie.io import atomic_outputs
-    from charlie.logs import setup_logging
-    from charlie.progress import progress_bar
-    from charlie.sample import (
-        SampleSpec,
-        iter_generate,
-        manifest_json,
-        render_prices_csv,
-        render_xml,
-    )
-
-    overrides = {
-        "sample.out_dir": args.out_dir,
-        "sample.seed": args.seed,
-        "sample.tickers": args.tickers,
-        "sample.start": args.start,
-        "sample.end": args.end,
-        "sample.detail": args.detail,
-        "sample.dirty_rate": args.dirty_rate,
-        "sample.ipo_ticker": args.ipo_ticker,
-    }
-    params = load_params(args.params, overrides=overrides).sample
+    params = load_params(args).sample
     setup_logging("sample")
     log.debug("sample: %s", params.model_dump_json())
 

@@ -15,68 +15,45 @@ with over_length: trim_prompt the prompt loses its oldest tokens; with drop they
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import sys
 
-HELP = "apply the chat template and special tokens; save tokenized shards"
+from charlie.config import CONFIG, DatasetParams, TrainParams, add_flags, load_params
+from charlie.dataset import percentiles
+from charlie.errors import CharlieError
+from charlie.io import atomic_directory, load_dataset_dir, require_dataset_dict
+from charlie.logs import setup_logging
+from charlie.training.config import TrainConfig, load_train_config
+from charlie.training.tokenize import tokenize_batch
+from charlie.training.tokens import add_thesis_tokens
+
 log = logging.getLogger("charlie.tokenize")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags override params.yaml's `train` and `dataset` sections."""
-    parser.add_argument("--config", help="training config (default: train.config)")
-    parser.add_argument("--dataset", help="the SFT DatasetDict (default: dataset.out)")
-    parser.add_argument("--out", help="output directory (default: the config's dataset_dir)")
-    parser.add_argument(
-        "--tokenizer",
-        help="base tokenizer: a path or hub id (default: the config's tokenizer or base_model)",
-    )
-    parser.add_argument(
-        "--num-shards", type=int, help="shards per split (default: train.num_shards)"
-    )
-    parser.add_argument(
-        "--num-proc", type=int, help="tokenizer processes (default: train.num_proc)"
-    )
+    """Flags override params.yaml's `train` and `dataset` sections and the training config."""
+    add_flags(parser, TrainParams, "train", ["config"])
+    add_flags(parser, DatasetParams, "dataset", {"dataset": "out"})
+    add_flags(parser, TrainConfig, CONFIG, {"out": "dataset_dir", "tokenizer": "tokenizer"})
+    add_flags(parser, TrainParams, "train", ["num_shards", "num_proc"])
 
 
 def run(args: argparse.Namespace) -> int:
     """Tokenize every split and write the shards, tokenizer and report atomically."""
-    import json
-    import sys
-    from pathlib import Path
-
-    from charlie.config import load_params
-    from charlie.errors import CharlieError
-    from charlie.io import atomic_directory
-    from charlie.logs import setup_logging
-    from charlie.training.config import load_train_config
-
-    params = load_params(
-        args.params,
-        overrides={
-            "train.config": args.config,
-            "dataset.out": args.dataset,
-            "train.num_shards": args.num_shards,
-            "train.num_proc": args.num_proc,
-        },
-    )
-    config = load_train_config(params.train.config)
+    params = load_params(args)
+    config = load_train_config(params.train.config, overrides=args)
     setup_logging("tokenize")
     source = params.dataset.out
-    out = Path(args.out) if args.out else config.dataset_dir
-    if not (source / "dataset_dict.json").is_file():
-        raise CharlieError(f"{source} is not a DatasetDict; run `charlie dataset` first.")
+    out = config.dataset_dir
+    require_dataset_dict(source)
 
     import datasets
     from transformers import AutoTokenizer
 
-    from charlie.dataset import percentiles
-    from charlie.io import load_dataset_dir
-    from charlie.training.tokenize import tokenize_batch
-    from charlie.training.tokens import add_thesis_tokens
-
     if not sys.stderr.isatty():
         datasets.disable_progress_bars()
-    name = args.tokenizer or config.tokenizer or config.base_model
+    name = config.tokenizer or config.base_model
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=config.trust_remote_code)
     except (OSError, ValueError) as exc:

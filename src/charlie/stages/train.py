@@ -19,25 +19,27 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from pathlib import Path
 
-HELP = "fine-tune with TRL SFTTrainer + LoRA/QLoRA (resumable, with a manifest)"
+from charlie.config import CONFIG, TrainParams, add_flags, load_params
+from charlie.kubeflow import executor as kfp_executor
+from charlie.logs import setup_logging
+from charlie.plan import check_fits, verdict
+from charlie.training.config import TrainConfig, load_train_config
+
 log = logging.getLogger("charlie.train")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The config file and the run's switches."""
-    parser.add_argument("--config", help="training config (default: params train.config)")
+    """The config file, overrides of its keys, and the run's switches."""
+    add_flags(parser, TrainParams, "train", ["config"])
+    add_flags(parser, TrainConfig, CONFIG)
     parser.add_argument(
         "--smoke-test", nargs="?", const=True, default=False, type=_flag,
-        help="run 10 steps only (also --smoke-test=true|false, as a pipeline passes it)",
+        help="run the config's smoke_test_steps (10) only (also --smoke-test=true|false, as a "
+        "pipeline passes it)",
     )  # fmt: skip
-    parser.add_argument("--base-model", help="override the config's base_model (hub id or path)")
-    parser.add_argument("--dataset-dir", help="override the config's dataset_dir")
-    parser.add_argument("--output-dir", help="override the config's output_dir")
-    parser.add_argument(
-        "--checkpoint-dir",
-        help="keep checkpoints here (e.g. on a PVC) so a retried step resumes; default: output_dir",
-    )
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument(
         "--resume", action="store_const", const=True, dest="resume",
@@ -47,47 +49,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-resume", action="store_const", const=False, dest="resume",
         help="start over even if checkpoints exist (default: continue when one exists)",
     )  # fmt: skip
-    parser.add_argument(
-        "--merge", action="store_const", const=True, help="also write <output_dir>/merged"
-    )
-
-    from charlie import kfp_executor
-
     kfp_executor.add_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Plan, train, save; returns the exit code."""
-    from pathlib import Path
-
-    from charlie.config import load_params
-    from charlie.logs import setup_logging
-    from charlie.training.config import load_train_config
-
-    params = load_params(args.params, overrides={"train.config": args.config})
+    params = load_params(args)
     config_path = Path(params.train.config)
-    cfg = load_train_config(config_path)
-    overrides = {"base_model": args.base_model,
-                 "dataset_dir": args.dataset_dir and Path(args.dataset_dir),
-                 "output_dir": args.output_dir and Path(args.output_dir),
-                 "checkpoint_dir": args.checkpoint_dir and Path(args.checkpoint_dir)}  # fmt: skip
-    cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    cfg = load_train_config(config_path, overrides=args)
     setup_logging("train")
     if cfg.gpu_type.upper() != "CPU":
         refuse_if_it_cannot_fit(cfg)
 
-    from charlie.training.sft import train
+    from charlie.training.sft import train  # torch, transformers, trl: only when training
 
-    metrics = train(cfg, smoke_test=args.smoke_test, resume=args.resume, merge=args.merge,
-                    config_path=config_path)  # fmt: skip
+    metrics = train(cfg, smoke_test=args.smoke_test, resume=args.resume, config_path=config_path)
     log.info(
         "trained %d steps: train loss %.4f, eval loss %.4f; saved to %s",
         metrics.get("global_step", 0), metrics.get("train_loss", float("nan")),
         metrics.get("eval_loss", float("nan")), cfg.output_dir,
     )  # fmt: skip
-    from charlie.kfp_executor import publish
-
-    publish(args.kfp_executor_input, metrics=metrics)
+    kfp_executor.publish(args.kfp_executor_input, metrics=metrics)
     return 0
 
 
@@ -106,9 +88,5 @@ def refuse_if_it_cannot_fit(cfg) -> None:
 
     Under a launcher the real world size counts, not the config's num_gpus.
     """
-    import os
-
-    from charlie.plan import check_fits, verdict
-
     world = int(os.environ.get("WORLD_SIZE", "0")) or None
     log.info("memory plan: %s", verdict(check_fits(cfg, num_gpus=world)))

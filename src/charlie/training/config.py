@@ -17,8 +17,6 @@ from pydantic import ConfigDict, Field
 from charlie.config import Section, load_config
 from charlie.errors import ConfigError
 
-CHARLIE_KEYS_DOC = "base_model, method, lora_*, max_length, over_length, gpu_type, num_gpus, ..."
-
 
 class TrainConfig(Section):
     """What to fine-tune, with which method, on which data and hardware."""
@@ -26,30 +24,39 @@ class TrainConfig(Section):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     base_model: str = Field(description="Hub id or local path of the base model.")
-    trust_remote_code: bool = False
-    tokenizer: str | None = Field(None, description="Default: the base model's tokenizer.")
+    trust_remote_code: bool = Field(
+        False, description="Run the model repository's own code (needed by some hub models)."
+    )
+    tokenizer: str | None = Field(
+        None, description="Hub id or local path of the tokenizer, when not the base model's."
+    )
     dataset_dir: Path = Field(
-        Path("data/hf_datasets/tokenized"), description="`charlie tokenize` output."
+        Path("data/hf_datasets/tokenized"),
+        description="The tokenized DatasetDict (`charlie tokenize` writes it, train reads it).",
     )
     output_dir: Path = Field(description="Checkpoints, adapter, manifest, TensorBoard runs.")
     checkpoint_dir: Path | None = Field(
         None,
         description="Checkpoints and TensorBoard runs, when they must outlive output_dir (a "
-        "PVC on Kubeflow, so a retried step resumes); default: output_dir.",
+        "PVC on Kubeflow, so a retried step resumes); unset: inside output_dir.",
     )
-    method: Literal["full", "lora", "qlora"] = "lora"
+    method: Literal["full", "lora", "qlora"] = Field(
+        "lora", description="Full fine-tune, LoRA, or QLoRA (4-bit NF4 base with LoRA)."
+    )
     max_length: int = Field(2048, ge=16, description="Tokens per example, prompt included.")
     over_length: Literal["trim_prompt", "drop"] = Field(
         "trim_prompt", description="Longer examples lose the prompt's oldest tokens, or go."
     )
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator (alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     lora_target_modules: str | list[str] = "all-linear"
     merge: bool = Field(False, description="Also write a merged model after training.")
     smoke_test_steps: int = Field(10, ge=1, description="Steps for --smoke-test (the seed: 10).")
-    gpu_type: str = Field("H100-80GB", description="For `charlie plan`; see configs/gpus.")
-    num_gpus: int = Field(1, ge=1)
+    gpu_type: str = Field(
+        "H100-80GB", description="GPU type from configs/gpus.yaml (for `charlie plan`)."
+    )
+    num_gpus: int = Field(1, ge=1, description="GPUs the run uses (for `charlie plan`).")
 
     @property
     def sft_args(self) -> dict[str, Any]:
@@ -72,6 +79,6 @@ class TrainConfig(Section):
         return int(ds.get("zero_optimization", {}).get("stage", 0))
 
 
-def load_train_config(path: Path | str) -> TrainConfig:
-    """Load and validate a training config file."""
-    return load_config(path, TrainConfig)
+def load_train_config(path: Path | str, overrides: Any = None) -> TrainConfig:
+    """Load and validate a training config file (``overrides``: see ``load_config``)."""
+    return load_config(path, TrainConfig, overrides=overrides)

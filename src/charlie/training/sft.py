@@ -22,8 +22,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from charlie import models
 from charlie.errors import CharlieError
+from charlie.io import load_dataset_dir
 from charlie.training.config import TrainConfig
+from charlie.training.manifest import write_loss_curve, write_manifest
 
 log = logging.getLogger("charlie.train")
 TRAINABLE_MODULES = ["embed_tokens", "lm_head"]  # the new special tokens must be learnable
@@ -140,9 +143,6 @@ def train(
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
-    from charlie.io import load_dataset_dir
-    from charlie.training.manifest import write_loss_curve, write_manifest
-
     started = dt.datetime.now(dt.UTC)
     cuda = torch.cuda.is_available()
     if not sys.stderr.isatty():
@@ -246,20 +246,17 @@ def merge_adapter(cfg: TrainConfig, tokenizer: Any) -> Path:
     The base is reloaded unquantised (a 4-bit base cannot absorb the adapter exactly) and
     resized before the adapter loads, so the result opens with plain AutoModelForCausalLM.
     """
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
     out = cfg.output_dir / "merged"
     if cfg.method == "full":
         raise CharlieError(
             "--merge applies to LoRA and QLoRA adapters; a full fine-tune is already whole."
         )
-    base = AutoModelForCausalLM.from_pretrained(
-        cfg.base_model, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code
+    merged = models.merge_adapter(
+        cfg.output_dir,
+        len(tokenizer),
+        base_model=cfg.base_model,
+        trust_remote_code=cfg.trust_remote_code,
     )
-    base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    merged = PeftModel.from_pretrained(base, str(cfg.output_dir)).merge_and_unload()
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

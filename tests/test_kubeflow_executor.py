@@ -1,13 +1,15 @@
-"""charlie.kfp_executor writes the executor output KFP's own Executor writes, without the SDK."""
+"""charlie.kubeflow.executor writes the executor output KFP's own Executor writes, without the SDK."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from charlie.cli import main
 from charlie.errors import CharlieError
-from charlie.kfp_executor import confusion_matrix, local_path, publish, scalars
+from charlie.kubeflow.executor import confusion_matrix, local_path, publish, scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["BUY", "HOLD", "SELL"]
@@ -129,3 +131,16 @@ def test_parse_fills_its_metrics_for_the_kfp_ui(tmp_path):
         totals["theses_seen"]
         == totals["records"] + totals["rejects"] + totals["duplicates_collapsed"]
     )
+
+
+def test_the_executor_module_is_standard_library_only():
+    """Every stage imports it, in images that need not carry the KFP SDK."""
+    code = (
+        "import sys; before = set(sys.modules); import charlie.kubeflow.executor; "
+        "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+        "print(sorted(new - set(sys.stdlib_module_names)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "['charlie']"

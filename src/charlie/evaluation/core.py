@@ -1,0 +1,144 @@
+"""The evaluation's computation, pure: predictions and prices in, the metrics dict out.
+
+The stage generates the predictions and fetches the prices; these functions turn them into
+the per-sample frame (``eval_results.csv``) and ``eval_metrics.json``'s content, and
+:mod:`charlie.evaluation.report` writes both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from charlie.evaluation import metrics as m
+from charlie.evaluation.config import EvalConfig
+from charlie.evaluation.returns import forward_returns, momentum_sign
+
+CONVENTIONS = [
+    "Forward return over h trading days: adj_close(t+h) / adj_close(t) - 1, t being the last bar "
+    "on or before the record's date; NaN when the window runs past the data (counted, not dropped).",
+    "Directional predictions: BUY/STRONG_BUY long (+1), SELL/STRONG_SELL short (-1); HOLD and "
+    "UNPARSEABLE take no position and are reported apart.",
+    "Sharpe-style ratio: mean / std (ddof=1) of signed forward returns, per window, not annualised "
+    "(overlapping multi-day windows make sqrt(252) scaling wrong).",
+    "Baselines act on exactly the model's rows; the majority class is the training split's.",
+    "Intervals: 95% percentile bootstrap over rows, seeded.",
+]
+HISTORY = dt.timedelta(days=40)  # calendar days before the first record: the 20-day momentum
+
+
+def prediction_frame(rows: Mapping[str, Sequence[Any]], pred: Sequence[str]) -> pd.DataFrame:
+    """One row per evaluated sample: uid, ticker, as_of_date, true_action, pred_action, correct.
+
+    Args:
+        rows: The split's columns (a ``datasets.Dataset`` or a dict of lists).
+        pred: The action extracted from each row's generation, in row order.
+    """
+    frame = pd.DataFrame({"uid": rows["uid"], "ticker": rows["ticker"], "as_of_date": rows["as_of_date"],
+                          "true_action": rows["action"], "pred_action": list(pred)})  # fmt: skip
+    frame["correct"] = frame["true_action"] == frame["pred_action"]
+    return frame
+
+
+def price_window(
+    frame: pd.DataFrame, forward_windows: Sequence[int]
+) -> dict[str, tuple[dt.date, dt.date]]:
+    """Per ticker, the calendar dates whose bars the forward returns and the momentum need.
+
+    From ``HISTORY`` before the first record (the momentum baseline looks back) to twice the
+    longest window plus ten days after the last (trading days are fewer than calendar days).
+    """
+    margin = dt.timedelta(days=max(forward_windows) * 2 + 10)
+    return {
+        str(ticker): (
+            dt.date.fromisoformat(group["as_of_date"].min()) - HISTORY,
+            dt.date.fromisoformat(group["as_of_date"].max()) + margin,
+        )
+        for ticker, group in frame.groupby("ticker")
+    }
+
+
+def attach_forward_returns(
+    frame: pd.DataFrame, prices: Mapping[str, pd.DataFrame], forward_windows: Sequence[int]
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """``frame`` with a ``fwd_ret_<h>`` column per window, and the 20-day momentum sign per row.
+
+    Args:
+        frame: The per-sample frame (:func:`prediction_frame`); it is not modified.
+        prices: Daily bars per ticker (``date``, ``adj_close``), covering :func:`price_window`.
+        forward_windows: The windows h, in trading days.
+
+    Returns:
+        A copy of ``frame`` with the returns (NaN past the data), and +1/-1/0 per row.
+    """
+    out = frame.copy()
+    momentum = np.zeros(len(out))
+    returns = {h: np.full(len(out), np.nan) for h in forward_windows}
+    for ticker, pos in out.groupby("ticker").indices.items():
+        dates = list(out["as_of_date"].iloc[pos])
+        for h, values in forward_returns(prices[ticker], dates, forward_windows).items():
+            returns[h][pos] = values
+        momentum[pos] = momentum_sign(prices[ticker], dates)
+    for h in forward_windows:
+        out[f"fwd_ret_{h}"] = returns[h]
+    return out, momentum
+
+
+def compute_metrics(
+    cfg: EvalConfig, frame: pd.DataFrame, momentum: np.ndarray, train_labels: Sequence[str]
+) -> dict[str, Any]:
+    """Every metric of the report, as a JSON-ready dict (``eval_metrics.json``'s content).
+
+    Args:
+        cfg: The windows, the split's name, the bootstrap's size and seed.
+        frame: The per-sample frame with its forward returns (:func:`attach_forward_returns`).
+        momentum: The momentum sign per row, for the momentum baseline.
+        train_labels: The training split's actions, for the majority baseline (empty: the
+            evaluated rows' own labels).
+    """
+    truth, pred = list(frame["true_action"]), list(frame["pred_action"])
+    windows = cfg.forward_windows
+    fwd = {h: frame[f"fwd_ret_{h}"].to_numpy(dtype="float64") for h in windows}
+    first = fwd[windows[0]]
+    compare = {}
+    for name, actions in m.baselines(
+        truth, pred, list(train_labels) or truth, momentum, seed=cfg.seed
+    ).items():
+        ci = m.bootstrap(truth, actions, first, samples=cfg.bootstrap_samples, seed=cfg.seed)
+        compare[name] = {
+            "accuracy": float(np.mean([a == t for a, t in zip(actions, truth, strict=True)])),
+            "accuracy_ci95": ci["accuracy"],
+            f"mean_signed_return_{windows[0]}d": m.mean_signed(actions, first),
+            f"mean_signed_return_{windows[0]}d_ci95": ci["mean_signed_return"],
+            **{f"mean_signed_return_{h}d": m.mean_signed(actions, fwd[h]) for h in windows[1:]},
+        }
+    return {
+        "split": cfg.split,
+        "rows": len(frame),
+        "classification": m.classification(truth, pred),
+        "financial": m.financial(pred, fwd),
+        "baselines": compare,
+        "conventions": CONVENTIONS,
+    }
+
+
+def headline(info: dict[str, Any]) -> dict[str, Any]:
+    """The numbers runs are compared on: classification, trading per window, baselines' accuracy."""
+    c = info["classification"]
+    out: dict[str, Any] = {
+        k: c[k] for k in ("n", "accuracy", "macro_f1", "parse_rate", "unparseable")
+    }
+    for h, window in info["financial"].items():
+        out.update(
+            {f"{k}_{h}": window[k] for k in ("hit_rate", "mean_signed_return", "sharpe_like")}
+        )
+    for name, baseline in info["baselines"].items():
+        if name != "model":
+            slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+            out[f"baseline_{slug}_accuracy"] = baseline["accuracy"]
+    return out
