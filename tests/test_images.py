@@ -20,7 +20,7 @@ from components import images
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from charlie.cli import STAGES
+from charlie.cli import STAGES, stage_module
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
@@ -233,7 +233,7 @@ def test_image_installs_what_the_stage_imports(component: Path) -> None:
 
 def not_installed(stage: str, installed: set[str]) -> list[str]:
     """The third-party imports of `charlie <stage>` that no installed distribution provides."""
-    imported = third_party_imports([STAGES[stage], "charlie.cli"])
+    imported = third_party_imports([stage_module(stage), "charlie.cli"])
     assert imported, f"no third-party imports found for charlie {stage}: the walk is broken"
     distributions = importlib.metadata.packages_distributions()
     missing = []

@@ -207,7 +207,7 @@ def _check_charlie(args: list[str]) -> None:
 
     sub = args[0]
     assert sub in STAGES, f"charlie {sub} is not a subcommand"
-    build_parser().parse_args(args)  # exits (SystemExit) on an unknown flag
+    build_parser(args).parse_args(args)  # exits (SystemExit) on an unknown flag
 
 
 def _check_dvc(args: list[str]) -> None:

@@ -197,7 +197,8 @@ class TrainParams(Section):
     """``charlie tokenize`` and ``charlie train``: which training config the pipeline runs."""
 
     config: Path = Field(
-        Path("configs/sft_tiny_lora_cpu.yaml"), description="A configs/sft_*.yaml file."
+        Path("configs/sft_tiny_lora_cpu.yaml"),
+        description="The training config (a configs/sft_*.yaml file).",
     )
     num_shards: int = Field(1, ge=1, description="Shards per split of the tokenized dataset.")
     num_proc: int = Field(2, ge=1, description="Processes for tokenization.")
