@@ -86,3 +86,42 @@ def test_each_run_writes_a_log_file(tmp_path, capsys):
     assert main(["parse", "--input-dir", str(tmp_path / "missing")]) == 2
     logs = list((tmp_path / "logs").glob("parse-*.log"))
     assert len(logs) == 1
+
+
+# A stage's settings are declared once, in its section: each field is a flag with its help.
+SECTIONS = {"sample": "sample", "parse": "parse", "dataset": "dataset",
+            "init-model": "init_model", "backtest": "backtest", "evaluate": "evaluate"}  # fmt: skip
+
+
+@pytest.mark.parametrize("stage", list(SECTIONS))
+def test_each_field_of_a_stage_section_is_a_flag_with_its_help(stage, capsys):
+    from charlie.config import Params
+
+    section = SECTIONS[stage]
+    with pytest.raises(SystemExit):
+        main([stage, "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for key, info in Params.model_fields[section].annotation.model_fields.items():
+        flag = f"--{key.replace('_', '-')}"
+        assert flag in out, flag
+        assert f"(default: params.yaml {section}.{key};" in out, key
+        if info.description:
+            assert " ".join(info.description.split()) in out, key
+
+
+@pytest.mark.parametrize("stage", ["evaluate", "backtest", "train", "tokenize"])
+def test_a_missing_config_file_is_an_error_not_silent_defaults(stage, tmp_path, capsys):
+    assert main([stage, "--config", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"charlie {stage}: error: config file {tmp_path / 'nope.yaml'} does not exist.\n"
+
+
+def test_only_the_named_stage_is_imported():
+    code = (
+        "import sys; from charlie.cli import build_parser; build_parser(['parse']); "
+        "print(sorted(m for m in sys.modules if m.startswith('charlie.stages.')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "['charlie.stages.parse']"
