@@ -35,7 +35,7 @@ demo: install  ## run the whole pipeline on the bundled sample (dvc repro)
 	@echo "  data/hf_datasets/dataset_card.md   counts, label balance, lengths, split settings"
 	@echo "  models/tiny                    the tiny local base model and tokenizer (charlie init-model)"
 	@echo "  data/hf_datasets/tokenized     token ids + completion masks, tokenize_report.json"
-	@echo "  checkpoints/sft-tiny-lora-cpu  LoRA adapter, merged/, manifest.json, runs/ (tensorboard --logdir)"
+	@echo "  checkpoints/sft                LoRA adapter, merged/, manifest.json, runs/ (tensorboard --logdir)"
 	@echo "  results/eval_summary.md        accuracy, trades and baselines (+ eval_metrics.json, confusion_matrix.png)"
 	@echo "  backtests/baseline_report.html the portfolio against equal-weight buy-and-hold, after costs"
 	@echo "  logs/                          one log file per stage run"

@@ -58,7 +58,7 @@ from charlie.config import load_params
 from charlie.parsing import parse_files
 from charlie.training.config import TrainConfig, load_train_config
 from charlie.training.sft import get_peft_config, sft_arguments
-from charlie.training.tokenize import tokenize_batch
+from charlie.training.tokenize import choose_max_length, tokenize_batch
 from charlie.training.tokens import add_thesis_tokens, build_tiny_model, train_tokenizer
 from common import met
 
@@ -102,8 +102,12 @@ def build_inputs() -> tuple[Any, Dataset, Any]:
     data = Dataset.from_list(
         [{"prompt": r["prompt"], "completion": r["completion"]} for r in train]
     )
+    measured = data.map(tokenize_batch, batched=True, remove_columns=["prompt", "completion"],
+                        fn_kwargs={"tokenizer": tokenizer, "max_length": None,
+                                   "policy": cfg.over_length})  # fmt: skip
+    max_length = choose_max_length(cfg.max_length, max(measured["full_length"]), im.max_positions)
     data = data.map(tokenize_batch, batched=True, remove_columns=["prompt", "completion"],
-                    fn_kwargs={"tokenizer": tokenizer, "max_length": cfg.max_length,
+                    fn_kwargs={"tokenizer": tokenizer, "max_length": max_length,
                                "policy": cfg.over_length})  # fmt: skip
     data = data.filter(lambda o: [x != "dropped" for x in o], input_columns="outcome", batched=True)
     # charlie train: the base model resized for the added tokens, without mean resizing

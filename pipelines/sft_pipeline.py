@@ -57,6 +57,7 @@ def sft_pipeline(
     smoke_test: bool = False,
     eval_split: str = "test",
     eval_limit: int = 0,
+    force_backtest: bool = False,
     gpu_type: str = "NVIDIA_L4",
     gpu_count: int = 1,
     gpu_node_selector: dict = {"cloud.google.com/gke-nodepool": "gpu-pool"},  # noqa: B006
@@ -120,7 +121,9 @@ def sft_pipeline(
     )
     _cpu(scored, "4", "16Gi").set_caching_options(True)
 
-    book = backtest(results=scored.outputs["results"], backtest_config=backtest_config)
+    book = backtest(
+        results=scored.outputs["results"], backtest_config=backtest_config, force=force_backtest
+    )
     _cpu(book, "1", "4Gi").set_caching_options(True)
     kubernetes.use_secret_as_env(book, EODHD_SECRET, {"api_key": "EODHD_API_KEY"}, optional=True)
 

@@ -26,7 +26,7 @@ from charlie.parsing import parse_files
 from .conftest import REPO, SAMPLES
 
 EVAL_COLUMNS = ["uid", "ticker", "as_of_date", "true_action", "pred_action", "correct",
-                "fwd_ret_1", "fwd_ret_5", "fwd_ret_10", "fwd_ret_30"]  # fmt: skip
+                "truncated", "fwd_ret_1", "fwd_ret_5", "fwd_ret_10", "fwd_ret_30"]  # fmt: skip
 FREE = {"transaction_cost_bps": 0, "slippage_bps": 0}
 
 
@@ -443,9 +443,9 @@ def test_demo_sample_shows_the_model_and_the_benchmark_side_by_side(tmp_path, cl
     records = parse_files(sorted((SAMPLES / "xml").glob("*.xml"))).records
     test = [r for r in records if "2025-01-01" <= r["as_of_date"] <= "2025-04-24"]
     rows = [{"uid": r["uid"], "ticker": r["ticker"], "as_of_date": r["as_of_date"],
-             "true_action": r["action"], "pred_action": r["action"], "correct": True}
-            for r in test]  # fmt: skip
-    rows[0]["pred_action"] = "UNPARSEABLE"
+             "true_action": r["action"], "pred_action": r["action"], "correct": True,
+             "truncated": False} for r in test]  # fmt: skip
+    rows[0].update(pred_action="UNPARSEABLE", truncated=True)
     eval_csv = write_eval_csv(tmp_path / "eval_results.csv", rows)
     out = tmp_path / "backtests" / "baseline.csv"
     args = ["backtest", "--params", str(params_file(tmp_path, SAMPLES / "prices")),
@@ -464,7 +464,8 @@ def test_demo_sample_shows_the_model_and_the_benchmark_side_by_side(tmp_path, cl
         assert set(saved[side]) == set(m.METRIC_NAMES)
         assert saved[side]["n_trades"] > 0 and saved[side]["sharpe"] is not None
     assert saved["inputs"]["predictions"] == len(test)
-    assert saved["inputs"]["unparseable"] == 1
+    assert saved["inputs"]["unparseable"] == 1 and saved["inputs"]["forced"] is False
+    assert saved["inputs"]["parse_rate"] == pytest.approx(1 - 1 / len(test))
     assert set(saved["inputs"]["tickers"]) == set(json.loads((SAMPLES / "manifest.json")
                                                                .read_text())["tickers"])  # fmt: skip
     assert [r["commission_bps"] for r in saved["cost_sensitivity"]] == [0, 0, 5, 10, 25, 50]
@@ -486,7 +487,7 @@ def test_demo_sample_shows_the_model_and_the_benchmark_side_by_side(tmp_path, cl
     strategy_sharpe = f"{saved['strategy']['sharpe']:.3f}"
     benchmark_sharpe = f"{saved['benchmark']['sharpe']:.3f}"
     assert f"<td>sharpe</td><td>{strategy_sharpe}</td><td>{benchmark_sharpe}</td>" in page
-    assert "Cost sensitivity" in page and "UNPARSEABLE" in page
+    assert "Cost sensitivity" in page and "UNPARSEABLE" in page and "Forced run" not in page
     err = capsys.readouterr().err
     assert "strategy" in err and "benchmark" in err
 
@@ -519,3 +520,85 @@ def test_user_errors_end_in_one_sentence(tmp_path, cli, capsys, content, config,
     assert err.startswith("charlie backtest: error: ")
     assert re.search(message, err), err
     assert not out.exists()
+
+
+def gated_eval_csv(tmp_path: Path, parsed: int, rows: int = 8) -> Path:
+    """An eval CSV whose first ``parsed`` rows have an action; the rest ran out of budget."""
+    days = pd.bdate_range("2025-01-06", periods=rows).strftime("%Y-%m-%d")
+    return write_eval_csv(tmp_path / "eval_results.csv", [
+        {"uid": f"ACME-{d}", "ticker": "ACME", "as_of_date": d, "true_action": "BUY",
+         "pred_action": "BUY" if i < parsed else "UNPARSEABLE", "correct": i < parsed,
+         "truncated": i >= parsed} for i, d in enumerate(days)
+    ])  # fmt: skip
+
+
+def backtest_args(tmp_path: Path, eval_csv: Path, *extra: str) -> list[str]:
+    return ["backtest", "--params", str(params_file(tmp_path, SAMPLES / "prices")),
+            "--eval-csv", str(eval_csv), "--config", str(REPO / "configs/backtest_config.yaml"),
+            "--out", str(tmp_path / "bt" / "x.csv"), *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("parsed", "flags", "message"),
+    [
+        (0, [], r"eval CSV .*eval_results.csv has no parseable action \(8 of 8 predictions are "
+                r"UNPARSEABLE, 8 of them truncated by the generation budget\), so a backtest "
+                r"would trade nothing; fix the evaluation \(see its eval_metrics.json\) or lower "
+                r"min_parse_rate, or pass --force to backtest them anyway.$"),
+        (3, [], r"has a parse rate of 0.375, below min_parse_rate 0.5 \(5 of 8 predictions are "
+                r"UNPARSEABLE, 5 of them truncated by the generation budget\); fix the"),
+        (7, ["--min-parse-rate", "0.9"], r"has a parse rate of 0.875, below min_parse_rate 0.9 "),
+        (0, ["--min-parse-rate", "0"], r"has no parseable action"),  # never worth a backtest
+    ],
+)  # fmt: skip
+def test_predictions_without_enough_actions_are_refused(tmp_path, cli, capsys, parsed, flags,
+                                                        message):  # fmt: skip
+    args = backtest_args(tmp_path, gated_eval_csv(tmp_path, parsed), *flags)
+    assert cli(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("charlie backtest: error: eval CSV ")
+    assert re.search(message, err), err
+    assert not (tmp_path / "bt").exists()
+
+
+def test_enough_actions_pass_the_gate(tmp_path, cli):
+    assert cli(backtest_args(tmp_path, gated_eval_csv(tmp_path, 4))) == 0  # 0.5: at the gate
+    saved = json.loads((tmp_path / "bt" / "x_metrics.json").read_text())
+    assert saved["inputs"]["forced"] is False and saved["inputs"]["parse_rate"] == 0.5
+
+
+def test_force_backtests_them_anyway_and_says_so(tmp_path, cli, capsys):
+    assert cli(backtest_args(tmp_path, gated_eval_csv(tmp_path, 0), "--force")) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"--force: backtesting anyway, though the eval CSV .* has no "
+                     r"parseable action \(8 of 8", err), err  # fmt: skip
+    paths = output_paths(tmp_path / "bt" / "x.csv")
+    saved = json.loads(paths["metrics"].read_text())
+    assert saved["inputs"]["forced"] is True and saved["inputs"]["parse_rate"] == 0.0
+    assert saved["strategy"]["n_trades"] == 0
+    page = paths["report"].read_text()
+    assert "Forced run:" in page and "parse rate 0.000, min_parse_rate 0.5" in page
+    # A CSV without the truncated column (an older evaluate) is judged on its actions alone.
+    plain = tmp_path / "plain.csv"
+    plain.write_text("ticker,as_of_date,pred_action\nACME,2025-01-06,UNPARSEABLE\n")
+    assert cli(backtest_args(tmp_path, plain)) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            "(1 of 1 predictions are UNPARSEABLE), so a backtest would trade nothing; fix the "
+            "evaluation (see its eval_metrics.json) or lower min_parse_rate, or pass --force to "
+            "backtest them anyway."
+        )
+    )
+
+
+def test_the_gate_counts_truncated_rows_when_the_csv_has_them():
+    from charlie.backtest.panel import parse_rate_problem
+
+    preds = predictions([("AAA", DAYS[0], "BUY"), ("AAA", DAYS[1], "UNPARSEABLE")])
+    assert parse_rate_problem(preds, 0.5, "x") is None
+    assert parse_rate_problem(preds, 0.6, "x", pd.Series(["False", "True"])) == (
+        "x has a parse rate of 0.500, below min_parse_rate 0.6 (1 of 2 predictions are "
+        "UNPARSEABLE, 1 of them truncated by the generation budget)"
+    )

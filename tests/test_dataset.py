@@ -14,6 +14,7 @@ from charlie.calendar import trading_days
 from charlie.cli import main
 from charlie.config import load_params
 from charlie.errors import CharlieError, ConfigError
+from charlie.prompts import PROMPT_HEADER
 
 from .conftest import REPO, SAMPLES, read_jsonl
 
@@ -73,7 +74,7 @@ def test_rows_hold_the_contract():
     assert list(row) == ["prompt", "completion", "uid", "ticker", "as_of_date", "action"]
     assert row["completion"] == "<reasoning>r</reasoning><support>s</support><action><BUY></action>"
     assert row["prompt"].startswith(
-        core.PROMPT_HEADER + "\n\nMarket snapshot for ACME as of the close of 2025-01-02"
+        PROMPT_HEADER + "\n\nMarket snapshot for ACME as of the close of 2025-01-02"
     )
     assert [r["as_of_date"] for r in rows["train"]] == sorted(
         r["as_of_date"] for r in rows["train"]

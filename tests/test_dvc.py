@@ -107,3 +107,30 @@ def test_bytecode_in_a_dependency_folder_does_not_change_the_stage():
     for path in ("src/charlie/evaluation/__pycache__/report.cpython-311.pyc",
                  "src/charlie/backtest/engine.pyc"):  # fmt: skip
         assert path in run([str(BIN / "dvc"), "check-ignore", path], REPO)
+
+
+def test_switching_train_config_alone_keeps_dvc_repro_whole(fresh_clone):
+    """Another training config (another output_dir) through evaluate: params.yaml's paths win."""
+    import yaml
+
+    config = yaml.safe_load((fresh_clone / "configs/sft_tiny_lora_cpu.yaml").read_text())
+    config.update(output_dir="checkpoints/my-run", dataset_dir="data/elsewhere", max_steps=2,
+                  eval_strategy="no", save_strategy="no")  # fmt: skip
+    (fresh_clone / "configs/sft_mine.yaml").write_text(yaml.safe_dump(config))
+    # A quick evaluation (a 2-step model writes no actions): the speed-up, not the point.
+    quick = yaml.safe_load((fresh_clone / "configs/eval_config.yaml").read_text())
+    quick.update(split="validation", max_new_tokens=8, min_parse_rate=0.0)
+    (fresh_clone / "configs/eval_quick.yaml").write_text(yaml.safe_dump(quick))
+    params = yaml.safe_load((fresh_clone / "params.yaml").read_text())
+    params["train"]["config"] = "configs/sft_mine.yaml"
+    params["evaluate"]["config"] = "configs/eval_quick.yaml"
+    (fresh_clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    output = run(["dvc", "repro", "evaluate"], fresh_clone)
+    assert "Running stage 'evaluate'" in output
+    model = fresh_clone / params["train"]["output_dir"]
+    assert (model / "adapter_config.json").is_file() and (model / "manifest.json").is_file()
+    assert not (fresh_clone / "checkpoints/my-run").exists()
+    metrics = json.loads((fresh_clone / "results/eval_metrics.json").read_text())
+    assert metrics["classification"]["n"] > 0
+    assert "up to date" in run(["dvc", "status", "evaluate"], fresh_clone)

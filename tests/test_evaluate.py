@@ -13,9 +13,11 @@ import pandas as pd
 import pytest
 
 from charlie import UNPARSEABLE
-from charlie.evaluation import core
+from charlie.errors import CharlieError, QualityGateError
+from charlie.evaluation import budget, core
 from charlie.evaluation import metrics as m
 from charlie.evaluation.returns import forward_returns, momentum_sign
+from charlie.inference import STOP_TOKEN, extract_prediction, generate, stop_token_ids
 
 BARS = pd.DataFrame({
     "date": pd.to_datetime(["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05", "2024-01-08"]),
@@ -64,8 +66,9 @@ def test_attach_forward_returns_per_ticker_leaves_the_input_alone():
 def test_classification_against_hand_counts():
     truth = ["BUY", "BUY", "SELL", "HOLD"]
     pred = ["BUY", "SELL", "SELL", UNPARSEABLE]
-    c = m.classification(truth, pred)
+    c = m.classification(truth, pred, [False, False, False, True])
     assert c["accuracy"] == 0.5 and c["parse_rate"] == 0.75 and c["unparseable"] == 1
+    assert c["truncated"] == 1 and m.classification(truth, pred)["truncated"] == 0
     assert c["per_class"]["BUY"] == {
         "precision": 1.0,
         "recall": 0.5,
@@ -118,6 +121,127 @@ def test_baselines_act_on_the_same_rows():
     assert all(len(v) == 4 for v in b.values())
 
 
+# ------------------------------------------------------------------- the generation budget
+
+
+def tokenize_report(p99=8.0, top=10.0, context=None, **splits_extra):
+    """A tokenize_report.json as `charlie tokenize` writes it (the keys evaluation reads)."""
+    split = {"examples": 12, "completion_tokens": {"min": 3.0, "p50": 6.0, "p90": 7.0, "p99": p99,
+             "max": top, "mean": 6.0}}  # fmt: skip
+    small = {"examples": 4, "completion_tokens": {"p50": 4.0, "p90": 5.0, "p99": 5.0, "max": 6.0}}
+    return {"max_length": 512, "context_length": context,
+            "splits": {"train": split, "validation": small, **splits_extra}}  # fmt: skip
+
+
+def test_auto_budget_is_the_p99_plus_the_margin_never_below_the_longest_completion():
+    report = ("run/tokenize_report.json", tokenize_report(p99=400, top=687))
+    b = budget.plan_budget("auto", 0.25, report, None, 200)
+    assert (b.max_new_tokens, b.source, b.wanted) == (687, "auto", 687)  # 500 < the max 687
+    b = budget.plan_budget("auto", 0.25, ("r", tokenize_report(p99=650, top=687)), None, 200)
+    assert b.max_new_tokens == 813 and b.completion_p99 == 650 and b.margin == 0.25  # ceil(812.5)
+    assert (
+        budget.plan_budget("auto", 0.0, ("r", tokenize_report(650, 687)), None, 9).max_new_tokens
+        == 687
+    )
+    assert "p99 650 x 1.25" in budget.plan_budget("auto", 0.25, ("r", tokenize_report(650, 687)),
+                                                    None, 9).describe()  # fmt: skip
+    fixed = budget.plan_budget(320, 0.25, None, 2048, 200)
+    assert (fixed.max_new_tokens, fixed.source, fixed.context_length) == (320, "config", 2048)
+
+
+def test_the_largest_split_decides_and_a_report_without_completion_lengths_is_one_sentence():
+    report = tokenize_report(p99=8, top=10, test={"completion_tokens": {"p99": 30.0, "max": 31.0}})
+    assert budget.completion_lengths(report) == (30.0, 31.0)
+    with pytest.raises(CharlieError, match=r"^old.json has no splits.<split>.completion_tokens"):
+        budget.plan_budget(
+            "auto", 0.25, ("old.json", {"splits": {"train": {"tokens": {}}}}), None, 5
+        )
+
+
+def test_the_context_caps_the_budget_shrinking_the_margin_first_never_below_the_max():
+    report = ("r", tokenize_report(p99=100, top=110, context=300))
+    assert budget.plan_budget("auto", 0.25, report, None, 150).max_new_tokens == 125  # room 150
+    shrunk = budget.plan_budget("auto", 0.25, report, None, 180)
+    assert shrunk.max_new_tokens == 120 and shrunk.wanted == 125  # the longest prompt still fits
+    assert "capped so the longest prompt (180 tokens) fits" in shrunk.describe()
+    assert budget.plan_budget("auto", 0.25, report, None, 250).max_new_tokens == 110  # trim prompts
+    assert budget.plan_budget("auto", 0.25, report, 200, 150).context_length == 200  # the smaller
+    assert budget.context_limit(None, 1024) == 1024 and budget.context_limit(None, None) is None
+    with pytest.raises(
+        CharlieError, match=r"leaves no room for a prompt in the model's context of 100"
+    ):
+        budget.plan_budget("auto", 0.25, report, 100, 50)
+
+
+def test_the_report_is_found_in_model_dir_or_beside_a_merged_model(tmp_path):
+    run = tmp_path / "run"
+    (run / "merged").mkdir(parents=True)
+    assert budget.find_report(run) is None and budget.find_report(run / "merged") is None
+    (run / budget.REPORT).write_text(json.dumps(tokenize_report()))
+    assert budget.find_report(run) == (run / budget.REPORT, tokenize_report())
+    assert budget.find_report(run / "merged")[0] == run / budget.REPORT  # the parent
+    assert budget.find_report(tmp_path / "other") is None  # only a dir named merged looks up
+    (run / "merged" / budget.REPORT).write_text(json.dumps(tokenize_report(p99=1, top=2)))
+    assert budget.find_report(run / "merged")[0] == run / "merged" / budget.REPORT  # its own first
+    (run / budget.REPORT).write_text("{")
+    with pytest.raises(CharlieError, match=r"tokenize_report.json is not valid JSON"):
+        budget.find_report(run)
+
+
+def test_auto_without_a_report_is_one_sentence_naming_where_it_looked():
+    with pytest.raises(CharlieError) as info:
+        budget.plan_budget("auto", 0.25, None, 1024, 10, model_dir=Path("ckpt/run/merged"))
+    assert str(info.value) == (
+        "max_new_tokens is auto but there is no tokenize_report.json in ckpt/run/merged or "
+        "ckpt/run (`charlie train` copies it next to the model from the tokenized dataset); set "
+        "max_new_tokens in the eval config to a number of tokens."
+    )
+
+
+PROMPT = """You are an equity analyst. Write a thesis.
+
+Market snapshot for ACME as of the close of 2025-01-02 (Thursday).
+Bar: open 88.48, high 89.52, low 82.57, close 83.36, volume 14,297,156.
+Returns: 1-day -5.8%, 5-day -3.4%, 20-day -12.7%.
+Momentum: RSI14 31.7 (soft).
+52-week range: close 46.9% below the high 157.13 and 1.0% above the low 82.57."""
+
+
+def test_prompts_beyond_the_context_lose_whole_sections_and_are_counted():
+    words = lambda text: len(text.split())  # noqa: E731  (a stand-in token count)
+    full, short = words(PROMPT), words(PROMPT.rsplit("\n", 1)[0])
+    b = budget.Budget(10, "config", full + 10)
+    assert budget.fit_prompts([PROMPT, "A short prompt."], words, b) == (
+        [PROMPT, "A short prompt."], [False, False])  # fmt: skip
+    prompts, trimmed = budget.fit_prompts([PROMPT, "A short prompt."], words,
+                                          budget.Budget(10, "config", full + 9))  # fmt: skip
+    assert trimmed == [True, False] and words(prompts[0]) == short
+    assert "52-week range" not in prompts[0] and prompts[0].startswith(PROMPT.rsplit("\n", 1)[0])
+    assert budget.fit_prompts([PROMPT], words, budget.Budget(10, "config", None))[1] == [False]
+    with pytest.raises(CharlieError, match=r"^the prompt of ACME-1 does not fit in 5 tokens"):
+        budget.fit_prompts([PROMPT], words, budget.Budget(10, "config", 15), ["ACME-1"])
+
+
+def test_a_row_cut_off_before_its_action_is_truncated_and_unparseable():
+    cut = "<reasoning>The trend says buy, buy, buy"
+    assert extract_prediction(cut, finished=False) == (UNPARSEABLE, True)  # no text fallback
+    assert extract_prediction(cut, finished=True) == ("BUY", False)  # it chose to stop there
+    assert extract_prediction("<action><SELL>", finished=False) == ("SELL", False)
+    assert extract_prediction("<action><HOLD></action>") == ("HOLD", False)
+
+
+def test_the_parse_gate_is_one_sentence_with_the_counts():
+    info = {"classification": {"parse_rate": 0.0, "n": 1516, "unparseable": 1516, "truncated": 1516},
+            "generation": {"max_new_tokens": 320}}  # fmt: skip
+    assert core.parse_gate(info, 0.5, "results/eval_generations.jsonl") == (
+        "parse rate 0.000 is below min_parse_rate 0.5: 1,516 of 1,516 rows have no action "
+        "(1,516 truncated at max_new_tokens 320); see results/eval_generations.jsonl"
+    )
+    assert core.parse_gate(info, 0.0, "x") is None
+    info["classification"].update(parse_rate=0.5, unparseable=758)
+    assert core.parse_gate(info, 0.5, "x") is None  # at the gate is enough
+
+
 # ------------------------------------------------------------------- the stage
 
 
@@ -150,33 +274,44 @@ def trained(tmp_path_factory):
                       method="lora", gpu_type="CPU", max_steps=2, per_device_train_batch_size=8, merge=True,
                       report_to=["none"], disable_tqdm=True, save_strategy="no")  # fmt: skip
     train(cfg)
+    # What `charlie train` copies next to the model: the tokenized dataset's length report.
+    (tmp / "run" / budget.REPORT).write_text(json.dumps(tokenize_report(p99=8, top=10)))
     sft = DatasetDict({s: Dataset.from_list(rows[s][:12]) for s in ("train", "test")})
     sft.save_to_disk(str(tmp / "sft"))
     return tmp
 
 
-def run_stage(tmp: Path, **kw) -> int:
-    from charlie.stages.evaluate import add_arguments, run
+REPO = Path(__file__).resolve().parents[1]
+COLUMNS = ["uid", "ticker", "as_of_date", "true_action", "pred_action", "correct", "truncated",
+           "fwd_ret_1", "fwd_ret_5", "fwd_ret_10", "fwd_ret_30"]  # fmt: skip
 
-    repo = Path(__file__).resolve().parents[1]
-    flags = {"params": repo / "params.yaml", "config": repo / "configs/eval_config.yaml",
+
+def stage_argv(tmp: Path, **kw) -> list[str]:
+    flags = {"params": REPO / "params.yaml", "config": REPO / "configs/eval_config.yaml",
              "model_dir": tmp / "run", "dataset_dir": tmp / "sft", "split": "test",
              "out": tmp / "results" / "eval_results.csv", "batch_size": 4, "max_new_tokens": 12,
-             **kw}  # fmt: skip
+             "min_parse_rate": 0, **kw}  # fmt: skip
+    return [f"--{k.replace('_', '-')}={v}" for k, v in flags.items() if v is not None]
+
+
+def run_stage(tmp: Path, **kw) -> int:
+    """`charlie evaluate` on the fixture: 12 new tokens at most, the parse-rate gate off."""
+    from charlie.stages.evaluate import add_arguments, run
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--params")
     add_arguments(parser)
-    argv = [f"--{k.replace('_', '-')}={v}" for k, v in flags.items() if v is not None]
-    return run(parser.parse_args(argv))
+    return run(parser.parse_args(stage_argv(tmp, **kw)))
 
 
 def test_evaluate_writes_every_output_and_counts_what_it_could_not_parse(trained, monkeypatch):
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # params.yaml's price files
+    monkeypatch.chdir(REPO)  # params.yaml's price files
     assert run_stage(trained) == 0
     out = trained / "results"
     frame = pd.read_csv(out / "eval_results.csv")
-    assert list(frame.columns) == ["uid", "ticker", "as_of_date", "true_action", "pred_action", "correct",
-                                   "fwd_ret_1", "fwd_ret_5", "fwd_ret_10", "fwd_ret_30"]  # fmt: skip
+    assert list(frame.columns) == COLUMNS
+    assert frame["truncated"].dtype == bool
+    assert (frame.loc[frame["truncated"], "pred_action"] == UNPARSEABLE).all()
     assert len(frame) == 12 and frame["fwd_ret_30"].notna().all()
     assert set(frame["pred_action"]) <= {
         "STRONG_BUY",
@@ -189,6 +324,10 @@ def test_evaluate_writes_every_output_and_counts_what_it_could_not_parse(trained
     info = json.loads((out / "eval_metrics.json").read_text())
     c = info["classification"]
     assert c["n"] == 12 and c["unparseable"] == (frame["pred_action"] == UNPARSEABLE).sum()
+    assert c["truncated"] == frame["truncated"].sum() <= c["unparseable"]
+    g = info["generation"]
+    assert (g["max_new_tokens"], g["source"], g["context_length"]) == (12, "config", 512)
+    assert STOP_TOKEN in g["stop_tokens"] and g["prompts_trimmed"] == 0
     assert c["accuracy"] == pytest.approx(frame["correct"].mean())
     assert set(info["financial"]) == {"1d", "5d", "10d", "30d"}
     assert info["baselines"]["teacher (thesis labels)"]["accuracy"] == 1.0
@@ -200,6 +339,10 @@ def test_evaluate_writes_every_output_and_counts_what_it_could_not_parse(trained
     assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     gens = [json.loads(line) for line in (out / "eval_generations.jsonl").read_text().splitlines()]
     assert [g["uid"] for g in gens] == list(frame["uid"])
+    assert [g["truncated"] for g in gens] == list(frame["truncated"])
+    assert all(g["new_tokens"] <= 12 for g in gens)
+    assert all(g["new_tokens"] == 12 for g in gens if g["truncated"])
+    assert "at most **12** new tokens per row (set in the eval config)" in summary
 
 
 def test_bad_inputs_are_one_sentence(trained, tmp_path, monkeypatch):
@@ -235,3 +378,223 @@ def test_a_merged_model_gives_the_same_predictions_as_its_adapter(trained, monke
         for x in (trained / "m" / "eval_generations.jsonl").read_text().splitlines()
     ]
     assert adapter == merged and len(adapter) == 6
+
+
+def test_auto_takes_the_budget_from_the_report_in_model_dir_or_beside_merged(trained, monkeypatch):
+    monkeypatch.chdir(REPO)
+    for model_dir in (trained / "run", trained / "run" / "merged"):
+        out = trained / "auto" / model_dir.name / "eval_results.csv"
+        assert run_stage(trained, model_dir=model_dir, max_new_tokens="auto", out=out, limit=4) == 0
+        g = json.loads(out.with_name("eval_metrics.json").read_text())["generation"]
+        assert (g["max_new_tokens"], g["source"], g["wanted"]) == (16, "auto", 16)  # ceil(8 x 2)
+        assert g["report"] == str(trained / "run" / budget.REPORT)
+        assert (g["completion_p99"], g["completion_max"], g["margin"]) == (8, 10, 1.0)
+        gens = out.with_name("eval_generations.jsonl").read_text().splitlines()
+        assert all(json.loads(line)["new_tokens"] <= 16 for line in gens)
+    out = trained / "auto" / "margin" / "eval_results.csv"
+    assert (
+        run_stage(trained, max_new_tokens="auto", max_new_tokens_margin=0.25, out=out, limit=4) == 0
+    )
+    assert (
+        json.loads(out.with_name("eval_metrics.json").read_text())["generation"]["max_new_tokens"]
+        == 10  # ceil(8 x 1.25)
+    )
+
+
+def test_auto_without_a_report_is_one_sentence_before_the_model_loads(
+    trained, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(REPO)
+    adapter = tmp_path / "adapter"
+    shutil.copytree(
+        trained / "run", adapter, ignore=shutil.ignore_patterns("merged", "check*", budget.REPORT)
+    )
+    with pytest.raises(CharlieError) as info:
+        run_stage(trained, model_dir=adapter, max_new_tokens="auto")
+    assert str(info.value) == budget.missing_report_message(adapter)
+    assert f"no tokenize_report.json in {adapter} (" in str(info.value)
+    with pytest.raises(CharlieError) as info:
+        run_stage(trained, model_dir=tmp_path / "merged", max_new_tokens="auto")
+    assert f"in {tmp_path / 'merged'} or {tmp_path} (" in str(info.value)
+
+
+# A stand-in model: each row "generates" a scripted thesis, with generate()'s stopping rules.
+
+
+class ScriptedModel:
+    """Row i (over every batch) generates ``scripts[i % len(scripts)]`` then ``filler`` forever.
+
+    Follows ``transformers`` generate(): a row ends at the first id in ``eos_token_id`` (an int
+    or a list), finished rows are padded with ``pad_token_id``, and generation ends when every
+    row has finished or after ``max_new_tokens``.
+    """
+
+    device = "cpu"
+
+    def __init__(self, scripts: list[list[int]], filler: int, context: int = 4096):
+        from types import SimpleNamespace
+
+        self.scripts, self.filler, self.rows, self.calls = scripts, filler, 0, []
+        self.config = SimpleNamespace(max_position_embeddings=context)
+        self.generation_config = SimpleNamespace(eos_token_id=None)
+
+    def eval(self):
+        return self
+
+    def generate(self, input_ids, attention_mask, *, max_new_tokens, do_sample, pad_token_id,
+                 eos_token_id):  # fmt: skip
+        import torch
+
+        stops = eos_token_id if isinstance(eos_token_id, list) else [eos_token_id]
+        self.calls.append({"eos_token_id": eos_token_id, "input_ids": input_ids.tolist(),
+                           "max_new_tokens": max_new_tokens})  # fmt: skip
+        rows = []
+        for _ in range(len(input_ids)):
+            script = self.scripts[self.rows % len(self.scripts)]
+            self.rows += 1
+            ids = []
+            for token in [*script, *[self.filler] * max_new_tokens][:max_new_tokens]:
+                ids.append(token)
+                if token in stops:
+                    break
+            rows.append(ids)
+        width = max(len(r) for r in rows)
+        new = [r + [pad_token_id] * (width - len(r)) for r in rows]
+        return torch.cat([input_ids, torch.tensor(new, dtype=input_ids.dtype)], dim=1)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(trained):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(trained / "run")
+
+
+THESIS = "<reasoning>Trend up.</reasoning><support>- RSI 60</support><action><BUY></action>"
+RAMBLING = "<reasoning>buy the dip, buy the breakout, buy"  # never reaches its action
+SILENT = "no view"  # stops by itself without an action: unparseable, not truncated
+
+
+def count(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def scripted(tokenizer, *texts, context=4096):
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    ids[-1] = ids[-1] + [tokenizer.eos_token_id]
+    filler = tokenizer(" buy", add_special_tokens=False)["input_ids"][-1]
+    # Scripts carry on past </action>: only the stop token can end the thesis there.
+    ids[0] = ids[0] + tokenizer("<|end|> more text", add_special_tokens=False)["input_ids"]
+    return ScriptedModel(ids, filler, context)
+
+
+def test_generation_stops_at_the_end_of_the_action_and_flags_rows_that_ran_out(tokenizer):
+    model = scripted(tokenizer, THESIS, RAMBLING, SILENT)
+    stop = tokenizer.convert_tokens_to_ids(STOP_TOKEN)
+    assert stop_token_ids(tokenizer, model) == [tokenizer.eos_token_id, stop]
+    thesis_tokens = count(tokenizer, THESIS)
+    out = generate(model, tokenizer, ["p1", "a longer prompt 2", "p3", "p4"], batch_size=3,
+                   max_new_tokens=thesis_tokens + 5)  # fmt: skip
+    assert [call["eos_token_id"] for call in model.calls] == [[tokenizer.eos_token_id, stop]] * 2
+    assert [(g.finished, g.new_tokens) for g in out] == [
+        (True, thesis_tokens), (False, thesis_tokens + 5), (True, count(tokenizer, SILENT) + 1), (True, thesis_tokens),
+    ]  # fmt: skip
+    assert out[0].text == THESIS and out[3].text == THESIS  # nothing after </action>, no padding
+    assert out[2].text == "no view" + tokenizer.eos_token
+    assert [extract_prediction(g.text, finished=g.finished) for g in out] == [
+        ("BUY", False), (UNPARSEABLE, True), (UNPARSEABLE, False), ("BUY", False),
+    ]  # fmt: skip
+    first = model.calls[0]["input_ids"]
+    assert first[0][0] == first[2][0] == tokenizer.pad_token_id != first[1][0]  # left padding
+
+
+def test_a_real_model_stops_at_the_end_of_the_action(trained, tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(trained / "run" / "merged")
+    head = torch.nn.Linear(model.lm_head.in_features, model.lm_head.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[tokenizer.convert_tokens_to_ids(STOP_TOKEN)] = 1.0  # greedy: always </action>
+    model.lm_head = head
+    out = generate(model, tokenizer, ["a prompt", "another, longer prompt"], max_new_tokens=12)
+    assert [(g.text, g.new_tokens, g.finished) for g in out] == [(STOP_TOKEN, 1, True)] * 2
+    with torch.no_grad():
+        head.bias.zero_()
+        head.bias[tokenizer.convert_tokens_to_ids("<reasoning>")] = 1.0
+    out = generate(model, tokenizer, ["a prompt"], max_new_tokens=7)
+    assert (out[0].new_tokens, out[0].finished) == (7, False)
+
+
+def run_cli(tmp: Path, **kw) -> int:
+    import charlie.cli
+
+    return charlie.cli.main(["evaluate", *stage_argv(tmp, **kw)])
+
+
+def test_truncated_rows_are_counted_and_a_low_parse_rate_exits_1_after_writing(
+    trained, tokenizer, monkeypatch, capsys
+):
+    import charlie.stages.evaluate as stage
+
+    monkeypatch.chdir(REPO)
+    model = scripted(tokenizer, THESIS, RAMBLING, SILENT)
+    monkeypatch.setattr(stage, "load_for_inference", lambda _: (model, tokenizer))
+    out = trained / "gate" / "eval_results.csv"
+    auto = {"max_new_tokens": "auto", "max_new_tokens_margin": 1}  # ceil(8 x 2): room for THESIS
+    assert run_cli(trained, out=out, min_parse_rate=0.5, **auto) == 1
+    generations = out.with_name("eval_generations.jsonl")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "charlie evaluate: error: parse rate 0.333 is below min_parse_rate 0.5: 8 of 12 rows "
+        f"have no action (4 truncated at max_new_tokens 16); see {generations}"
+    )
+    for name in ("eval_results.csv", "eval_generations.jsonl", "eval_metrics.json",
+                 "eval_summary.md", "confusion_matrix.png"):  # fmt: skip
+        assert out.with_name(name).is_file(), name
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == COLUMNS
+    assert frame["truncated"].tolist() == [False, True, False] * 4
+    assert frame["pred_action"].tolist() == ["BUY", UNPARSEABLE, UNPARSEABLE] * 4
+    c = json.loads(out.with_name("eval_metrics.json").read_text())["classification"]
+    assert (c["unparseable"], c["truncated"], c["parse_rate"]) == (8, 4, pytest.approx(1 / 3))
+    assert "8 unparseable, of which 4 truncated" in out.with_name("eval_summary.md").read_text()
+    gens = [json.loads(line) for line in generations.read_text().splitlines()]
+    assert [g["new_tokens"] for g in gens[:3]] == [count(tokenizer, THESIS), 16,
+                                                   count(tokenizer, SILENT) + 1]  # fmt: skip
+    assert gens[0]["generated"] == THESIS
+
+    model.rows = 0  # the same generations pass a gate they reach
+    assert run_cli(trained, out=out, min_parse_rate=0.3, **auto) == 0
+    with pytest.raises(QualityGateError) as info:
+        model.rows = 0
+        run_stage(trained, out=out, min_parse_rate=1)
+    assert info.value.exit_code == 1
+
+
+def test_prompts_longer_than_the_context_allows_are_trimmed_and_counted(
+    trained, tokenizer, monkeypatch
+):
+    import charlie.stages.evaluate as stage
+    from charlie.inference import prompt_tokens
+
+    monkeypatch.chdir(REPO)
+    longest = max(prompt_tokens(tokenizer, p) for p in load_test_prompts(trained))
+    model = scripted(tokenizer, THESIS, context=longest + 12 - 1)  # the longest misses by one
+    monkeypatch.setattr(stage, "load_for_inference", lambda _: (model, tokenizer))
+    out = trained / "trim" / "eval_results.csv"
+    assert run_stage(trained, out=out, max_new_tokens=12) == 0
+    g = json.loads(out.with_name("eval_metrics.json").read_text())["generation"]
+    assert g["context_length"] == longest + 11 and 1 <= g["prompts_trimmed"] <= 12
+    seen = [tokenizer.decode(row, skip_special_tokens=True) for call in model.calls
+            for row in call["input_ids"]]  # fmt: skip
+    assert sum("52-week range:" not in text for text in seen) == g["prompts_trimmed"]
+    assert all("Market snapshot for" in text for text in seen)  # the header stays
+
+
+def load_test_prompts(trained: Path) -> list[str]:
+    from datasets import load_from_disk
+
+    return list(load_from_disk(str(trained / "sft"))["test"]["prompt"])

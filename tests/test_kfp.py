@@ -194,7 +194,7 @@ def test_train_flags_override_the_config(monkeypatch, tmp_path):
     args = build_parser(argv).parse_args(argv)
     assert args._run(args) == 0
     assert seen["smoke_test"] is True
-    assert seen["cfg"].output_dir == Path("checkpoints/sft-tiny-lora-cpu")
+    assert seen["cfg"].output_dir == Path("checkpoints/sft")  # params.yaml train.output_dir
     with pytest.raises(SystemExit):
         build_parser(["train"]).parse_args(["train", "--smoke-test=maybe"])
     assert isinstance(args, argparse.Namespace)
@@ -204,10 +204,24 @@ def test_train_flags_override_the_config(monkeypatch, tmp_path):
 def test_the_compiled_pipeline_runs_on_the_host(tmp_path):
     """Every executor's command, placeholders resolved, in DAG order on the bundled sample."""
     job = "5f0c4a8e-0000-4000-8000-000000000001"
+    # A 10-step model writes few actions: its evaluation passes no parse-rate gate, so the
+    # smoke run lowers the floor and forces the backtest (the gates have their own tests).
+    eval_config = tmp_path / "eval_smoke.yaml"
+    smoke = {
+        **yaml.safe_load((ROOT / "configs/eval_config.yaml").read_text()),
+        "min_parse_rate": 0.0,
+    }
+    eval_config.write_text(yaml.safe_dump(smoke))
     runs = run_pipeline(
         PIPELINE_YAML,
         tmp_path,
-        {"config": "configs/sft_tiny_lora_cpu.yaml", "smoke_test": True, "eval_limit": 16},
+        {
+            "config": "configs/sft_tiny_lora_cpu.yaml",
+            "smoke_test": True,
+            "eval_limit": 16,
+            "eval_config": str(eval_config),
+            "force_backtest": True,
+        },
         cwd=ROOT,
         env={"CHARLIE_LOG_DIR": str(tmp_path / "logs")},
         retry={"train"},  # its pod is lost after training: KFP runs it again

@@ -402,3 +402,38 @@ def test_run_can_be_called_directly(monkeypatch, capsys):
     args = parser.parse_args(["--config", "configs/sft_llama3_8b_qlora_1gpu.yaml"])
     assert plan_stage.run(args) == 0
     assert "GiB/GPU" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- max_length: auto
+
+
+def test_auto_plans_the_tokenize_reports_length_else_the_models_context(tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({**TINY, "max_position_embeddings": 1024}))
+    data = tmp_path / "tokenized"
+    config = tmp_path / "sft.yaml"
+    config.write_text(f"base_model: {model}\ndataset_dir: {data}\noutput_dir: out\n"
+                      "max_length: auto\ngpu_type: H100-80GB\nper_device_train_batch_size: 2\n")  # fmt: skip
+    before = plan_for(load_train_config(config), configs_dir=CONFIGS)
+    assert before.setup.max_length == 1024 and before.tokens == 2048
+    assert "max_length 1024, auto: the base model's context; no tokenize report yet)" in (
+        render_table(before)
+    )
+    data.mkdir()
+    (data / "tokenize_report.json").write_text(json.dumps({"max_length": 957}))
+    after = plan_for(load_train_config(config), configs_dir=CONFIGS)
+    assert after.setup.max_length == 957 and after.tokens == 1914
+    assert f"max_length 957, auto: from {data / 'tokenize_report.json'})" in render_table(after)
+    assert after.activations < before.activations
+
+
+def test_auto_with_neither_a_report_nor_a_context_is_one_sentence(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(TINY))  # no max_position_embeddings
+    config = tmp_path / "sft.yaml"
+    config.write_text(f"base_model: {model}\ndataset_dir: {tmp_path / 'none'}\noutput_dir: out\n"
+                      "max_length: auto\n")  # fmt: skip
+    with pytest.raises(CharlieError, match=r"run `charlie tokenize` first or set max_length\.$"):
+        plan_for(load_train_config(config), configs_dir=CONFIGS)

@@ -47,7 +47,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from datasets import Dataset, DatasetDict
     from transformers import AutoTokenizer
 
-    from charlie.training.tokenize import tokenize_batch
+    from charlie.training.tokenize import STATS, tokenize_batch
     from charlie.training.tokens import add_thesis_tokens, build_tiny_model, train_tokenizer
 
     root = tmp_path_factory.mktemp("tiny")
@@ -69,7 +69,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         batched=True,
         fn_kwargs={"tokenizer": tokenizer, "max_length": 128, "policy": "trim_prompt"},
         remove_columns=["prompt", "completion"],
-    ).remove_columns(["outcome", "full_length"])
+    ).remove_columns(list(STATS))
     data = root / "tokenized"
     tokenized.save_to_disk(str(data))
     tokenizer.save_pretrained(data / "tokenizer")
@@ -442,3 +442,121 @@ def test_a_retry_after_the_last_checkpoint_trains_no_extra_step(tiny, tmp_path, 
     assert saved.keys() == final.keys()
     assert all(saved[k].equal(final[k]) for k in saved)
     assert sorted(_losses(_manifest(tmp_path / "attempt-2")["log_history"])) == [1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------ max_length auto, cost first
+
+
+def _with_report(tiny: dict[str, Path], tmp_path: Path, max_length: int) -> Path:
+    """A copy of the tokenized data with the report `charlie tokenize` writes beside it."""
+    import shutil
+
+    data = tmp_path / "tokenized"
+    shutil.copytree(tiny["data"], data)
+    report = {"max_length": max_length, "max_length_setting": "auto", "context_length": 256}
+    (data / "tokenize_report.json").write_text(json.dumps(report))
+    return data
+
+
+def test_auto_without_a_tokenize_report_is_one_sentence(tiny, tmp_path):
+    from charlie.training.sft import train
+
+    with pytest.raises(CharlieError) as error:
+        train(_config(tiny, tmp_path / "run", max_length="auto", max_steps=1))
+    assert str(error.value) == (
+        f"max_length: auto uses the length `charlie tokenize` chose, but {tiny['data']} has no "
+        "tokenize_report.json: run `charlie tokenize` first."
+    )
+
+
+def test_auto_trains_at_the_reported_length_logs_the_cost_first_and_keeps_the_report(
+    tiny, tmp_path, trainers, caplog, monkeypatch
+):
+    import logging
+
+    import transformers
+
+    from charlie.training.sft import train
+
+    data = _with_report(tiny, tmp_path, 128)
+    loader = transformers.AutoModelForCausalLM.from_pretrained.__func__
+
+    def loading(cls, *args, **kwargs):
+        logging.getLogger("charlie.train").info("loading the weights")
+        return loader(cls, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        classmethod(loading))  # fmt: skip
+    caplog.set_level(logging.INFO, logger="charlie.train")
+    out = tmp_path / "run"
+    cfg = _config(tiny, out, dataset_dir=data, max_length="auto", num_train_epochs=1,
+                  save_strategy="no", merge=True)  # fmt: skip
+    metrics = train(cfg)
+    assert trainers["made"][0].args.max_length == 128
+    # 32 examples, batch 4, one process, one epoch: the count the Trainer ran.
+    assert metrics["global_step"] == 8
+    messages = caplog.messages
+    cost = next(i for i, m in enumerate(messages) if m.startswith("cost: "))
+    assert cost < messages.index("loading the weights")
+    line = messages[cost]
+    assert line.startswith(
+        "cost: ~8 optimizer steps (1 epoch of 8; batch 4 x accumulation 1 x 1 process)"
+    )
+    assert "tokens/epoch" in line and "GFLOP/s measured" in line and "(6·N·tokens, N = " in line
+    for where in (out, out / "merged"):
+        assert json.loads((where / "tokenize_report.json").read_text())["max_length"] == 128
+
+
+def test_an_explicit_max_length_shorter_than_the_tokenized_examples_is_refused(tiny, tmp_path):
+    from datasets import load_from_disk
+
+    from charlie.training.sft import train
+
+    longest = max(len(ids) for ids in load_from_disk(str(tiny["data"]))["train"]["input_ids"])
+    with pytest.raises(CharlieError, match=rf"^max_length 16 is shorter than the longest "
+                       rf"tokenized example \({longest} tokens, in .*\): training would cut its "
+                       r"completion; tokenize with the same max_length or set max_length: auto\.$"):  # fmt: skip
+        train(_config(tiny, tmp_path / "run", max_length=16, max_steps=1))
+
+
+def test_optimizer_steps_count_as_the_trainer_does():
+    from charlie.training.sft import optimizer_steps
+
+    assert optimizer_steps(7496, batch_size=16, accumulation=1, world_size=1, epochs=2) == (
+        938,
+        469,
+    )
+    assert optimizer_steps(100, batch_size=4, accumulation=3, world_size=2, epochs=1) == (5, 5)
+    assert optimizer_steps(100, batch_size=4, accumulation=1, world_size=1, epochs=2.5) == (63, 25)
+    assert optimizer_steps(100, batch_size=4, accumulation=1, world_size=1, epochs=3,
+                           max_steps=10) == (10, 25)  # fmt: skip
+
+
+def test_padding_and_compute_parameters():
+    from charlie.plan import model_shape
+    from charlie.training.sft import compute_params, padded_tokens
+
+    assert padded_tokens([10, 10, 10, 10], 2) == 40
+    assert padded_tokens([1, 9], 2) == 18 and padded_tokens([1, 9], 1) == 10
+    config = {"hidden_size": 8, "num_hidden_layers": 1, "vocab_size": 100,
+              "num_attention_heads": 2, "intermediate_size": 16}  # fmt: skip
+    shape = model_shape(config)
+    # everything but the input embeddings (a lookup): lm_head, the layer, the final norm
+    assert compute_params(shape) == shape.total_params - 100 * 8
+    tied = model_shape({**config, "tie_word_embeddings": True})
+    assert compute_params(tied) == tied.total_params  # the embeddings are the output layer
+
+
+def test_estimate_cost_states_steps_tokens_and_the_formula(tiny):
+    from charlie.training.sft import estimate_cost
+
+    cfg = _config(tiny, Path("unused"), max_steps=-1, num_train_epochs=2,
+                  gradient_checkpointing=True)  # fmt: skip
+    cost = estimate_cost(cfg, [100] * 40, max_length=128, vocab_size=411, smoke_test=False)
+    assert (cost["steps"], cost["steps_per_epoch"], cost["tokens_per_epoch"]) == (20, 10, 4000)
+    assert cost["flops"] == pytest.approx(6 * cost["parameters"] * 8000 * 4 / 3)
+    assert cost["seconds"] == pytest.approx(cost["flops"] / cost["flops_per_second"])
+    assert "x 4/3 for gradient checkpointing" in cost["line"] and "an estimate" in cost["line"]
+    smoke = estimate_cost(cfg, [100] * 40, max_length=128, vocab_size=411, smoke_test=True)
+    assert smoke["steps"] == cfg.smoke_test_steps and "--smoke-test" in smoke["line"]
+    assert smoke["flops"] == pytest.approx(cost["flops"] / 2)  # 10 steps of the 20

@@ -10,6 +10,7 @@ from components.images import CPU_IMAGE
 def backtest(
     results: Input[Dataset],
     backtest_config: str,
+    force: bool,
     portfolio: Output[Dataset],
     metrics: Output[Metrics],
     report: Output[HTML],
@@ -19,6 +20,8 @@ def backtest(
     Args:
         results: evaluate's output directory (its eval_results.csv).
         backtest_config: Costs, sizing and action mapping (configs/backtest_config.yaml).
+        force: Backtest predictions that fail the parse-rate gate anyway (a smoke run's model
+            writes no action); the report and metrics say the run was forced.
         portfolio: Directory with baseline.csv (daily), baseline_trades.csv, baseline_metrics.json,
             baseline_equity.png, baseline_drawdown.png and baseline_report.html.
         metrics: Strategy and benchmark return, CAGR, Sharpe, Sortino, max drawdown, turnover,
@@ -32,6 +35,7 @@ def backtest(
             "--eval-csv", f"{results.path}/eval_results.csv",
             "--config", backtest_config,
             "--out", f"{portfolio.path}/baseline.csv",
+            f"--force={force}",
             "--kfp-executor-input", dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER,
         ],
     )  # fmt: skip

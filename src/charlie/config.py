@@ -194,11 +194,23 @@ class InitModelParams(Section):
 
 
 class TrainParams(Section):
-    """``charlie tokenize`` and ``charlie train``: which training config the pipeline runs."""
+    """``charlie tokenize`` and ``charlie train``: which training config the pipeline runs.
+
+    ``dataset_dir`` and ``output_dir`` replace the config's (unless null): they are the
+    pipeline's paths (dvc.yaml reads them), so switching ``config`` alone keeps it whole.
+    """
 
     config: Path = Field(
         Path("configs/sft_tiny_lora_cpu.yaml"),
         description="The training config (a configs/sft_*.yaml file).",
+    )
+    dataset_dir: Path | None = Field(
+        Path("data/hf_datasets/tokenized"),
+        description="The tokenized DatasetDict; replaces the config's dataset_dir (null: keep it).",
+    )
+    output_dir: Path | None = Field(
+        Path("checkpoints/sft"),
+        description="The training run's output; replaces the config's output_dir (null: keep it).",
     )
     num_shards: int = Field(1, ge=1, description="Shards per split of the tokenized dataset.")
     num_proc: int = Field(2, ge=1, description="Processes for tokenization.")
@@ -223,6 +235,12 @@ class BacktestParams(Section):
         Path("backtests/baseline.csv"),
         description="The daily CSV; the other outputs are named after its stem, beside it.",
     )
+
+
+def train_settings(params: Params) -> dict[str, tuple[Any, str]]:
+    """What params.yaml's ``train`` section sets in the training config (see TrainParams)."""
+    return {key: (getattr(params.train, key), f"params.yaml train.{key}")
+            for key in ("dataset_dir", "output_dir")}  # fmt: skip
 
 
 class Params(Section):
@@ -303,8 +321,11 @@ def load_config(
     model: type[M],
     *,
     overrides: Mapping[str, Any] | argparse.Namespace | None = None,
+    settings: Mapping[str, tuple[Any, str]] | None = None,
 ) -> M:
     """Load a stage's config file (``configs/*.yaml``) into its typed model.
+
+    Precedence, highest first: ``overrides`` (flags), ``settings`` (params.yaml), the file.
 
     Args:
         path: The YAML file; it must exist.
@@ -312,6 +333,8 @@ def load_config(
         overrides: The stage's parsed arguments (the flags :func:`add_flags` made for
             ``model`` under :data:`CONFIG`), or a mapping of its keys; ``None`` values fall
             through to the file.
+        settings: Keys that params.yaml sets for the file, as ``(value, where)``; ``None``
+            values fall through.
 
     Raises:
         ConfigError: The file is missing, is not YAML, or a key or value is not allowed.
@@ -320,6 +343,10 @@ def load_config(
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist.")
     data, sources = _read_yaml(path), {}
+    for key, (value, where) in (settings or {}).items():
+        if value is not None:
+            data[key] = value
+            sources[(key,)] = where
     if isinstance(overrides, Mapping):
         overrides = {f"{CONFIG}.{key}": value for key, value in overrides.items()}
     for keys, (value, flag) in _flag_values(overrides, {CONFIG}).items():
@@ -392,7 +419,14 @@ def _flag_kwargs(info: FieldInfo) -> dict[str, Any] | None:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(options) != 1:
-            return None
+            # A number or a word (max_length: 512 or auto) is passed on as text, which the
+            # field's own validation reads; other unions cannot be flags.
+            literals = [a for a in options if typing.get_origin(a) is Literal]
+            numbers = [a for a in options if a in (int, float)]
+            if not numbers or len(numbers) + len(literals) != len(options):
+                return None
+            words = [str(w) for a in literals for w in typing.get_args(a)]
+            return {"metavar": "|".join(["N", *words])}
         annotation = options[0]
     origin = typing.get_origin(annotation)
     if annotation is bool:
@@ -406,6 +440,16 @@ def _flag_kwargs(info: FieldInfo) -> dict[str, Any] | None:
     if annotation in (str, Path, dt.date):
         return {"metavar": {Path: "PATH", dt.date: "YYYY-MM-DD"}.get(annotation, "TEXT")}
     return None
+
+
+def switch(value: str) -> bool:
+    """An argparse type for ``--flag=VALUE`` as a pipeline passes it: true/false, 1/0, yes/no."""
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def _comma_list(value: str) -> list[str]:

@@ -12,3 +12,12 @@ class CharlieError(Exception):
 
 class ConfigError(CharlieError):
     """A configuration key or value that is not allowed."""
+
+
+class QualityGateError(CharlieError):
+    """A stage wrote its outputs, but they fail a quality gate (e.g. too few parsed actions).
+
+    Exit code 1, not 2: the input was valid; the result is not good enough to build on.
+    """
+
+    exit_code = 1

@@ -43,7 +43,9 @@ Memory per GPU (GiB = 2^30 bytes)
         copy and two fp32 moments); in fp32, 4 + 4 + 8. This is an upper bound for a plain
         bf16 Trainer run, whose bf16 states need 8 bytes.
     activations: a step holds ``per_device_train_batch_size x max_length`` tokens (the worst
-        step: a full batch of maximal length). Per token and layer, the 16-bit elements saved
+        step: a full batch of maximal length). With ``max_length: auto`` the length is the one
+        ``charlie tokenize`` chose (its report in the config's dataset_dir), or before that the
+        base model's context length (the most auto can choose); the table says which. Per token and layer, the 16-bit elements saved
         for the backward pass: each RMSNorm 3 x width (its input plus the fp32 upcast it
         multiplies) and its output once; Llama attention 2q + 2kv (rotated q, k, v for the
         kernel, and the attention output for o_proj); MLA 4 q_lora_rank + 4 kv_lora_rank (latent
@@ -79,6 +81,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from charlie.errors import CharlieError
+from charlie.training.config import REPORT, context_length, read_tokenize_report
 
 if TYPE_CHECKING:
     from charlie.training.config import TrainConfig
@@ -417,6 +420,7 @@ class TrainingSetup:
     gradient_checkpointing: bool = True  # TRL's default
     zero_stage: int = 0
     num_gpus: int = 1
+    max_length_source: str = ""  # with max_length: auto, where the length came from
 
 
 @dataclass(frozen=True)
@@ -628,7 +632,8 @@ def render_table(plan: MemoryPlan) -> str:
         f"{plan.model}, {how}, {s.num_gpus} x {plan.gpu.name}, {zero}",
         f"parameters {_count(plan.total_params)}, trainable {trainable}",
         f"{plan.tokens:,} tokens per GPU per step (batch {s.batch_size} x max_length "
-        f"{s.max_length}), gradient checkpointing {checkpointing}",
+        f"{s.max_length}{f', {s.max_length_source}' if s.max_length_source else ''}), "
+        f"gradient checkpointing {checkpointing}",
         "",
         f"{'':<42}{'GiB/GPU':>9}",
     ]
@@ -735,11 +740,42 @@ def load_gpu(gpu_type: str, gpus_file: Path = DEFAULT_CONFIGS_DIR / "gpus.yaml")
     return Gpu(gpu_type, gpus[gpu_type], fraction)
 
 
-def training_setup(cfg: TrainConfig, num_gpus: int | None = None) -> TrainingSetup:
+def planned_max_length(
+    cfg: TrainConfig, model_config: Mapping[str, Any] | None = None
+) -> tuple[int, str]:
+    """The max_length to plan for, and where it came from ("" when the config sets it).
+
+    ``auto``: the length in ``<dataset_dir>/tokenize_report.json`` when tokenize has run, else
+    the base model's context length (the most auto can choose).
+
+    Raises:
+        CharlieError: ``auto`` with neither a report nor a known context length.
+    """
+    if cfg.max_length != "auto":
+        return cfg.max_length, ""
+    report = read_tokenize_report(cfg.dataset_dir) or {}
+    chosen = report.get("max_length")
+    if isinstance(chosen, int) and not isinstance(chosen, bool) and chosen > 0:
+        return chosen, f"auto: from {Path(cfg.dataset_dir) / REPORT}"
+    context = context_length(model_config or {})
+    if context is None:
+        raise CharlieError(
+            f"max_length is auto but {cfg.dataset_dir} has no {REPORT} and the base model's "
+            "config.json has no max_position_embeddings: run `charlie tokenize` first or set "
+            "max_length."
+        )
+    return context, "auto: the base model's context; no tokenize report yet"
+
+
+def training_setup(
+    cfg: TrainConfig, num_gpus: int | None = None, model_config: Mapping[str, Any] | None = None
+) -> TrainingSetup:
     """The memory-relevant settings of a training config, TRL's defaults filling the gaps.
 
-    Reads the DeepSpeed JSON the config names, for its ZeRO stage.
+    Reads the DeepSpeed JSON the config names, for its ZeRO stage, and for ``max_length:
+    auto`` the tokenize report or ``model_config``'s context (:func:`planned_max_length`).
     """
+    max_length, source = planned_max_length(cfg, model_config)
     sft = cfg.sft_args
     targets = cfg.lora_target_modules
     checkpointing = sft.get("activation_checkpointing", sft.get("gradient_checkpointing"))
@@ -747,7 +783,8 @@ def training_setup(cfg: TrainConfig, num_gpus: int | None = None) -> TrainingSet
     half = bool(sft.get("fp16")) or (bf16 if bf16 is not None else True)
     return TrainingSetup(
         method=cfg.method,
-        max_length=cfg.max_length,
+        max_length=max_length,
+        max_length_source=source,
         batch_size=int(sft.get("per_device_train_batch_size", 8)),
         lora_r=cfg.lora_r,
         lora_target_modules=targets if isinstance(targets, str) else tuple(targets),
@@ -784,7 +821,7 @@ def plan_for(
     gpu = load_gpu(gpu_type or cfg.gpu_type, configs_dir / "gpus.yaml")
     config = load_model_config(cfg.base_model, configs_dir / "models")
     name = Path(cfg.base_model.rstrip("/")).name or cfg.base_model
-    return estimate(model_shape(config, name), training_setup(cfg, num_gpus), gpu)
+    return estimate(model_shape(config, name), training_setup(cfg, num_gpus, config), gpu)
 
 
 def check_fits(

@@ -63,6 +63,13 @@ class BacktestConfig(Section):
     risk_free_per_period: float = Field(
         0.0, ge=-1, lt=1, description="Daily risk-free return for Sharpe and Sortino."
     )
+    min_parse_rate: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Refuse (exit 2) predictions with a smaller share of parsed actions, or "
+        "with none at all, unless --force.",
+    )
     cost_sensitivity_bps: list[float] = Field(
         [0.0, 5.0, 10.0, 25.0, 50.0],
         description="Commissions (bps) to rerun strategy and benchmark at, slippage unchanged.",

@@ -44,7 +44,11 @@ class BacktestResult:
 
 
 def run_backtest(
-    predictions: pd.DataFrame, frames: dict[str, pd.DataFrame], config: BacktestConfig
+    predictions: pd.DataFrame,
+    frames: dict[str, pd.DataFrame],
+    config: BacktestConfig,
+    *,
+    forced: bool = False,
 ) -> BacktestResult:
     """Simulate the predictions and the equal-weight buy-and-hold benchmark, with metrics.
 
@@ -52,6 +56,8 @@ def run_backtest(
         predictions: From :func:`charlie.backtest.panel.prepare_predictions`.
         frames: Price frames per ticker (DESIGN.md columns), e.g. ``load_all_prices().frames``.
         config: Costs, sizing and the action mapping.
+        forced: The predictions failed the parse-rate gate and ``--force`` ran them anyway
+            (recorded as ``inputs.forced`` and shown on the report).
 
     Raises:
         CharlieError: A ticker has no prices, or no trading day follows the first decision.
@@ -117,7 +123,7 @@ def run_backtest(
         table.append(_cost_row(panel.dates, key, *runs[key], rf))
     result_metrics["cost_sensitivity"] = table
     result_metrics["per_ticker"] = _per_ticker(panel, sim)
-    result_metrics["inputs"] = _inputs(predictions, panel)
+    result_metrics["inputs"] = {**_inputs(predictions, panel), "forced": forced}
     result_metrics["conventions"] = conventions(config, n_tickers)
     result_metrics["config"] = config.model_dump(mode="json")
     return BacktestResult(
@@ -240,6 +246,7 @@ def _inputs(predictions: pd.DataFrame, panel: Panel) -> dict[str, Any]:
         "predictions": len(predictions),
         "by_action": {a: int(counts.get(a, 0)) for a in LABELS},
         "unparseable": int(counts.get(UNPARSEABLE, 0)),
+        "parse_rate": 1.0 - int(counts.get(UNPARSEABLE, 0)) / len(predictions),
         "tickers": list(panel.tickers),
         "first_decision": f"{predictions['as_of_date'].min():%Y-%m-%d}",
         "last_decision": f"{last_decision:%Y-%m-%d}",

@@ -84,6 +84,43 @@ def prepare_predictions(frame: pd.DataFrame, source: str = "the eval CSV") -> pd
     )
 
 
+def parse_rate_problem(
+    predictions: pd.DataFrame,
+    min_parse_rate: float,
+    source: str = "the eval CSV",
+    truncated: pd.Series | None = None,
+) -> str | None:
+    """Why these predictions are not worth a backtest (a clause, no advice), or None.
+
+    Refused: no prediction with an action at all (every one UNPARSEABLE, so nothing would be
+    traded), or a share of parsed actions below ``min_parse_rate``; ``--force`` overrides.
+
+    Args:
+        predictions: From :func:`prepare_predictions`.
+        min_parse_rate: The backtest config's gate.
+        source: The CSV, as the sentence names it.
+        truncated: The eval CSV's ``truncated`` column (strings), when it has one.
+    """
+    n = len(predictions)
+    unparseable = int((predictions["pred_action"] == UNPARSEABLE).sum())
+    rate = 1.0 - unparseable / n if n else 0.0
+    cut = ""
+    if truncated is not None:
+        count = int(truncated.astype(str).str.strip().str.lower().isin(["true", "1"]).sum())
+        cut = f", {count:,} of them truncated by the generation budget"
+    if unparseable == n:
+        return (
+            f"{source} has no parseable action ({n:,} of {n:,} predictions are UNPARSEABLE"
+            f"{cut}), so a backtest would trade nothing"
+        )
+    if rate < min_parse_rate:
+        return (
+            f"{source} has a parse rate of {rate:.3f}, below min_parse_rate {min_parse_rate:g} "
+            f"({unparseable:,} of {n:,} predictions are UNPARSEABLE{cut})"
+        )
+    return None
+
+
 def price_window(predictions: pd.DataFrame) -> dict[str, tuple[dt.date, dt.date]]:
     """The bars to fetch (``load_all_prices``'s ``wanted``): every ticker over the whole period.
 

@@ -24,6 +24,15 @@ CONVENTIONS = [
     "on or before the record's date; NaN when the window runs past the data (counted, not dropped).",
     "Directional predictions: BUY/STRONG_BUY long (+1), SELL/STRONG_SELL short (-1); HOLD and "
     "UNPARSEABLE take no position and are reported apart.",
+    "Actions: the action special token first, else the last action word of the generation; "
+    "'unparseable' counts every row without an action, 'truncated' the subset that reached "
+    "max_new_tokens before any action token (their action is UNPARSEABLE even when the cut-off "
+    "reasoning holds action words).",
+    "Generation: greedy, stopped at </action> (or end of sequence); max_new_tokens auto = "
+    "max(ceil(p99 x (1 + margin)), max) of the completion token counts over the tokenize "
+    "report's splits, the margin shrunk (never below the max) so the longest prompt fits the "
+    "context; prompts that still do not fit lose whole snapshot sections, least important "
+    "first, as in training (counted as prompts_trimmed).",
     "Sharpe-style ratio: mean / std (ddof=1) of signed forward returns, per window, not annualised "
     "(overlapping multi-day windows make sqrt(252) scaling wrong).",
     "Baselines act on exactly the model's rows; the majority class is the training split's.",
@@ -32,16 +41,24 @@ CONVENTIONS = [
 HISTORY = dt.timedelta(days=40)  # calendar days before the first record: the 20-day momentum
 
 
-def prediction_frame(rows: Mapping[str, Sequence[Any]], pred: Sequence[str]) -> pd.DataFrame:
-    """One row per evaluated sample: uid, ticker, as_of_date, true_action, pred_action, correct.
+def prediction_frame(
+    rows: Mapping[str, Sequence[Any]],
+    pred: Sequence[str],
+    truncated: Sequence[bool] | None = None,
+) -> pd.DataFrame:
+    """One row per evaluated sample: uid, ticker, as_of_date, true_action, pred_action, correct,
+    truncated.
 
     Args:
         rows: The split's columns (a ``datasets.Dataset`` or a dict of lists).
         pred: The action extracted from each row's generation, in row order.
+        truncated: Per row, whether generation reached max_new_tokens before any action token
+            (default: none was).
     """
     frame = pd.DataFrame({"uid": rows["uid"], "ticker": rows["ticker"], "as_of_date": rows["as_of_date"],
                           "true_action": rows["action"], "pred_action": list(pred)})  # fmt: skip
     frame["correct"] = frame["true_action"] == frame["pred_action"]
+    frame["truncated"] = [False] * len(frame) if truncated is None else [bool(t) for t in truncated]
     return frame
 
 
@@ -90,7 +107,11 @@ def attach_forward_returns(
 
 
 def compute_metrics(
-    cfg: EvalConfig, frame: pd.DataFrame, momentum: np.ndarray, train_labels: Sequence[str]
+    cfg: EvalConfig,
+    frame: pd.DataFrame,
+    momentum: np.ndarray,
+    train_labels: Sequence[str],
+    generation: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every metric of the report, as a JSON-ready dict (``eval_metrics.json``'s content).
 
@@ -100,6 +121,8 @@ def compute_metrics(
         momentum: The momentum sign per row, for the momentum baseline.
         train_labels: The training split's actions, for the majority baseline (empty: the
             evaluated rows' own labels).
+        generation: How the rows were generated (the budget, its source, prompts trimmed,
+            stop tokens), recorded as ``generation``.
     """
     truth, pred = list(frame["true_action"]), list(frame["pred_action"])
     windows = cfg.forward_windows
@@ -117,10 +140,12 @@ def compute_metrics(
             f"mean_signed_return_{windows[0]}d_ci95": ci["mean_signed_return"],
             **{f"mean_signed_return_{h}d": m.mean_signed(actions, fwd[h]) for h in windows[1:]},
         }
+    truncated = list(frame["truncated"]) if "truncated" in frame else None
     return {
         "split": cfg.split,
         "rows": len(frame),
-        "classification": m.classification(truth, pred),
+        "generation": dict(generation or {}),
+        "classification": m.classification(truth, pred, truncated),
         "financial": m.financial(pred, fwd),
         "baselines": compare,
         "conventions": CONVENTIONS,
@@ -131,8 +156,11 @@ def headline(info: dict[str, Any]) -> dict[str, Any]:
     """The numbers runs are compared on: classification, trading per window, baselines' accuracy."""
     c = info["classification"]
     out: dict[str, Any] = {
-        k: c[k] for k in ("n", "accuracy", "macro_f1", "parse_rate", "unparseable")
+        k: c[k] for k in ("n", "accuracy", "macro_f1", "parse_rate", "unparseable", "truncated")
     }
+    for k in ("max_new_tokens", "prompts_trimmed"):
+        if k in info.get("generation", {}):
+            out[k] = info["generation"][k]
     for h, window in info["financial"].items():
         out.update(
             {f"{k}_{h}": window[k] for k in ("hit_rate", "mean_signed_return", "sharpe_like")}
@@ -142,3 +170,23 @@ def headline(info: dict[str, Any]) -> dict[str, Any]:
             slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
             out[f"baseline_{slug}_accuracy"] = baseline["accuracy"]
     return out
+
+
+def parse_gate(info: Mapping[str, Any], min_parse_rate: float, generations: Any) -> str | None:
+    """The one sentence when the parse rate is below ``min_parse_rate``, else None.
+
+    Args:
+        info: The metrics (:func:`compute_metrics`).
+        min_parse_rate: The eval config's gate.
+        generations: Where the generations were written (named in the sentence).
+    """
+    c = info["classification"]
+    if c["parse_rate"] >= min_parse_rate:
+        return None
+    budget = info.get("generation", {}).get("max_new_tokens")
+    at = f" at max_new_tokens {budget}" if budget is not None else ""
+    return (
+        f"parse rate {c['parse_rate']:.3f} is below min_parse_rate {min_parse_rate:g}: "
+        f"{c['unparseable']:,} of {c['n']:,} rows have no action "
+        f"({c['truncated']:,} truncated{at}); see {generations}"
+    )

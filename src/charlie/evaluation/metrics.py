@@ -23,8 +23,14 @@ LABELS = [*ACTIONS, UNPARSEABLE]
 SIGN = {"STRONG_BUY": 1, "BUY": 1, "HOLD": 0, "SELL": -1, "STRONG_SELL": -1, UNPARSEABLE: 0}
 
 
-def classification(truth: Sequence[str], pred: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, macro-F1 over the five actions, per-class report, confusion matrix, parse rate."""
+def classification(
+    truth: Sequence[str], pred: Sequence[str], truncated: Sequence[bool] | None = None
+) -> dict[str, Any]:
+    """Accuracy, macro-F1 over the five actions, per-class report, confusion matrix, parse rate.
+
+    ``unparseable`` counts every row without an action; ``truncated`` the subset of them that
+    ran out of generation budget before the action (``truncated``: one flag per row).
+    """
     from sklearn.metrics import (
         accuracy_score,
         confusion_matrix,
@@ -42,6 +48,7 @@ def classification(truth: Sequence[str], pred: Sequence[str]) -> dict[str, Any]:
         "macro_f1": float(f1_score(truth, pred, labels=labels, average="macro", zero_division=0)),
         "parse_rate": 1.0 - sum(p == UNPARSEABLE for p in pred) / max(len(pred), 1),
         "unparseable": sum(p == UNPARSEABLE for p in pred),
+        "truncated": int(sum(bool(t) for t in truncated)) if truncated is not None else 0,
         "per_class": {
             a: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for a, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)

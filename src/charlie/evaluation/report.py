@@ -24,8 +24,10 @@ def summary_markdown(info: dict[str, Any], windows: Sequence[int]) -> str:
         f"# Evaluation on the {info['split']} split ({info['rows']} rows)",
         "",
         f"Accuracy **{c['accuracy']:.3f}**, macro-F1 {c['macro_f1']:.3f}, parse rate "
-        f"{c['parse_rate']:.3f} ({c['unparseable']} unparseable).",
+        f"{c['parse_rate']:.3f} ({c['unparseable']} unparseable, of which "
+        f"{c.get('truncated', 0)} truncated: they reached max_new_tokens before the action).",
         "",
+        *_generation_lines(info.get("generation") or {}),
         "| action | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
     ]
@@ -61,6 +63,26 @@ def summary_markdown(info: dict[str, Any], windows: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
+def _generation_lines(g: dict[str, Any]) -> list[str]:
+    if "max_new_tokens" not in g:
+        return []
+    if g.get("source") == "auto":
+        how = (f"auto: max(ceil(p99 {g['completion_p99']:g} x (1 + {g['margin']:g})), "
+               f"max {g['completion_max']:g}) = {g['wanted']} from `{g['report']}`")  # fmt: skip
+        if g["wanted"] != g["max_new_tokens"]:
+            how += f", capped so the longest prompt ({g['longest_prompt']} tokens) fits"
+    else:
+        how = "set in the eval config"
+    context = g.get("context_length")
+    return [
+        f"Generation: greedy, at most **{g['max_new_tokens']}** new tokens per row ({how}), "
+        f"stopped at {', '.join(f'`{t}`' for t in g.get('stop_tokens', []))}; context "
+        f"{'unknown' if context is None else f'{context} tokens'}; "
+        f"{g.get('prompts_trimmed', 0)} prompts trimmed to fit.",
+        "",
+    ]
+
+
 def confusion_png(info: dict[str, Any], path: Path) -> None:
     """``confusion_matrix.png``: true against predicted action, counts in the cells."""
     import matplotlib
@@ -92,6 +114,7 @@ def write_outputs(
     texts: Sequence[str],
     info: dict[str, Any],
     forward_windows: Sequence[int],
+    new_tokens: Sequence[int] | None = None,
 ) -> list[Path]:
     """Write every output beside ``out`` (the per-sample CSV), atomically and together.
 
@@ -101,6 +124,8 @@ def write_outputs(
         texts: The generated text of each row, in the frame's order.
         info: The metrics (:func:`charlie.evaluation.core.compute_metrics`).
         forward_windows: The windows, in the summary's order.
+        new_tokens: Tokens generated per row, recorded in the generations beside
+            ``truncated`` (the frame's column).
 
     Returns:
         The paths written.
@@ -109,9 +134,26 @@ def write_outputs(
              out.with_name("eval_summary.md"), out.with_name("confusion_matrix.png")]  # fmt: skip
     with atomic_outputs(*paths) as (csv, gen, met, md, png):
         frame.to_csv(csv, index=False)
-        gen.write_text("".join(json.dumps({"uid": u, "generated": t}, ensure_ascii=False) + "\n"
-                               for u, t in zip(frame["uid"], texts, strict=True)), encoding="utf-8")  # fmt: skip
+        gen.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n"
+                               for line in _generation_records(frame, texts, new_tokens)),
+                       encoding="utf-8")  # fmt: skip
         met.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         md.write_text(summary_markdown(info, forward_windows), encoding="utf-8")
         confusion_png(info, png)
     return paths
+
+
+def _generation_records(
+    frame: pd.DataFrame, texts: Sequence[str], new_tokens: Sequence[int] | None
+) -> list[dict[str, Any]]:
+    """``eval_generations.jsonl``'s lines: uid, generated, and new_tokens and truncated when known."""
+    records: list[dict[str, Any]] = [
+        {"uid": u, "generated": t} for u, t in zip(frame["uid"], texts, strict=True)
+    ]
+    if new_tokens is not None:
+        for record, n in zip(records, new_tokens, strict=True):
+            record["new_tokens"] = int(n)
+    if "truncated" in frame:
+        for record, flag in zip(records, frame["truncated"], strict=True):
+            record["truncated"] = bool(flag)
+    return records

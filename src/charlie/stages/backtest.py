@@ -20,9 +20,14 @@ costs are the benchmark. Writes, next to --out and named after its stem:
 
 Outputs are replaced atomically and together; a failed run leaves the previous ones intact.
 
+Predictions without a single parseable action, or with a parse rate below the config's
+min_parse_rate, are refused: such a backtest would measure the evaluation's failure, not the
+model. --force runs them anyway, with a warning, and records inputs.forced: true.
+
 exit codes:
   0  completed
-  2  the eval CSV is missing, empty or malformed, the config is invalid, or prices are missing
+  2  the eval CSV is missing, empty or malformed, has no parseable action or a parse rate below
+     min_parse_rate (without --force), the config is invalid, or prices are missing
 """
 
 from __future__ import annotations
@@ -32,9 +37,15 @@ import logging
 
 from charlie.backtest.config import BacktestConfig
 from charlie.backtest.core import headline, run_backtest
-from charlie.backtest.panel import prepare_predictions, price_window, read_eval_csv
+from charlie.backtest.panel import (
+    parse_rate_problem,
+    prepare_predictions,
+    price_window,
+    read_eval_csv,
+)
 from charlie.backtest.report import write_outputs
-from charlie.config import CONFIG, BacktestParams, add_flags, load_config, load_params
+from charlie.config import CONFIG, BacktestParams, add_flags, load_config, load_params, switch
+from charlie.errors import CharlieError
 from charlie.kubeflow import executor as kfp_executor
 from charlie.logs import setup_logging
 from charlie.prices.service import load_all_prices
@@ -46,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Paths from params.yaml's `backtest` section; the --config file's keys as flags."""
     add_flags(parser, BacktestParams, "backtest")
     add_flags(parser, BacktestConfig, CONFIG)
+    parser.add_argument(
+        "--force", nargs="?", const=True, default=False, type=switch,
+        help="backtest predictions that fail the parse-rate gate (none parseable, or a parse "
+        "rate below min_parse_rate) anyway; the report and metrics say so (inputs.forced); "
+        "also --force=true|false, as a pipeline passes it",
+    )  # fmt: skip
     kfp_executor.add_argument(parser)
 
 
@@ -57,7 +74,16 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(paths.config, BacktestConfig, overrides=args)
     log.debug("backtest config %s: %s", paths.config, config.model_dump_json())
 
-    predictions = prepare_predictions(read_eval_csv(paths.eval_csv), f"eval CSV {paths.eval_csv}")
+    source = f"eval CSV {paths.eval_csv}"
+    frame = read_eval_csv(paths.eval_csv)
+    predictions = prepare_predictions(frame, source)
+    problem = parse_rate_problem(predictions, config.min_parse_rate, source, frame.get("truncated"))
+    forced = bool(problem) and args.force
+    if problem and not forced:
+        raise CharlieError(f"{problem}; fix the evaluation (see its eval_metrics.json) or "
+                           "lower min_parse_rate, or pass --force to backtest them anyway.")  # fmt: skip
+    if forced:
+        log.warning("--force: backtesting anyway, though the %s", problem)
     log.info(
         "%d predictions for %d tickers from %s",
         len(predictions),
@@ -65,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         paths.eval_csv,
     )
     prices = load_all_prices(price_window(predictions), params.prices)
-    result = run_backtest(predictions, prices.frames, config)
+    result = run_backtest(predictions, prices.frames, config, forced=forced)
     written = write_outputs(result, paths.out)
 
     _summary(result.metrics)

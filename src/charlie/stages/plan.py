@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from charlie.config import CONFIG, TrainParams, add_flags, load_params
+from charlie.config import CONFIG, TrainParams, add_flags, load_params, train_settings
 from charlie.logs import setup_logging
 from charlie.plan import plan_for, render_table, verdict
 from charlie.training.config import TrainConfig, load_train_config
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the plan's table and verdict; returns 0 when it fits, 1 when it does not."""
     setup_logging("plan")
     params = load_params(args)
-    cfg = load_train_config(params.train.config, overrides=args)
+    cfg = load_train_config(params.train.config, args, train_settings(params))
     plan = plan_for(cfg)
     log.debug("plan: %s", plan)
 

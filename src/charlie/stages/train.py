@@ -10,9 +10,14 @@ The loss covers the completion only. Checkpoints go to the config's output_dir e
 save_steps; when one exists the run continues from the latest (a preempted or retried step
 resumes, it does not restart) unless --no-resume. Before loading anything on a GPU config the
 memory plan is checked (`charlie plan`), and a run that cannot fit is refused in one sentence.
+With max_length: auto the length `charlie tokenize` chose (<dataset_dir>/tokenize_report.json)
+is used. Before the weights load, the cost is logged: optimizer steps, tokens per epoch and an
+estimated wall time (6 x parameters x tokens over this machine's measured FLOP/s; max_steps in
+the config, or --smoke-test, bounds a first look at a large corpus).
 Writes the adapter and tokenizer, TensorBoard logs under <output_dir>/runs (W&B too when
 USE_WANDB=true), manifest.json (git commit, config hash, data hashes, versions, hardware, seed,
-times, final metrics) and, with --merge, <output_dir>/merged.
+times, final metrics), tokenize_report.json (copied from the dataset, for evaluation) and, with
+--merge, <output_dir>/merged (with the report too).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import logging
 import os
 from pathlib import Path
 
-from charlie.config import CONFIG, TrainParams, add_flags, load_params
+from charlie.config import CONFIG, TrainParams, add_flags, load_params, train_settings
 from charlie.kubeflow import executor as kfp_executor
 from charlie.logs import setup_logging
 from charlie.plan import check_fits, verdict
@@ -56,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     """Plan, train, save; returns the exit code."""
     params = load_params(args)
     config_path = Path(params.train.config)
-    cfg = load_train_config(config_path, overrides=args)
+    cfg = load_train_config(config_path, args, train_settings(params))
     setup_logging("train")
     if cfg.gpu_type.upper() != "CPU":
         refuse_if_it_cannot_fit(cfg)

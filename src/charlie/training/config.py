@@ -9,13 +9,22 @@ with one sentence when the trainer builds its ``SFTConfig`` (see ``sft_arguments
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from charlie.config import Section, load_config
-from charlie.errors import ConfigError
+from charlie.errors import CharlieError, ConfigError
+
+REPORT = "tokenize_report.json"
+"""``charlie tokenize``'s report, in the tokenized dataset dir (and copied beside the model)."""
+MIN_LENGTH = 16
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length",
+                "n_ctx")  # fmt: skip
+"""Where model configs keep their context length (Llama-style first, then GPT-2 and others)."""
+SANE_TOKENIZER_MAX = 10_000_000  # transformers uses 1e30 for "no limit"
 
 
 class TrainConfig(Section):
@@ -43,9 +52,29 @@ class TrainConfig(Section):
     method: Literal["full", "lora", "qlora"] = Field(
         "lora", description="Full fine-tune, LoRA, or QLoRA (4-bit NF4 base with LoRA)."
     )
-    max_length: int = Field(2048, ge=16, description="Tokens per example, prompt included.")
+    max_length: int | Literal["auto"] = Field(
+        2048,
+        description="Tokens per example, prompt included; auto: the smallest length that fits "
+        "every example, capped by the base model's context (`charlie tokenize` measures it).",
+    )
     over_length: Literal["trim_prompt", "drop"] = Field(
-        "trim_prompt", description="Longer examples lose the prompt's oldest tokens, or go."
+        "trim_prompt",
+        description="Longer examples lose whole snapshot sections, least important first (the "
+        "instruction and the ticker/date header stay; never the completion), or are dropped.",
+    )
+    max_over_length_share: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="`charlie tokenize` fails when max_length trims or drops more than this "
+        "share of any split.",
+    )
+    max_label_shift: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="`charlie tokenize` fails when dropping over-length examples moves an "
+        "action's share of a split by more than this (absolute: 0.02 is 2 points).",
     )
     lora_r: int = Field(8, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator (alpha / r).")
@@ -57,6 +86,18 @@ class TrainConfig(Section):
         "H100-80GB", description="GPU type from configs/gpus.yaml (for `charlie plan`)."
     )
     num_gpus: int = Field(1, ge=1, description="GPUs the run uses (for `charlie plan`).")
+
+    @field_validator("max_length", mode="before")
+    @classmethod
+    def _length_or_auto(cls, value: Any) -> int | str:
+        """A whole number of tokens (also as text, from a flag) or ``auto``."""
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < MIN_LENGTH:
+            raise ValueError(f"use a whole number of tokens (at least {MIN_LENGTH}) or auto")
+        return value
 
     @property
     def sft_args(self) -> dict[str, Any]:
@@ -79,6 +120,65 @@ class TrainConfig(Section):
         return int(ds.get("zero_optimization", {}).get("stage", 0))
 
 
-def load_train_config(path: Path | str, overrides: Any = None) -> TrainConfig:
-    """Load and validate a training config file (``overrides``: see ``load_config``)."""
-    return load_config(path, TrainConfig, overrides=overrides)
+def context_length(model_config: Mapping[str, Any], tokenizer_max: Any = None) -> int | None:
+    """The base model's context: its config's position limit, else a sane tokenizer limit.
+
+    Args:
+        model_config: The model's config.json (as a dict; multimodal ones keep the language
+            model's under ``text_config``), or ``{}`` when it cannot be read.
+        tokenizer_max: ``tokenizer.model_max_length`` (huge sentinels mean "unknown").
+
+    Returns:
+        Tokens, or None when neither says.
+    """
+    for config in (model_config, model_config.get("text_config") or {}):
+        for key in CONTEXT_KEYS:
+            value = config.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    if isinstance(tokenizer_max, int) and 0 < tokenizer_max <= SANE_TOKENIZER_MAX:
+        return tokenizer_max
+    return None
+
+
+def read_tokenize_report(dataset_dir: Path | str) -> dict[str, Any] | None:
+    """``<dataset_dir>/tokenize_report.json``, or None when there is none."""
+    path = Path(dataset_dir) / REPORT
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CharlieError(f"{path} cannot be read as JSON: {exc}.") from None
+    if not isinstance(report, dict):
+        raise CharlieError(f"{path} must hold a JSON object, not {type(report).__name__}.")
+    return report
+
+
+def tokenized_max_length(cfg: TrainConfig) -> int:
+    """The max_length to train with: the config's, or for ``auto`` the one tokenize chose.
+
+    Raises:
+        CharlieError: ``auto`` and no usable tokenize report in ``cfg.dataset_dir``.
+    """
+    if cfg.max_length != "auto":
+        return cfg.max_length
+    report = read_tokenize_report(cfg.dataset_dir)
+    if report is None:
+        raise CharlieError(
+            f"max_length: auto uses the length `charlie tokenize` chose, but {cfg.dataset_dir} "
+            f"has no {REPORT}: run `charlie tokenize` first."
+        )
+    chosen = report.get("max_length")
+    if isinstance(chosen, bool) or not isinstance(chosen, int) or chosen < 1:
+        raise CharlieError(
+            f"{Path(cfg.dataset_dir) / REPORT} has no max_length (got {chosen!r}): rerun "
+            "`charlie tokenize`."
+        )
+    return chosen
+
+
+def load_train_config(path: Path | str, overrides: Any = None, settings: Any = None) -> TrainConfig:
+    """Load and validate a training config file (``overrides``, ``settings``: see
+    ``load_config``; ``charlie.config.train_settings`` gives params.yaml's)."""
+    return load_config(path, TrainConfig, overrides=overrides, settings=settings)

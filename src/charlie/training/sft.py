@@ -10,26 +10,40 @@ objects come from two small pure helpers. DESIGN.md's known traps are handled wh
 bf16 only where the hardware has it, embeddings resized without mean resizing and trained as
 ``modules_to_save``, the model loaded before any ZeRO-3 ``TrainingArguments`` exist, and
 bitsandbytes' AVX512-BF16 CPU path switched off so 4-bit layers keep their gradients.
+
+Before the weights load, the run's cost is logged: optimizer steps, tokens per epoch and a wall
+time estimated as 6 x parameters x tokens (x 4/3 with gradient checkpointing) over this
+machine's FLOP/s, measured by a short forward/backward probe of the model's hidden size
+(:func:`estimate_cost`). With ``max_length: auto`` the length ``charlie tokenize`` chose is
+used; its report is copied beside the model (and into ``merged/``) for evaluation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
+import math
 import os
+import random
+import shutil
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from charlie import models
 from charlie.errors import CharlieError
 from charlie.io import load_dataset_dir
-from charlie.training.config import TrainConfig
+from charlie.plan import load_model_config, model_shape
+from charlie.training.config import REPORT, TrainConfig, tokenized_max_length
 from charlie.training.manifest import write_loss_curve, write_manifest
 
 log = logging.getLogger("charlie.train")
 TRAINABLE_MODULES = ["embed_tokens", "lm_head"]  # the new special tokens must be learnable
+CPU_PROBE_LIMIT = 200_000_000  # probe weights (~0.8 GB in fp32) above which a CPU is not timed
 
 
 def get_peft_config(cfg: TrainConfig) -> Any:
@@ -62,8 +76,18 @@ def get_quantization_config(cfg: TrainConfig, compute_dtype: Any) -> Any:
     )
 
 
-def sft_arguments(cfg: TrainConfig, *, cuda: bool, smoke_test: bool, report_to: list[str]) -> Any:
-    """Build TRL's SFTConfig from the file's pass-through keys, adapted to the hardware."""
+def sft_arguments(
+    cfg: TrainConfig,
+    *,
+    cuda: bool,
+    smoke_test: bool,
+    report_to: list[str],
+    max_length: int | None = None,
+) -> Any:
+    """Build TRL's SFTConfig from the file's pass-through keys, adapted to the hardware.
+
+    ``max_length``: the length to train with (default: :func:`tokenized_max_length`).
+    """
     from trl import SFTConfig
 
     known = {f.name for f in dataclasses.fields(SFTConfig)}
@@ -89,7 +113,7 @@ def sft_arguments(cfg: TrainConfig, *, cuda: bool, smoke_test: bool, report_to: 
     args.setdefault("disable_tqdm", not sys.stderr.isatty())
     return SFTConfig(
         output_dir=str(cfg.checkpoint_dir or cfg.output_dir),
-        max_length=cfg.max_length,
+        max_length=max_length or tokenized_max_length(cfg),
         completion_only_loss=True,
         report_to=report_to,
         **args,
@@ -115,6 +139,270 @@ def _cpu_4bit_gradient_fix(model: Any) -> None:
     for module in model.modules():
         if isinstance(module, Linear4bit):
             module.support_avx512bf16_for_cpu = False
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def optimizer_steps(
+    examples: int,
+    *,
+    batch_size: int,
+    accumulation: int,
+    world_size: int,
+    epochs: float,
+    max_steps: int = -1,
+) -> tuple[int, int]:
+    """``(steps of the run, steps per epoch)``, counted as transformers' Trainer does."""
+    batches = math.ceil(examples / max(1, batch_size * world_size))  # per process
+    per_epoch = max(1, math.ceil(batches / max(1, accumulation)))
+    total = max_steps if max_steps > 0 else math.ceil(epochs * per_epoch)
+    return total, per_epoch
+
+
+def padded_tokens(lengths: Sequence[int], batch_size: int, seed: int = 0) -> int:
+    """Tokens an epoch computes on: each shuffled batch padded to its longest example."""
+    order = list(lengths)
+    random.Random(seed).shuffle(order)
+    return sum(
+        max(order[i : i + batch_size]) * len(order[i : i + batch_size])
+        for i in range(0, len(order), max(1, batch_size))
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """The shape of the timed probe: one decoder-like block and the output layer."""
+
+    hidden: int
+    heads: int
+    inner: int  # the MLP's width
+    vocab: int
+    seq: int  # tokens per sequence (max_length, or fewer to keep the probe short)
+    batch: int
+
+    @property
+    def weights_per_token(self) -> int:
+        """Multiply-adds per token of the probe's linears: q, k, v, o, the SwiGLU, the head."""
+        return 4 * self.hidden**2 + 3 * self.hidden * self.inner + self.hidden * self.vocab
+
+
+def probe_shape(shape: Any, config: dict[str, Any], *, batch: int, max_length: int,
+                cuda: bool) -> Probe:  # fmt: skip
+    """A probe of the model's widths, sized to take well under a second per repeat."""
+    hidden = shape.hidden_size
+    heads = int(config.get("num_attention_heads") or 1)
+    heads = heads if heads and hidden % heads == 0 else 1
+    inner = int(config.get("intermediate_size") or config.get("moe_intermediate_size") or
+                4 * hidden)  # fmt: skip
+    per_token = Probe(hidden, heads, inner, shape.vocab_size, 1, 1).weights_per_token
+    budget = 2e12 if cuda else 2e10  # FLOPs of one repeat
+    rows = max(64, min(batch * max_length, int(budget / (6 * per_token))))
+    seq = max(1, min(max_length, rows))
+    return Probe(hidden, heads, inner, shape.vocab_size, seq, max(1, rows // seq))
+
+
+def measure_flops(probe: Probe, *, cuda: bool, seconds: float = 0.5) -> float:
+    """This machine's achieved FLOP/s on a training step's kind of work, at the model's widths.
+
+    Times forward + backward of one pre-norm decoder block (causal attention, SwiGLU MLP) and
+    the output layer with cross-entropy, on random matrices: no weights are needed. The rate
+    counts ``6 x weights_per_token x tokens`` (2 FLOPs per multiply-add, x3 for backward), so
+    attention, norms and the other small operations lower it as they lower a real step's.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    device = "cuda" if cuda else "cpu"
+    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    b, t, d, n = probe.batch, probe.seq, probe.hidden, probe.heads
+
+    def rand(*size: int, grad: bool = True) -> Any:
+        value = (torch.randn(*size, generator=gen) * 0.02).to(device, dtype)
+        return value.requires_grad_() if grad else value
+
+    x = rand(b, t, d, grad=False)
+    wqkv, wo = rand(d, 3 * d), rand(d, d)
+    wg, wu, wd, head = (
+        rand(d, probe.inner),
+        rand(d, probe.inner),
+        rand(probe.inner, d),
+        rand(d, probe.vocab),
+    )
+    targets = torch.randint(0, probe.vocab, (b * t,), generator=gen).to(device)
+
+    def norm(h: Any) -> Any:
+        return h * torch.rsqrt(h.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(h.dtype)
+
+    def step() -> None:
+        q, k, v = (norm(x) @ wqkv).view(b, t, 3, n, d // n).permute(2, 0, 3, 1, 4).unbind(0)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        h = x + attended.transpose(1, 2).reshape(b, t, d) @ wo
+        g = norm(h)
+        h = h + (F.silu(g @ wg) * (g @ wu)) @ wd
+        logits = (norm(h) @ head).view(b * t, probe.vocab).float()
+        F.cross_entropy(logits, targets).backward()
+        if cuda:
+            torch.cuda.synchronize()
+
+    step()  # warm up
+    repeats, start = 0, time.perf_counter()
+    while repeats < 3 or time.perf_counter() - start < seconds:
+        step()
+        repeats += 1
+    elapsed = time.perf_counter() - start
+    return repeats * 6 * probe.weights_per_token * b * t / elapsed
+
+
+def compute_params(shape: Any) -> int:
+    """Parameters a token's forward pass multiplies by: the input embeddings (a lookup) and
+    routed experts a token is not sent to are left out."""
+    total = shape.lm_head_params + shape.final_norm_params
+    for kind in shape.kinds:
+        linears = sum(lin.in_features * lin.out_features * min(lin.active, lin.copies)
+                      + (lin.biases // lin.copies) * min(lin.active, lin.copies)
+                      for lin in kind.linears)  # fmt: skip
+        total += kind.count * (kind.other_params + linears)
+    if not shape.lm_head_params:  # tied: the embeddings are the output layer too
+        total += shape.embed_params
+    return total
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"~{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"~{seconds / 60:.0f} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"~{hours} h {minutes:02d}"
+
+
+def _si(value: float) -> str:
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:.1f}{unit}"
+    return f"{value:.0f}"
+
+
+def estimate_cost(
+    cfg: TrainConfig,
+    lengths: Sequence[int],
+    *,
+    max_length: int,
+    vocab_size: int,
+    smoke_test: bool,
+    done_steps: int = 0,
+    cuda: bool = False,
+) -> dict[str, Any]:
+    """Steps, tokens and an estimated wall time of the run, before anything heavy loads.
+
+    Args:
+        cfg: The training config (batch size, accumulation, epochs or max_steps).
+        lengths: Tokens of each train example.
+        max_length: The length trained with (the probe's batch of tokens).
+        vocab_size: The tokenizer's length (the resized embeddings).
+        smoke_test: Count ``cfg.smoke_test_steps`` steps.
+        done_steps: Steps a resumed run has already taken.
+        cuda: Probe the GPU instead of the CPU.
+
+    Returns:
+        ``steps``, ``steps_per_epoch``, ``tokens_per_epoch``, ``padded_tokens_per_epoch``,
+        ``parameters``, ``flops``, ``flops_per_second``, ``seconds`` (the last four None when
+        the model's config.json cannot be read), and ``line``: the sentence to log.
+    """
+    sft = cfg.sft_args
+    batch = int(sft.get("per_device_train_batch_size", 8))
+    accumulation = int(sft.get("gradient_accumulation_steps", 1))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    epochs = float(sft.get("num_train_epochs", 3.0))
+    max_steps = cfg.smoke_test_steps if smoke_test else int(sft.get("max_steps", -1))
+    steps, per_epoch = optimizer_steps(
+        len(lengths),
+        batch_size=batch,
+        accumulation=accumulation,
+        world_size=world,
+        epochs=epochs,
+        max_steps=max_steps,
+    )
+    real, padded = sum(lengths), padded_tokens(lengths, batch)
+    left = max(steps - done_steps, 0)
+    tokens = padded * left / per_epoch
+    checkpointing = bool(sft.get("activation_checkpointing", sft.get("gradient_checkpointing")))
+    how = (
+        "--smoke-test"
+        if smoke_test
+        else "max_steps"
+        if max_steps > 0
+        else f"{epochs:g} epoch{'' if epochs == 1 else 's'} of {per_epoch:,}"
+    )
+    resumed = f", {done_steps:,} done" if done_steps else ""
+    line = (
+        f"~{steps:,} optimizer steps ({how}; batch {batch} x accumulation {accumulation} x "
+        f"{world} process{'es' if world > 1 else ''}{resumed}), ~{_si(real)} tokens/epoch "
+        f"(~{_si(padded)} with padding)"
+    )
+    out: dict[str, Any] = {"steps": steps, "steps_per_epoch": per_epoch,
+                           "tokens_per_epoch": real, "padded_tokens_per_epoch": padded,
+                           "parameters": None, "flops": None, "flops_per_second": None,
+                           "seconds": None}  # fmt: skip
+    try:
+        config = load_model_config(cfg.base_model)
+        shape = model_shape({**config, "vocab_size": vocab_size}, cfg.base_model)
+    except CharlieError as exc:
+        out["line"] = f"{line}; no time estimate ({exc})"
+        return out
+    params = compute_params(shape)
+    probe = probe_shape(shape, config, batch=batch, max_length=max_length, cuda=cuda)
+    if not cuda and probe.weights_per_token > CPU_PROBE_LIMIT:
+        out["line"] = f"{line}; no time estimate (the model is too large to probe on a CPU)"
+        return out
+    try:
+        rate = measure_flops(probe, cuda=cuda)
+    except RuntimeError as exc:  # e.g. out of memory on a busy GPU
+        out["line"] = f"{line}; no time estimate (the probe failed: {str(exc).splitlines()[0]})"
+        return out
+    flops = 6 * params * tokens * (4 / 3 if checkpointing else 1)
+    seconds = flops / (rate * world)
+    formula = "6·N·tokens" + (" x 4/3 for gradient checkpointing" if checkpointing else "")
+    out.update(parameters=params, flops=flops, flops_per_second=rate, seconds=seconds)
+    out["line"] = (
+        f"{line}; estimated {_duration(seconds)} of training compute at "
+        f"~{rate / 1e9:.1f} GFLOP/s measured{' per process' if world > 1 else ''} by a probe of "
+        f"the model's widths ({formula}, N = {_si(params)} parameters a token passes through, "
+        f"{_si(tokens)} tokens; an estimate and a lower bound: the trainer's own work, "
+        "evaluation and checkpoints come on top)"
+    )
+    return out
+
+
+def _train_lengths(dataset: Any) -> list[int]:
+    """Tokens of each example of a tokenized split, read from the arrow column."""
+    if not len(dataset):
+        return []
+    column = dataset.with_format("arrow")[:]["input_ids"]
+    return [n for chunk in column.chunks for n in chunk.value_lengths().to_pylist()]
+
+
+def _done_steps(checkpoint: str | None) -> int:
+    if not checkpoint:
+        return 0
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+        return int(state.get("global_step", 0))
+    except (OSError, ValueError, TypeError):
+        return 0
+
+
+def copy_tokenize_report(dataset_dir: Path, *targets: Path) -> None:
+    """Put ``charlie tokenize``'s report beside the model: evaluation sizes generation by it."""
+    report = Path(dataset_dir) / REPORT
+    if not report.is_file():
+        log.debug("no %s to copy", report)
+        return
+    for target in targets:
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(report, target / REPORT)
 
 
 def train(
@@ -161,6 +449,15 @@ def train(
     columns = [
         c for c in dataset["train"].column_names if c not in ("input_ids", "completion_mask")
     ]
+    max_length = tokenized_max_length(cfg)  # auto: the length `charlie tokenize` chose
+    lengths = {split: _train_lengths(dataset[split]) for split in ("train", "validation")}
+    longest = max((max(v) for v in lengths.values() if v), default=0)
+    if longest > max_length:  # TRL would cut the end off, where the action is
+        raise CharlieError(
+            f"max_length {max_length} is shorter than the longest tokenized example ({longest} "
+            f"tokens, in {cfg.dataset_dir}): training would cut its completion; tokenize with "
+            "the same max_length or set max_length: auto."
+        )
 
     # ------------------------------------------------------------------ resume?
     checkpoints = cfg.checkpoint_dir or cfg.output_dir
@@ -170,6 +467,13 @@ def train(
     resume_from = last if resume is not False else None
     if resume_from:
         log.info("resuming from %s", resume_from)
+
+    # ------------------------------------------------------------------ cost, before the weights
+    if int(os.environ.get("RANK", "0")) == 0:
+        cost = estimate_cost(cfg, lengths["train"], max_length=max_length,
+                             vocab_size=len(tokenizer), smoke_test=smoke_test,
+                             done_steps=_done_steps(resume_from), cuda=cuda)  # fmt: skip
+        log.info("cost: %s", cost["line"])
 
     # ------------------------------------------------------------------ load model
     # Before SFTConfig: with a ZeRO-3 config, building TrainingArguments turns zero.Init on
@@ -199,7 +503,8 @@ def train(
             _cpu_4bit_gradient_fix(model)
 
     # ------------------------------------------------------------------ train
-    args = sft_arguments(cfg, cuda=cuda, smoke_test=smoke_test, report_to=_report_to(cfg))
+    args = sft_arguments(cfg, cuda=cuda, smoke_test=smoke_test, report_to=_report_to(cfg),
+                         max_length=max_length)  # fmt: skip
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -227,6 +532,8 @@ def train(
 
     # ------------------------------------------------------------------ save
     trainer.save_model(str(cfg.output_dir))  # the adapter (or full model) and the tokenizer
+    if trainer.is_world_process_zero():
+        copy_tokenize_report(cfg.dataset_dir, cfg.output_dir)
     metrics = {**train_metrics, "global_step": trainer.state.global_step}
 
     # ------------------------------------------------------------------ evaluate
@@ -259,4 +566,5 @@ def merge_adapter(cfg: TrainConfig, tokenizer: Any) -> Path:
     )
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    copy_tokenize_report(cfg.dataset_dir, out)
     return out
