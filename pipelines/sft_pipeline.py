@@ -5,9 +5,10 @@ Compile (the YAML beside this file is committed; a test fails when it is stale):
     python -m pipelines.sft_pipeline            # or: make pipeline
 
 Data stages cache; dataset (which fetches prices) retries with backoff; train never caches,
-requests GPUs on the GPU node pool (one DeepSpeed process per GPU), tolerates the nvidia.com/gpu
-taint, mounts a PVC for the model cache and its checkpoints (one folder per run, so a retried
-attempt resumes), and reads its secrets from Kubernetes Secrets (no value lives in any file).
+requests `nvidia.com/gpu` on the nodes gpu_node_selector picks (one DeepSpeed process per GPU),
+tolerates the nvidia.com/gpu taint, mounts a PVC for the model cache and its checkpoints (one
+folder per run, so a retried attempt resumes: train retries twice) and a memory-backed /dev/shm,
+and reads its secrets from Kubernetes Secrets (no value lives in any file).
 parse, dataset, train, evaluate and backtest also fill Metrics, ClassificationMetrics, Markdown
 and HTML outputs through KFP's executor output, which the KFP UI shows.
 """
@@ -30,6 +31,11 @@ S3_SECRET = "charlie-s3"  # keys access_key_id, secret_access_key → AWS_*
 CACHE_MOUNT = "/mnt/charlie-cache"  # HF_HOME (base models download once) and checkpoints/
 TRAIN_TIMEOUT_S = 24 * 3600
 GPU_TAINT = "nvidia.com/gpu"
+# Open-source KFP's driver uses the accelerator type as the Kubernetes resource name, so the
+# request is the device plugin's resource and the GPU model comes from the node selector (e.g.
+# {"nvidia.com/gpu.product": "NVIDIA-H200"}); on Vertex AI pass its type (NVIDIA_L4, ...).
+GPU_RESOURCE = "nvidia.com/gpu"
+SHM_MOUNT = "/dev/shm"  # NCCL's shared memory: the container runtime's default is 64 MiB
 
 
 def _cpu(task: dsl.PipelineTask, cpu: str, memory: str) -> dsl.PipelineTask:
@@ -58,7 +64,7 @@ def sft_pipeline(
     eval_split: str = "test",
     eval_limit: int = 0,
     force_backtest: bool = False,
-    gpu_type: str = "NVIDIA_L4",
+    gpu_resource: str = GPU_RESOURCE,
     gpu_count: int = 1,
     gpu_node_selector: dict = {"cloud.google.com/gke-nodepool": "gpu-pool"},  # noqa: B006
     cache_pvc: str = "charlie-cache",
@@ -98,7 +104,11 @@ def sft_pipeline(
     trained.set_caching_options(False)
     trained.set_cpu_request("8").set_cpu_limit("16").set_memory_request("32Gi")
     trained.set_memory_limit("64Gi")
-    trained.set_accelerator_type(gpu_type).set_accelerator_limit(gpu_count)
+    trained.set_accelerator_type(gpu_resource).set_accelerator_limit(gpu_count)
+    # A preempted GPU node is the common failure: a retry resumes from the PVC's checkpoints.
+    trained.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0,
+                      backoff_max_duration="600s")  # fmt: skip
+    kubernetes.empty_dir_mount(trained, volume_name="dshm", mount_path=SHM_MOUNT, medium="Memory")
     trained.set_env_variable("HF_HOME", f"{CACHE_MOUNT}/huggingface")
     kubernetes.add_node_selector_json(trained, gpu_node_selector)
     kubernetes.add_toleration(trained, key=GPU_TAINT, operator="Exists", effect="NoSchedule")

@@ -59,8 +59,11 @@ def test_the_trainer_requests_gpus_on_the_gpu_pool(compiled):
     resources = train["resources"]
     assert resources["accelerator"] == {
         "resourceCount": "{{$.inputs.parameters['pipelinechannel--gpu_count']}}",
-        "resourceType": "{{$.inputs.parameters['pipelinechannel--gpu_type']}}",
+        "resourceType": "{{$.inputs.parameters['pipelinechannel--gpu_resource']}}",
     }
+    # Open-source KFP's driver turns the accelerator type into the resource name itself.
+    params = pipeline["root"]["inputDefinitions"]["parameters"]
+    assert params["gpu_resource"]["defaultValue"] == "nvidia.com/gpu"
     assert (resources["resourceCpuRequest"], resources["resourceMemoryLimit"]) == ("8", "64Gi")
     assert "--smoke-test={{$.inputs.parameters['smoke_test']}}" in train["args"]
     k8s = platform["exec-train"]
@@ -74,6 +77,9 @@ def test_the_trainer_requests_gpus_on_the_gpu_pool(compiled):
     assert k8s["pvcMount"][0]["pvcNameParameter"] == {"componentInputParameter": "cache_pvc"}
     assert {"name": "HF_HOME", "value": "/mnt/charlie-cache/huggingface"} in train["env"]
     assert int(k8s["activeDeadlineSeconds"]) == 24 * 3600
+    assert k8s["emptyDirMounts"] == [
+        {"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory"}
+    ]  # NCCL's shared memory
     for stage in STAGES:
         if stage != "train":
             container = pipeline["deploymentSpec"]["executors"][f"exec-{stage}"]["container"]
@@ -165,7 +171,13 @@ def test_caching_and_retries(compiled):
         "backoffFactor": 2.0,
         "backoffMaxDuration": "600s",
     }
-    assert all("retryPolicy" not in tasks[s] for s in STAGES if s != "dataset")
+    assert tasks["train"]["retryPolicy"] == {
+        "maxRetryCount": 2,
+        "backoffDuration": "60s",
+        "backoffFactor": 2.0,
+        "backoffMaxDuration": "600s",
+    }  # a preempted GPU node: the retry resumes from the PVC's checkpoints
+    assert all("retryPolicy" not in tasks[s] for s in STAGES if s not in ("dataset", "train"))
 
 
 def test_train_flags_override_the_config(monkeypatch, tmp_path):
