@@ -27,7 +27,7 @@ import logging
 import os
 from pathlib import Path
 
-from charlie.config import CONFIG, TrainParams, add_flags, load_params, train_settings
+from charlie.config import CONFIG, TrainParams, add_flags, load_params, switch, train_settings
 from charlie.kubeflow import executor as kfp_executor
 from charlie.logs import setup_logging
 from charlie.plan import check_fits, verdict
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flags(parser, TrainParams, "train", ["config"])
     add_flags(parser, TrainConfig, CONFIG)
     parser.add_argument(
-        "--smoke-test", nargs="?", const=True, default=False, type=_flag,
+        "--smoke-test", nargs="?", const=True, default=False, type=switch,
         help="run the config's smoke_test_steps (10) only (also --smoke-test=true|false, as a "
         "pipeline passes it)",
     )  # fmt: skip
@@ -76,16 +76,6 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     kfp_executor.publish(args.kfp_executor_input, metrics=metrics)
     return 0
-
-
-def _flag(value: str) -> bool:
-    """``true``/``false`` (any case, or 1/0, yes/no) as a bool, for ``--smoke-test=VALUE``."""
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def refuse_if_it_cannot_fit(cfg) -> None:
