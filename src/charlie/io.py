@@ -4,6 +4,7 @@ half-written file), and another stage's dataset read without writing into it."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -20,6 +21,20 @@ def require_dataset_dict(path: Path | str, made_by: str = "charlie dataset") -> 
     if not (path / "dataset_dict.json").is_file():
         raise CharlieError(f"{path} is not a DatasetDict; run `{made_by}` first.")
     return path
+
+
+def read_json_object(path: Path | str) -> dict[str, Any]:
+    """A JSON file holding one object (a report, a model's config.json), or one sentence why not."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CharlieError(f"{path} is not valid JSON (line {exc.lineno}).") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CharlieError(f"{path} cannot be read as JSON: {exc}.") from None
+    if not isinstance(data, dict):
+        raise CharlieError(f"{path} must hold a JSON object, not {type(data).__name__}.")
+    return data
 
 
 def load_dataset_dir(path: Path | str) -> Any:

@@ -70,7 +70,6 @@ Memory per GPU (GiB = 2^30 bytes)
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -81,6 +80,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from charlie.errors import CharlieError
+from charlie.io import read_json_object
 from charlie.training.config import REPORT, context_length, read_tokenize_report
 
 if TYPE_CHECKING:
@@ -710,13 +710,7 @@ def load_model_config(base_model: str, models_dir: Path = DEFAULT_CONFIGS_DIR / 
             f"no config.json for {base_model}: put a copy of it in {path.parent}/ "
             "(or point base_model at a local model directory)."
         )
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CharlieError(f"{path} cannot be read as JSON: {exc}.") from None
-    if not isinstance(config, dict):
-        raise CharlieError(f"{path} must hold a JSON object, not {type(config).__name__}.")
-    return config
+    return read_json_object(path)
 
 
 def load_gpu(gpu_type: str, gpus_file: Path = DEFAULT_CONFIGS_DIR / "gpus.yaml") -> Gpu:

@@ -18,7 +18,6 @@ longest completion; prompts that do not fit beside the budget lose whole snapsho
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from charlie.errors import CharlieError
+from charlie.io import read_json_object
 from charlie.prompts import trim_prompt
 
 REPORT = "tokenize_report.json"
@@ -48,10 +48,7 @@ def find_report(model_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """
     for path in report_candidates(Path(model_dir)):
         if path.is_file():
-            try:
-                return path, json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise CharlieError(f"{path} is not valid JSON (line {exc.lineno}).") from None
+            return path, read_json_object(path)
     return None
 
 

@@ -17,6 +17,7 @@ from pydantic import ConfigDict, Field, field_validator
 
 from charlie.config import Section, load_config
 from charlie.errors import CharlieError, ConfigError
+from charlie.io import read_json_object
 
 REPORT = "tokenize_report.json"
 """``charlie tokenize``'s report, in the tokenized dataset dir (and copied beside the model)."""
@@ -144,15 +145,7 @@ def context_length(model_config: Mapping[str, Any], tokenizer_max: Any = None) -
 def read_tokenize_report(dataset_dir: Path | str) -> dict[str, Any] | None:
     """``<dataset_dir>/tokenize_report.json``, or None when there is none."""
     path = Path(dataset_dir) / REPORT
-    if not path.is_file():
-        return None
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CharlieError(f"{path} cannot be read as JSON: {exc}.") from None
-    if not isinstance(report, dict):
-        raise CharlieError(f"{path} must hold a JSON object, not {type(report).__name__}.")
-    return report
+    return read_json_object(path) if path.is_file() else None
 
 
 def tokenized_max_length(cfg: TrainConfig) -> int:
