@@ -24,6 +24,7 @@ Usage::
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 import threading
@@ -31,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -55,6 +57,21 @@ class RecordedRequest(NamedTuple):
     def symbol(self) -> str:
         """The symbol of an ``/api/eod/<SYMBOL>`` request, else an empty string."""
         return unquote(self.path[len(_PREFIX) :]) if self.path.startswith(_PREFIX) else ""
+
+
+def bars_from_csv(folder: Path, suffix: str = ".US") -> dict[str, list[dict[str, Any]]]:
+    """The file provider's ``<TICKER>.csv`` files (the sample's prices) as EODHD serves them."""
+    bars = {}
+    for path in sorted(Path(folder).glob("*.csv")):
+        with path.open(encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        bars[f"{path.stem}{suffix}"] = [
+            {"date": r["date"], "open": float(r["open"]), "high": float(r["high"]),
+             "low": float(r["low"]), "close": float(r["close"]),
+             "adjusted_close": float(r["adj_close"]), "volume": float(r["volume"])}
+            for r in rows
+        ]  # fmt: skip
+    return bars
 
 
 def make_bars(

@@ -10,6 +10,8 @@ It answers the calls ``kfp.Client`` (kfp 2.17) makes to upload a pipeline and st
 * ``GET  /apis/v2beta1/experiments?filter=…`` / ``POST /apis/v2beta1/experiments``
 * ``GET  /apis/v2beta1/experiments/<id>``
 * ``POST /apis/v2beta1/runs`` / ``GET /apis/v2beta1/runs/<id>``
+* ``POST /apis/v2beta1/recurringruns`` / ``GET /apis/v2beta1/recurringruns[/<id>]``
+  (``create_recurring_run``: a 6-field cron, status ENABLED when mode is ENABLE)
 
 ``GET /runs/<id>`` walks ``states`` (one per call, the last one repeats). Every request is
 recorded in ``server.requests`` as a ``Request`` (method, path, query, headers, json body,
@@ -75,6 +77,7 @@ class FakeKfp:
         self.packages: dict[str, bytes] = {}  # version id → uploaded bytes
         self.experiments: dict[str, dict] = {}
         self.runs: dict[str, dict] = {}
+        self.recurring_runs: dict[str, dict] = {}
         self._polls: dict[str, int] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -160,6 +163,14 @@ class FakeKfp:
             self.runs[body["run_id"]] = body
             self._polls[body["run_id"]] = 0
             return 200, body
+        if m == "POST" and p == "/recurringruns":
+            return self._create_recurring_run(req.body or {})
+        if m == "GET" and p == "/recurringruns":
+            found = list(self.recurring_runs.values())
+            return 200, ({"recurringRuns": found, "total_size": len(found)} if found else {})
+        if m == "GET" and len(parts) == 2 and parts[0] == "recurringruns":
+            job = self.recurring_runs.get(parts[1])
+            return (200, job) if job else (404, {"message": "recurring run not found", "code": 5})
         if m == "GET" and len(parts) == 2 and parts[0] == "runs":
             run = self.runs.get(parts[1])
             if run is None:
@@ -169,6 +180,30 @@ class FakeKfp:
             run["state"] = self.states[min(i, len(self.states) - 1)]
             return 200, run
         return 404, {"message": f"no route for {m} {p}", "code": 5}
+
+    def _create_recurring_run(self, body: dict) -> tuple[int, dict]:
+        """What the v2beta1 server answers: the body, with an id, times, a status, and
+        max_concurrency as a string (an int64 in proto JSON)."""
+        cron = ((body.get("trigger") or {}).get("cron_schedule") or {}).get("cron")
+        periodic = (body.get("trigger") or {}).get("periodic_schedule")
+        if not cron and not periodic:
+            return 400, {"message": "a recurring run needs a trigger", "code": 3}
+        if cron and len(cron.split()) != 6 and not cron.startswith("@"):
+            return 400, {"message": f"invalid cron schedule {cron!r}", "code": 3}
+        if body.get("experiment_id") not in self.experiments:
+            return 404, {"message": "experiment not found", "code": 5}
+        now = _now()
+        job = {
+            **body,
+            "recurring_run_id": str(uuid.uuid4()),
+            "max_concurrency": str(body.get("max_concurrency") or 1),
+            "created_at": now,
+            "updated_at": now,
+            "status": "ENABLED" if body.get("mode") == "ENABLE" else "DISABLED",
+            "namespace": body.get("namespace") or "",
+        }
+        self.recurring_runs[job["recurring_run_id"]] = job
+        return 200, job
 
     def _upload(self, req: Request, pipeline_id: str | None) -> tuple[int, dict]:
         content = req.files.get("uploadfile")

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,39 @@ from tests.kfp_harness import run_pipeline
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_YAML = ROOT / package.PIPELINE_YAML
 STAGES = ["parse", "dataset", "init-model", "tokenize", "train", "evaluate", "backtest"]
+STEPS = [*STAGES, "fetch-model", "plan", "train-job"]  # every executor: stages + cluster steps
+GPU_STEPS = {"train"}
+NEVER_CACHED = {
+    "train",
+    "train-job",
+    "fetch-model",
+}  # fetch-model: its volume copy may be gone  # the only pod that requests GPUs (train-job's nodes are its TrainJob's)
 
 
 def _docs(path: Path) -> tuple[dict, dict]:
     pipeline, platform = yaml.safe_load_all(path.read_text(encoding="utf-8"))
     return pipeline, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def _tasks(pipeline: dict) -> dict[str, dict]:
+    """Every task of the pipeline, in the root DAG or a condition's, by name."""
+    dags = [pipeline["root"]["dag"]]
+    dags += [c["dag"] for c in pipeline["components"].values() if "dag" in c]
+    tasks = [(name, task) for dag in dags for name, task in dag["tasks"].items()]
+    assert len({n for n, _ in tasks}) == len(tasks), "task names repeat across DAGs"
+    return dict(tasks)
+
+
+def _holder(pipeline: dict, task: str) -> str:
+    """The name of the task whose DAG holds ``task`` (a condition, or the branches around it)."""
+    component = next(c for c, comp in pipeline["components"].items()
+                     if "dag" in comp and task in comp["dag"]["tasks"])  # fmt: skip
+    return next(n for n, t in _tasks(pipeline).items() if t["componentRef"]["name"] == component)
+
+
+def _branch(pipeline: dict, task: str) -> str:
+    """The trigger condition of the condition DAG that holds ``task``."""
+    return _tasks(pipeline)[_holder(pipeline, task)]["triggerPolicy"]["condition"]
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +70,13 @@ def test_committed_yaml_is_a_fresh_compile(compiled):
 def test_every_stage_runs_its_charlie_command_on_the_pinned_image(compiled):
     pipeline, _ = compiled
     executors = pipeline["deploymentSpec"]["executors"]
-    assert sorted(executors) == sorted(f"exec-{s}" for s in STAGES)
-    for stage in STAGES:
+    assert sorted(executors) == sorted(f"exec-{s}" for s in STEPS)
+    for stage in STEPS:
         container = executors[f"exec-{stage}"]["container"]
         command = container["command"]
         program = "charlie.cli" if stage == "train" else "charlie"  # train: under DeepSpeed
         assert command[command.index(program) + 1] == stage
-        assert container["image"] == (CUDA_IMAGE if stage == "train" else CPU_IMAGE)
+        assert container["image"] == (CUDA_IMAGE if stage in GPU_STEPS else CPU_IMAGE)
         assert container["image"].rsplit(":", 1)[1] not in ("", "latest")
         assert container["resources"]["resourceCpuRequest"]
         assert container["resources"]["resourceMemoryLimit"]
@@ -57,31 +86,42 @@ def test_the_trainer_requests_gpus_on_the_gpu_pool(compiled):
     pipeline, platform = compiled
     train = pipeline["deploymentSpec"]["executors"]["exec-train"]["container"]
     resources = train["resources"]
+    # Open-source KFP's driver turns the accelerator type into the resource name itself: the
+    # device plugin's resource, never a Vertex AI type. A compile-time constant (kfp 2.17.3
+    # passes no parameter that only set_accelerator_type reads into the dsl.If group).
     assert resources["accelerator"] == {
         "resourceCount": "{{$.inputs.parameters['pipelinechannel--gpu_count']}}",
-        "resourceType": "{{$.inputs.parameters['pipelinechannel--gpu_resource']}}",
+        "resourceType": "nvidia.com/gpu",
+        "type": "nvidia.com/gpu",  # the field older drivers read
     }
-    # Open-source KFP's driver turns the accelerator type into the resource name itself.
-    params = pipeline["root"]["inputDefinitions"]["parameters"]
-    assert params["gpu_resource"]["defaultValue"] == "nvidia.com/gpu"
+    tasks = _tasks(pipeline)
+    for name, task in tasks.items():  # every parameter a task reads reaches its DAG
+        for key, source in task.get("inputs", {}).get("parameters", {}).items():
+            channel = source.get("componentInputParameter")
+            if channel:
+                holder = next((c for c in pipeline["components"].values()
+                               if "dag" in c and name in c["dag"]["tasks"]), pipeline["root"])  # fmt: skip
+                assert channel in holder["inputDefinitions"]["parameters"], (name, key)
     assert (resources["resourceCpuRequest"], resources["resourceMemoryLimit"]) == ("8", "64Gi")
     assert "--smoke-test={{$.inputs.parameters['smoke_test']}}" in train["args"]
     k8s = platform["exec-train"]
     assert k8s["nodeSelector"] == {
-        "nodeSelectorJson": {"componentInputParameter": "gpu_node_selector"}
+        "nodeSelectorJson": {"componentInputParameter": "pipelinechannel--gpu_node_selector"}
     }
     assert k8s["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     ]
     assert k8s["pvcMount"][0]["mountPath"] == "/mnt/charlie-cache"
-    assert k8s["pvcMount"][0]["pvcNameParameter"] == {"componentInputParameter": "cache_pvc"}
+    assert k8s["pvcMount"][0]["pvcNameParameter"] == {
+        "componentInputParameter": "pipelinechannel--cache_pvc"
+    }
     assert {"name": "HF_HOME", "value": "/mnt/charlie-cache/huggingface"} in train["env"]
     assert int(k8s["activeDeadlineSeconds"]) == 24 * 3600
     assert k8s["emptyDirMounts"] == [
         {"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory"}
     ]  # NCCL's shared memory
-    for stage in STAGES:
-        if stage != "train":
+    for stage in STEPS:
+        if stage not in GPU_STEPS:
             container = pipeline["deploymentSpec"]["executors"][f"exec-{stage}"]["container"]
             assert "accelerator" not in container["resources"]
             assert "nodeSelector" not in platform.get(f"exec-{stage}", {})
@@ -94,8 +134,8 @@ def test_the_trainer_runs_one_deepspeed_process_per_gpu_and_checkpoints_on_the_p
         "deepspeed", "--num_gpus={{$.inputs.parameters['num_gpus']}}", "--no_local_rank",
         "--module", "charlie.cli",
     ]  # fmt: skip
-    task = pipeline["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
-    assert task["num_gpus"] == {"componentInputParameter": "gpu_count"}  # = the GPUs requested
+    task = _tasks(pipeline)["train"]["inputs"]["parameters"]
+    assert task["num_gpus"] == {"componentInputParameter": "pipelinechannel--gpu_count"}
     checkpoints = train["args"][train["args"].index("--checkpoint-dir") + 1]
     root = task["checkpoint_root"]["runtimeValue"]["constant"]
     mount = platform["exec-train"]["pvcMount"][0]["mountPath"]
@@ -146,25 +186,75 @@ def test_secrets_come_from_kubernetes_secrets_only(compiled):
             for s in platform.get(f"exec-{stage}", {}).get("secretAsEnv", [])
             for m in s["keyToEnv"]
         }
-        for stage in STAGES
+        for stage in STEPS
     }
-    assert envs["train"] == {
-        "HF_TOKEN": "charlie-hf",
-        "AWS_ACCESS_KEY_ID": "charlie-s3",
-        "AWS_SECRET_ACCESS_KEY": "charlie-s3",
-    }
-    assert envs["dataset"] == envs["backtest"] == {"EODHD_API_KEY": "charlie-eodhd"}
+    s3 = {name: "charlie-s3" for name in
+          ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")}  # fmt: skip
+    hf = {"HF_TOKEN": "charlie-hf"}
+    eodhd = {"EODHD_API_KEY": "charlie-eodhd"}
+    assert envs == {
+        "parse": s3,  # theses from object storage or a DVC remote
+        "dataset": {**s3, **eodhd},  # prices: an s3:// folder, or the EODHD API
+        "backtest": {**s3, **eodhd},
+        "fetch-model": {**s3, **hf},  # a gated hub model, or an s3:// model folder
+        "train": {**s3, **hf},
+        "init-model": {}, "tokenize": {}, "plan": {}, "evaluate": {},
+        "train-job": {},  # its TrainJob's nodes read the Secrets by name, not this pod
+    }  # fmt: skip
     text = PIPELINE_YAML.read_text(encoding="utf-8")
     for name in ("HF_TOKEN", "EODHD_API_KEY", "AWS_SECRET_ACCESS_KEY"):
         assert f"name: {name}" not in text  # never a plain env value
 
 
+def test_the_cache_volume_is_mounted_where_data_persists_across_runs(compiled):
+    pipeline, platform = compiled
+    mounts = {s: [m["mountPath"] for m in platform.get(f"exec-{s}", {}).get("pvcMount", [])]
+              for s in STEPS}  # fmt: skip
+    on_volume = {s for s, paths in mounts.items() if paths}
+    # price answers, downloaded base models, checkpoints and TrainJob inputs outlive a pod
+    assert on_volume == {"dataset", "backtest", "fetch-model", "train", "train-job"}
+    assert all(paths == ["/mnt/charlie-cache"] for s, paths in mounts.items() if paths)
+    executors = pipeline["deploymentSpec"]["executors"]
+    for stage in ("dataset", "backtest"):
+        args = executors[f"exec-{stage}"]["container"]["args"]
+        assert args[args.index("--price-cache-dir") + 1].startswith("{{$.inputs.parameters")
+    tasks = _tasks(pipeline)
+    assert tasks["dataset"]["inputs"]["parameters"]["price_cache_dir"] == {
+        "runtimeValue": {"constant": "/mnt/charlie-cache/prices"}
+    }
+
+
+def test_conditions_pick_the_base_model_and_the_trainer(compiled):
+    """init-model only for the demo's tiny model; train in its pod on one node, else a TrainJob."""
+    pipeline, _ = compiled
+    tiny = "inputs.parameter_values['pipelinechannel--base_model'] == 'tiny'"
+    one = "int(inputs.parameter_values['pipelinechannel--num_nodes']) == 1"
+    assert _branch(pipeline, "init-model") == tiny
+    assert _branch(pipeline, "fetch-model") == f"!({tiny})"
+    assert _branch(pipeline, "train") == one
+    assert _branch(pipeline, "train-job") == f"!({one})"
+    tasks = _tasks(pipeline)
+    # tokenize, plan, train and train-job take whichever base model ran (dsl.OneOf) ...
+    for name in ("tokenize", "plan", "train", "train-job"):
+        source = tasks[name]["inputs"]["artifacts"]["base_model"]
+        assert "oneof" in json.dumps(source), name
+    # ... and evaluate whichever trainer ran
+    assert "oneof" in json.dumps(tasks["evaluate"]["inputs"]["artifacts"]["model"])
+    # the plan runs before any GPU is requested: the trainers' branches wait for it
+    assert "plan" in tasks[_holder(pipeline, _holder(pipeline, "train"))]["dependentTasks"]
+    params = pipeline["root"]["inputDefinitions"]["parameters"]
+    defaults = {k: v.get("defaultValue") for k, v in params.items()}
+    assert (defaults["base_model"], defaults["num_nodes"]) == ("tiny", 1)  # the demo
+    assert defaults["theses"] == "data/samples/xml"  # baked into the CPU image
+    assert defaults["price_dir"] == "data/samples/prices"
+
+
 def test_caching_and_retries(compiled):
     pipeline, _ = compiled
-    tasks = pipeline["root"]["dag"]["tasks"]
-    for stage in STAGES:
+    tasks = _tasks(pipeline)
+    for stage in STEPS:
         caching = tasks[stage].get("cachingOptions", {})
-        assert caching.get("enableCache", False) is (stage != "train"), stage
+        assert caching.get("enableCache", False) is (stage not in NEVER_CACHED), stage
     assert tasks["dataset"]["retryPolicy"] == {
         "maxRetryCount": 3,
         "backoffDuration": "30s",
@@ -177,7 +267,9 @@ def test_caching_and_retries(compiled):
         "backoffFactor": 2.0,
         "backoffMaxDuration": "600s",
     }  # a preempted GPU node: the retry resumes from the PVC's checkpoints
-    assert all("retryPolicy" not in tasks[s] for s in STAGES if s not in ("dataset", "train"))
+    assert tasks["train-job"]["retryPolicy"] == tasks["train"]["retryPolicy"]  # attaches
+    retried = {"dataset", "train", "train-job"}
+    assert all("retryPolicy" not in tasks[s] for s in STEPS if s not in retried)
 
 
 def test_train_flags_override_the_config(monkeypatch, tmp_path):
@@ -212,35 +304,51 @@ def test_train_flags_override_the_config(monkeypatch, tmp_path):
     assert isinstance(args, argparse.Namespace)
 
 
+SAMPLES = ROOT / "data" / "samples"
+
+
+def _smoke(tmp_path: Path) -> dict:
+    """A 10-step run's parameters. Its model writes few actions and never stops by itself, so
+    the smoke evaluation lowers the parse-rate floor and caps generation (the gates and the
+    budget have their own tests)."""
+    eval_config = tmp_path / "eval_smoke.yaml"
+    smoke = {**yaml.safe_load((ROOT / "configs/eval_config.yaml").read_text()),
+             "min_parse_rate": 0.0, "max_new_tokens": 48, "bootstrap_samples": 100}  # fmt: skip
+    eval_config.write_text(yaml.safe_dump(smoke))
+    return {"config": "configs/sft_tiny_lora_cpu.yaml", "smoke_test": True, "eval_limit": 8,
+            "eval_config": str(eval_config), "force_backtest": True}  # fmt: skip
+
+
+def _theses(*tickers: str) -> list[Path]:
+    """Some of the sample's theses files: a user's own, smaller corpus."""
+    return [SAMPLES / "xml" / f"{ticker}.xml" for ticker in tickers]
+
+
+def _timings(runs) -> None:
+    """Each task's wall time, for the log of a slow test (-s shows it)."""
+    print(" ".join(f"{name} {run.seconds:.1f}s" for name, run in runs.items()))
+
+
 @pytest.mark.slow
 def test_the_compiled_pipeline_runs_on_the_host(tmp_path):
     """Every executor's command, placeholders resolved, in DAG order on the bundled sample."""
     job = "5f0c4a8e-0000-4000-8000-000000000001"
-    # A 10-step model writes few actions: its evaluation passes no parse-rate gate, so the
-    # smoke run lowers the floor and forces the backtest (the gates have their own tests).
-    eval_config = tmp_path / "eval_smoke.yaml"
-    smoke = {
-        **yaml.safe_load((ROOT / "configs/eval_config.yaml").read_text()),
-        "min_parse_rate": 0.0,
-    }
-    eval_config.write_text(yaml.safe_dump(smoke))
     runs = run_pipeline(
         PIPELINE_YAML,
         tmp_path,
-        {
-            "config": "configs/sft_tiny_lora_cpu.yaml",
-            "smoke_test": True,
-            "eval_limit": 16,
-            "eval_config": str(eval_config),
-            "force_backtest": True,
-        },
-        cwd=ROOT,
+        {**_smoke(tmp_path), "eval_limit": 16},
+        cwd=ROOT,  # the build context: each task runs in its image's /app, built from it
         env={"CHARLIE_LOG_DIR": str(tmp_path / "logs")},
         retry={"train"},  # its pod is lost after training: KFP runs it again
         job_id=job,
     )
+    _timings(runs)
 
-    assert list(runs) == STAGES
+    assert list(runs) == ["parse", "dataset", "init-model", "tokenize", "plan", "train",
+                          "evaluate", "backtest"]  # fmt: skip
+    assert set(runs.skipped) == {"fetch-model", "train-job"}  # the demo: tiny model, one node
+    plan_md = (runs["plan"].outputs["report"] / "plan.md").read_text()
+    assert "no GPU memory to check" in plan_md and runs["plan"].metadata["metrics"]["fits"] == 1
     for run in runs.values():
         for name, path in run.outputs.items():
             assert path.exists() and (path.is_file() or any(path.iterdir())), (run.name, name)
@@ -304,3 +412,110 @@ def test_the_compiled_pipeline_runs_on_the_host(tmp_path):
     html = out["backtest"]["report"].read_text()
     assert html == (out["backtest"]["portfolio"] / "baseline_report.html").read_text()
     assert html.lstrip().lower().startswith("<!doctype html")
+
+
+# --- the user's real job, on the host: own data and model; several nodes ------------------------
+
+
+def _tiny_model(folder: Path) -> Path:
+    """A user's own save_pretrained base model: a small Llama with a tokenizer of its own."""
+    from charlie.training.tokens import build_tiny_model, train_tokenizer
+
+    texts = (p.read_text(encoding="utf-8") for p in sorted((SAMPLES / "xml").glob("*.xml")))
+    tokenizer = train_tokenizer(texts, vocab_size=2048)
+    model = build_tiny_model(tokenizer, hidden_size=64, num_layers=1, num_heads=2,
+                             num_kv_heads=1, intermediate_size=128, max_positions=1024,
+                             seed=3)  # fmt: skip
+    tokenizer.save_pretrained(folder)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_a_run_on_the_users_theses_prices_and_base_model(tmp_path, s3_endpoint, monkeypatch):
+    """Theses and a base model from object storage, prices from the EODHD API: no sample."""
+    from tests.eodhd_server import FakeEodhd, bars_from_csv
+    from tests.s3_server import s3_client
+
+    s3 = s3_client(s3_endpoint)
+    s3.create_bucket(Bucket="desk")
+    for path in _theses("ACME", "BOLT"):
+        s3.put_object(Bucket="desk", Key=f"raw_xml/{path.name}", Body=path.read_bytes())
+    model = _tiny_model(tmp_path / "own-model")
+    for path in sorted(model.iterdir()):
+        s3.put_object(Bucket="desk", Key=f"models/own-llama/{path.name}", Body=path.read_bytes())
+
+    with FakeEodhd(bars_from_csv(SAMPLES / "prices"), api_key="test-key") as eodhd:
+        env = {"CHARLIE_LOG_DIR": str(tmp_path / "logs"), "AWS_ENDPOINT_URL": s3_endpoint,
+               "EODHD_API_KEY": "test-key", "CHARLIE_PRICES__EODHD__BASE_URL": eodhd.url}  # fmt: skip
+        arguments = {**_smoke(tmp_path), "theses": "s3://desk/raw_xml/",
+                     "price_providers": "eodhd", "base_model": "s3://desk/models/own-llama/"}  # fmt: skip
+        runs = run_pipeline(PIPELINE_YAML, tmp_path, arguments, cwd=ROOT, env=env)
+        fetched_first = len(eodhd.requests)
+    _timings(runs)
+
+    assert "init-model" not in runs and "init-model" in runs.skipped  # the demo model is not built
+    assert list(runs) == ["parse", "dataset", "fetch-model", "tokenize", "plan", "train",
+                          "evaluate", "backtest"]  # fmt: skip
+    report = json.loads(runs["parse"].outputs["report"].read_text())
+    assert report["source"]["kind"] == "s3" and report["source"]["uri"] == "s3://desk/raw_xml/"
+    assert report["totals"]["records"] > 0
+    card = json.loads((runs["dataset"].outputs["card"] / "dataset_card.json").read_text())
+    assert {row["provider"] for row in card["price_sources"]} == {"eodhd"}
+    assert fetched_first > 0  # every price came over HTTP ...
+    cache = tmp_path / "pvc" / "charlie-cache" / "prices"
+    assert any(cache.rglob("*.parquet"))  # ... and stays on the volume for the next run
+
+    # The trained adapter's base is the user's model, fetched onto the volume once.
+    reference = runs["fetch-model"].outputs["model"]
+    assert not list(reference.glob("*.safetensors"))  # the weights never enter the artifact store
+    trained = runs["train"].outputs["model"]
+    base = json.loads((trained / "base_model.json").read_text())
+    assert base["ref"] == "s3://desk/models/own-llama/" and base["source"] == "s3"
+    assert Path(base["path"]).is_relative_to(tmp_path / "pvc" / "charlie-cache")
+    assert (Path(base["path"]) / "model.safetensors").read_bytes() == (
+        model / "model.safetensors"
+    ).read_bytes()
+    adapter = json.loads((trained / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == base["path"]
+    assert json.loads((trained / "merged" / "config.json").read_text())["hidden_size"] == 64
+
+
+@pytest.mark.slow
+def test_a_two_node_run_trains_through_a_trainjob(tmp_path, monkeypatch):
+    """num_nodes=2: the launcher submits a TrainJob the fake API runs as two torchrun nodes."""
+    from tests.k8s_server import FakeKube
+    from tests.kfp_harness import PROGRAMS, image_layout
+
+    nodes = image_layout(ROOT / "images/charlie-cuda/Dockerfile", ROOT, tmp_path / "node-app")
+
+    def on_this_host(command: list[str]) -> list[str]:
+        return [str(Path(PROGRAMS["charlie"]).with_name(command[0])), *command[1:]]
+
+    job = "5f0c4a8e-0000-4000-8000-000000000002"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the node processes inherit this environment
+    monkeypatch.setenv("CHARLIE_LOG_DIR", str(tmp_path / "node-logs"))
+    with FakeKube(cwd=nodes, rewrite=on_this_host) as kube:
+        env = {"CHARLIE_LOG_DIR": str(tmp_path / "logs"),
+               "KUBECONFIG": str(kube.kubeconfig(tmp_path))}  # fmt: skip
+        theses = tmp_path / "theses"
+        theses.mkdir()
+        for path in _theses("CRUX", "DYNA"):
+            shutil.copy(path, theses)
+        arguments = {**_smoke(tmp_path), "num_nodes": 2, "theses": str(theses)}
+        runs = run_pipeline(PIPELINE_YAML, tmp_path, arguments, cwd=ROOT, env=env, job_id=job)
+        (created,) = [r.body for r in kube.calls("POST", kube.trainjobs_path)]
+    _timings(runs)
+
+    assert "train" not in runs and "train" in runs.skipped
+    assert "train-job" in runs and "init-model" in runs
+    assert created["spec"]["trainer"]["numNodes"] == 2
+    assert created["spec"]["trainer"]["command"][:4] == ["torchrun", "-m", "charlie.cli", "train"]
+    trained = runs["train-job"].outputs["model"]
+    manifest = json.loads((trained / "manifest.json").read_text())
+    assert manifest["hardware"]["world_size"] == 2
+    assert (trained / "adapter_model.safetensors").is_file()
+    assert (trained / "merged" / "config.json").is_file()
+    assert runs["evaluate"].inputs["model"] == trained  # evaluation reads the TrainJob's model
+    assert runs["train-job"].metadata["metrics"]["global_step"] == 10
+    assert "rank 0" in runs["train-job"].log or "train" in runs["train-job"].log

@@ -1,7 +1,7 @@
 """manifests/ and .github/workflows/: valid YAML of the expected kinds, in step with the pipeline.
 
 The Kubernetes manifests parse, carry no secret value, name what the compiled pipeline expects
-(its Secrets, its PVC) and render with kustomize; the Pipeline/PipelineVersion manifest is a
+(its Secrets, its ReadWriteMany PVC, the train-job step's RBAC) and render with kustomize; the Pipeline/PipelineVersion manifest is a
 fresh `kfp dsl compile --kubernetes-manifest-format`. The workflows parse, trigger when they
 should, and every `make`, `charlie` and `dvc` command they run exists.
 """
@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from components.images import CPU_IMAGE
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO / "manifests"
@@ -38,13 +37,13 @@ EXPECTED_KINDS: dict[str, list[str]] = {
     "base/secrets.yaml": ["Secret", "Secret", "Secret"],
     "base/serviceaccount.yaml": ["ServiceAccount"],
     "base/pipeline.yaml": ["Pipeline", "PipelineVersion"],
-    "base/recurring-run.yaml": ["CronJob"],
+    "base/rbac.yaml": ["Role", "RoleBinding"],
     "overlays/dev/kustomization.yaml": ["Kustomization"],
     "overlays/prod/kustomization.yaml": ["Kustomization"],
 }
 RENDERED_KINDS = Counter(
-    {"Namespace": 1, "PersistentVolumeClaim": 1, "ServiceAccount": 1, "CronJob": 1, "Secret": 3}
-    | {"Pipeline": 1, "PipelineVersion": 1}
+    {"Namespace": 1, "PersistentVolumeClaim": 1, "ServiceAccount": 1, "Secret": 3}
+    | {"Role": 1, "RoleBinding": 1, "Pipeline": 1, "PipelineVersion": 1}
 )
 OVERLAY_NAMESPACES = {"dev": "charlie-dev", "prod": "charlie"}
 
@@ -113,15 +112,35 @@ def test_the_cluster_provides_what_the_compiled_pipeline_uses():
     cache_pvc = docs[0]["root"]["inputDefinitions"]["parameters"]["cache_pvc"]["defaultValue"]
     assert cache_pvc in {doc["metadata"]["name"] for doc in _by_kind("PersistentVolumeClaim")}
 
-    (cron,) = _by_kind("CronJob")
-    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (pvc,) = _by_kind("PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # a TrainJob's nodes share it
+    assert not _by_kind("CronJob")  # scheduled retraining: `charlie submit --schedule`
+
+
+def test_the_train_job_step_may_do_what_it_does():
+    """charlie train-job submits, follows and deletes TrainJobs and reads node 0's pod log."""
+    from charlie.kubeflow import trainjob
+
     (account,) = _by_kind("ServiceAccount")
-    assert pod["serviceAccountName"] == account["metadata"]["name"] == "charlie-pipeline-runner"
-    (container,) = pod["containers"]
-    assert container["command"] == ["charlie", "submit"]
-    _check_charlie([*container["command"][1:], *container["args"]])
-    package = container["args"][container["args"].index("--package") + 1]
-    assert package == "pipelines/sft_pipeline.yaml"  # in the image's working directory
+    assert account["metadata"]["name"] == "charlie-pipeline-runner"
+    (role,) = _by_kind("Role")
+    (binding,) = _by_kind("RoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}  # fmt: skip
+    (subject,) = binding["subjects"]
+    assert (subject["kind"], subject["name"]) == ("ServiceAccount", account["metadata"]["name"])
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    for verb in ("create", "get", "list", "watch", "delete"):
+        assert (trainjob.GROUP, trainjob.PLURAL, verb) in granted
+    for resource in ("pods", "pods/log"):
+        for verb in ("get", "list", "watch"):
+            assert ("", resource, verb) in granted
     (namespace,) = _by_kind("Namespace")
     assert namespace["metadata"]["name"] == "charlie"
 
@@ -163,13 +182,11 @@ def test_overlays_render_with_kustomize(overlay):
             assert doc["metadata"]["name"] == namespace
         else:
             assert doc["metadata"]["namespace"] == namespace, doc["metadata"]["name"]
-    (cron,) = (doc for doc in docs if doc["kind"] == "CronJob")
-    image = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert image == CPU_IMAGE  # the pipeline's own, pinned in components/images.py
-    base_cron = _by_kind("CronJob")[0]
-    assert cron["spec"]["schedule"] != base_cron["spec"]["schedule"] or overlay == "prod"
+    (binding,) = (doc for doc in docs if doc["kind"] == "RoleBinding")
+    assert binding["subjects"][0]["namespace"] == namespace
     (pvc,) = (doc for doc in docs if doc["kind"] == "PersistentVolumeClaim")
     assert pvc["spec"]["resources"]["requests"]["storage"].endswith("Gi")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
 # --------------------------------------------------------------------------- workflows
@@ -265,6 +282,8 @@ def test_retrain_pulls_compiles_submits_and_reports_metrics():
     (job,) = workflow["jobs"].values()
     steps = " ".join(step.get("run", "") for step in job["steps"])
     assert "--wait --fetch-metrics" in steps and "$GITHUB_STEP_SUMMARY" in steps
+    # The model comes back as a DVC-tracked output and goes to the remote.
+    assert "--fetch-model models/kfp" in steps and "dvc push models/kfp.dvc" in steps
     # Credentials only from the CI secret store.
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "KFP_HOST", "KFP_PIPELINE_ROOT"):
         assert job["env"][name] == f"${{{{ secrets.{name} }}}}"

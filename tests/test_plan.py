@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from charlie import cli
+from charlie import plan as plan_core
 from charlie.errors import CharlieError
 from charlie.plan import (
     GIB,
@@ -22,9 +25,12 @@ from charlie.plan import (
     load_gpu,
     load_model_config,
     lora_params,
+    meta_model_shape,
     model_shape,
     plan_for,
+    render_markdown,
     render_table,
+    resolve_model_config,
     verdict,
 )
 from charlie.stages import plan as plan_stage
@@ -58,6 +64,25 @@ TINY_LORA_R4 = 2 * (
     + 4 * (40 + 16)  # down_proj
 )  # 2240
 GPU = Gpu("TEST-1GB", 1.0, 0.9)
+# Qwen2.5-7B-Instruct's published architecture (its config.json on the hub).
+QWEN25_7B = {
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 3584,
+    "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+    "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False,
+    "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+    "hidden_act": "silu", "bos_token_id": 151643, "eos_token_id": 151645,
+    "torch_dtype": "bfloat16",
+}  # fmt: skip
+QWEN25_7B_PARAMS = 7_615_616_512  # the published count
+
+
+@pytest.fixture(autouse=True)
+def _no_hub(monkeypatch, tmp_path_factory):
+    """No test reaches the hub or reads this machine's Hugging Face cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
 
 
 def setup(**changes) -> TrainingSetup:
@@ -314,12 +339,21 @@ def test_unknown_gpu_type_lists_the_known_ones():
     assert "T4-16GB." in message and "\n" not in message
 
 
-def test_missing_model_config_names_the_folder(tmp_path):
+def test_missing_model_config_names_every_place_tried_in_one_sentence(tmp_path):
     with pytest.raises(CharlieError) as error:
         load_model_config("acme/NoSuchModel-7B", tmp_path / "models")
     message = str(error.value)
+    assert message.startswith(
+        "no config.json for acme/NoSuchModel-7B: tried a local folder (there is no "
+        "acme/NoSuchModel-7B), the Hugging Face cache "
+    )
+    assert str(plan_core.hf_cache_dir()) in message
+    assert "the hub (HF_HUB_OFFLINE is set) and the shipped copies in " in message
     assert str(tmp_path / "models" / "acme__NoSuchModel-7B") in message
+    assert "`hf download acme/NoSuchModel-7B config.json`" in message
     assert message.endswith(".") and "\n" not in message
+    with pytest.raises(CharlieError, match=r"is not a hub id; point base_model at a model folder"):
+        load_model_config("s3://bucket/models/base", tmp_path / "models")
 
 
 def test_a_local_model_directory_is_read(tmp_path):
@@ -337,9 +371,16 @@ def test_lm_head_target_and_unmatched_targets_are_refused():
         lora_params(shape, 4, ["query_key_value"])
 
 
-def test_unknown_moe_layout_is_refused():
-    with pytest.raises(CharlieError, match="does not know"):
-        model_shape({**TINY, "num_local_experts": 8}, "mixtral")
+def test_unknown_moe_layout_and_unknown_model_type_are_refused():
+    no_type = {k: v for k, v in TINY.items() if k != "model_type"}
+    with pytest.raises(CharlieError, match="has no model_type to build it by"):
+        model_shape({**no_type, "num_local_experts": 8}, "mixtral")
+    pytest.importorskip("transformers")
+    with pytest.raises(CharlieError) as error:
+        model_shape({**TINY, "model_type": "acme_lm"}, "acme")
+    message = str(error.value)
+    assert message.startswith("acme has model_type 'acme_lm', which transformers ")
+    assert message.endswith(".") and "\n" not in message
 
 
 # --------------------------------------------------------------------------- the stage
@@ -391,7 +432,9 @@ def test_stage_missing_model_config(monkeypatch, tmp_path, capsys):
     config.write_text("base_model: acme/NoSuchModel-7B\noutput_dir: out\n")
     assert _main(monkeypatch, ["--config", str(config)]) == 2
     err = capsys.readouterr().err
-    assert "no config.json for acme/NoSuchModel-7B: put a copy of it in configs/models/" in err
+    assert "no config.json for acme/NoSuchModel-7B: tried a local folder" in err
+    assert "the hub (HF_HUB_OFFLINE is set)" in err
+    assert "put a copy of it in configs/models/acme__NoSuchModel-7B/." in err
     assert err.count("\n") == 1
 
 
@@ -437,3 +480,376 @@ def test_auto_with_neither_a_report_nor_a_context_is_one_sentence(tmp_path):
                       "max_length: auto\n")  # fmt: skip
     with pytest.raises(CharlieError, match=r"run `charlie tokenize` first or set max_length\.$"):
         plan_for(load_train_config(config), configs_dir=CONFIGS)
+
+
+# --------------------------------------------------------------------------- meta-built models
+
+
+def _transformers_count(config: dict) -> int:
+    """transformers' own parameter count of the architecture, built on the meta device."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    kwargs = {k: v for k, v in config.items() if k != "model_type"}
+    hf_config = transformers.CONFIG_MAPPING[config["model_type"]].from_dict(kwargs)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(hf_config)
+    return model.num_parameters()
+
+
+@pytest.mark.parametrize(
+    "model", ["meta-llama/Llama-3.1-8B-Instruct", "deepseek-ai/DeepSeek-V3.2-Exp"]
+)
+def test_meta_path_agrees_with_the_arithmetic_on_the_shipped_configs(model):
+    pytest.importorskip("transformers")
+    config = load_model_config(model, CONFIGS / "models")
+    exact, meta = model_shape(config, model), meta_model_shape(config, model)
+    assert exact.counted == "exact" and meta.counted == "meta"
+    # to the parameter (DeepSeek-V3.2-Exp's 671B builds on meta in well under a second)
+    assert meta.total_params == exact.total_params == _transformers_count(config)
+    assert (meta.embed_params, meta.lm_head_params, meta.final_norm_params) == (
+        exact.embed_params, exact.lm_head_params, exact.final_norm_params,
+    )  # fmt: skip
+    assert [(k.count, k.first_index, k.params) for k in meta.kinds] == [
+        (k.count, k.first_index, k.params) for k in exact.kinds
+    ]
+    # the activation approximation is above the documented formula where the formula applies
+    for m, e in zip(meta.kinds, exact.kinds, strict=True):
+        assert e.activation_elements <= m.activation_elements <= 1.5 * e.activation_elements
+
+
+def test_transformers_fused_experts_are_counted_as_copies_but_not_quantised_or_targeted():
+    pytest.importorskip("transformers")
+    config = load_model_config("deepseek-ai/DeepSeek-V3.2-Exp", CONFIGS / "models")
+    meta = meta_model_shape(config)
+    moe = next(k for k in meta.kinds if k.name == "moe")
+    fused = {lin.path: lin for lin in moe.linears if lin.fused}
+    gate_up, down = fused["mlp.experts.gate_up_proj"], fused["mlp.experts.down_proj"]
+    assert (gate_up.copies, gate_up.active, gate_up.in_features, gate_up.out_features) == (
+        256, 8, 7168, 2 * 2048,
+    )  # fmt: skip
+    assert (down.copies, down.in_features, down.out_features) == (256, 2048, 7168)
+    assert moe.quantisable_weights == moe.params - moe.other_params - gate_up.weights - down.weights
+    names = {lin.name for lin in moe.linears if not lin.fused}
+    assert lora_params(meta, 1, "all-linear") == lora_params(meta, 1, sorted(names))
+
+
+@pytest.mark.parametrize(
+    ("model_type", "extra"),
+    [
+        ("qwen2", {}),
+        ("mixtral", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+        ("gemma", {"head_dim": 4}),
+        ("phi3", {"vocab_size": 32064, "pad_token_id": 0}),
+        ("gpt_neox", {}),
+        ("mistral", {}),
+        ("deepseek_v3", {}),
+    ],
+)
+def test_other_architectures_are_counted_as_transformers_counts_them(model_type, extra):
+    config = {**TINY, "model_type": model_type, **extra}
+    if model_type == "deepseek_v3":
+        config.update(q_lora_rank=12, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4,
+                      v_head_dim=8, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
+                      moe_intermediate_size=8, first_k_dense_replace=1, n_group=2, topk_group=1,
+                      num_key_value_heads=4)  # fmt: skip
+    shape = model_shape(config, model_type)
+    assert shape.total_params == _transformers_count(config)
+    exact = model_type in ("mistral", "deepseek_v3")
+    assert shape.counted == ("exact" if exact else "meta")
+    plan = estimate(shape, setup(method="qlora"), GPU)  # LoRA targets, QLoRA bytes, ZeRO: as usual
+    assert plan.trainable_params > 0 and plan.total > 0
+    if model_type == "mixtral":
+        (kind,) = shape.kinds
+        experts = [lin for lin in kind.linears if lin.copies == 4]
+        assert experts and all(lin.fused and lin.active == 2 for lin in experts)
+
+
+def test_qwen2_5_7b_plans_with_transformers_count(tmp_path, capsys, monkeypatch):
+    model = tmp_path / "Qwen2.5-7B-Instruct"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(QWEN25_7B))
+    shape = model_shape(load_model_config(str(model)), "Qwen2.5-7B-Instruct")
+    assert shape.counted == "meta"
+    assert shape.total_params == _transformers_count(QWEN25_7B) == QWEN25_7B_PARAMS
+    (kind,) = shape.kinds
+    biased = {lin.name for lin in kind.linears if lin.bias}
+    assert biased == {"q_proj", "k_proj", "v_proj"}  # Qwen2's attention biases, not o_proj's
+    assert shape.lm_head_params == shape.embed_params == 152064 * 3584  # not tied
+
+    config = tmp_path / "sft.yaml"
+    config.write_text(f"base_model: {model}\noutput_dir: out\nmethod: qlora\nlora_r: 16\n"
+                      "max_length: 2048\nper_device_train_batch_size: 1\ngpu_type: L40S-48GB\n")  # fmt: skip
+    plan = check_fits(load_train_config(config), configs_dir=CONFIGS)
+    assert plan.total_params == QWEN25_7B_PARAMS
+    assert "parameters 7.62B (counted on the meta device by transformers)" in render_table(plan)
+    assert f"config.json: local folder, {model / 'config.json'}" in render_table(plan)
+
+    # the same model by hub id, through --base-model, from the shipped-copies folder
+    shipped = tmp_path / "configs"
+    (shipped / "models" / "Qwen__Qwen2.5-7B-Instruct").mkdir(parents=True)
+    (shipped / "gpus.yaml").write_text((CONFIGS / "gpus.yaml").read_text())
+    (shipped / "models" / "Qwen__Qwen2.5-7B-Instruct" / "config.json").write_text(
+        json.dumps(QWEN25_7B)
+    )
+    monkeypatch.chdir(tmp_path)
+    argv = ["plan", "--config", str(config), "--base-model", "Qwen/Qwen2.5-7B-Instruct"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Qwen2.5-7B-Instruct, qlora (r=16, all-linear), 1 x L40S-48GB")
+    assert "config.json: shipped copy, configs/models/Qwen__Qwen2.5-7B-Instruct/" in out
+
+
+def test_plan_core_imports_without_torch_or_transformers():
+    code = (
+        "import sys, charlie.plan, charlie.stages.plan; "
+        "print(sorted(m for m in ('torch', 'transformers', 'huggingface_hub') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- where config.json is
+
+
+def _fake_hf_cache(hub: Path, repo: str, config: dict, sha: str = "a" * 40) -> Path:
+    """The hub cache layout: models--Org--Name/{refs/main, snapshots/<sha>/config.json}."""
+    folder = hub / f"models--{repo.replace('/', '--')}"
+    (folder / "snapshots" / sha).mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(sha)
+    path = folder / "snapshots" / sha / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_the_hugging_face_cache_is_read_with_the_hub_offline(tmp_path, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    home = tmp_path / "hf_home"
+    monkeypatch.setenv("HF_HOME", str(home))  # read when planning, not when imported
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = _fake_hf_cache(home / "hub", "Qwen/Qwen2.5-7B-Instruct", QWEN25_7B)
+    found = resolve_model_config("Qwen/Qwen2.5-7B-Instruct", tmp_path / "no-models")
+    assert (found.source, found.path, found.name) == (
+        "Hugging Face cache", path, "Qwen2.5-7B-Instruct",
+    )  # fmt: skip
+    assert found.config["hidden_size"] == 3584
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))  # HF_HUB_CACHE wins
+    with pytest.raises(CharlieError, match=str(tmp_path / "elsewhere")):
+        resolve_model_config("Qwen/Qwen2.5-7B-Instruct", tmp_path / "no-models")
+
+
+def test_fall_back_order_folder_cache_hub_shipped(tmp_path, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    repo = "acme/Base-1B"
+    models = tmp_path / "models"
+    (models / "acme__Base-1B").mkdir(parents=True)
+    (models / "acme__Base-1B" / "config.json").write_text(json.dumps({**TINY, "vocab_size": 4}))
+    hub_calls = []
+
+    def hub(model_id, revision, cache, answer=(None, "")):
+        hub_calls.append(model_id)
+        return answer
+
+    monkeypatch.setattr(plan_core, "_from_hub", hub)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+
+    # 4. only the shipped copy: the hub was asked (unreachable) and it fell through quietly
+    assert resolve_model_config(repo, models).source == "shipped copy"
+    assert hub_calls == [repo]
+    # 3. the hub answers
+    downloaded = tmp_path / "downloaded.json"
+    downloaded.write_text(json.dumps({**TINY, "vocab_size": 3}))
+    monkeypatch.setattr(plan_core, "_from_hub", lambda *a: (downloaded, ""))
+    assert resolve_model_config(repo, models).config["vocab_size"] == 3
+    # 2. the cache beats the hub (which is not asked)
+    monkeypatch.setattr(plan_core, "_from_hub", lambda *a: pytest.fail("asked the hub"))
+    _fake_hf_cache(plan_core.hf_cache_dir(), repo, {**TINY, "vocab_size": 2})
+    assert resolve_model_config(repo, models).config["vocab_size"] == 2
+    # 1. a local folder beats everything
+    local = tmp_path / "acme" / "Base-1B"
+    local.mkdir(parents=True)
+    (local / "config.json").write_text(json.dumps({**TINY, "vocab_size": 1}))
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_config(repo, models).config["vocab_size"] == 1
+
+
+def test_gated_or_missing_repo_is_one_sentence_unless_a_copy_is_shipped(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    gated = "acme/Gated-1B is gated on the Hugging Face hub: set HF_TOKEN to a token of an account"
+    monkeypatch.setattr(plan_core, "_from_hub", lambda *a: (None, gated + " that has accepted"))
+    with pytest.raises(CharlieError) as error:
+        resolve_model_config("acme/Gated-1B", tmp_path / "models")
+    message = str(error.value)
+    assert message.startswith(gated)
+    assert message.endswith(
+        f"or put a copy of its config.json in {tmp_path}/models/acme__Gated-1B/."
+    )
+    assert "\n" not in message
+    (tmp_path / "models" / "acme__Gated-1B").mkdir(parents=True)
+    (tmp_path / "models" / "acme__Gated-1B" / "config.json").write_text(json.dumps(TINY))
+    assert resolve_model_config("acme/Gated-1B", tmp_path / "models").source == "shipped copy"
+
+
+def test_hub_problems_become_sentences(monkeypatch, tmp_path):
+    hf = pytest.importorskip("huggingface_hub")
+    from huggingface_hub import errors
+
+    response = type("R", (), {"status_code": 401, "headers": {}, "request": None})()
+
+    def refuse(error):
+        def metadata(*args, **kwargs):
+            raise error
+
+        return metadata
+
+    cases = [
+        (errors.GatedRepoError("gated", response=response), "is gated on the Hugging Face hub"),
+        (errors.RepositoryNotFoundError("nope", response=response), "is not a model on the"),
+        (ConnectionError("no network"), ""),
+    ]
+    for error, expected in cases:
+        monkeypatch.setattr(hf, "get_hf_file_metadata", refuse(error))
+        path, problem = plan_core._from_hub("acme/X", None, tmp_path)
+        assert path is None and expected in problem and (problem == "") == (expected == "")
+
+
+def test_a_base_model_json_folder_is_named_by_its_ref(tmp_path):
+    folder = tmp_path / "base"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(TINY))
+    ref = {"ref": "s3://models/acme/base-1b", "path": str(folder), "revision": "v1"}
+    (folder / "base_model.json").write_text(json.dumps(ref))
+    found = resolve_model_config(str(folder), tmp_path / "models")
+    assert (found.name, found.source) == ("s3://models/acme/base-1b", "local folder")
+    # a reference folder without a config.json of its own reads the weights folder's
+    pointer = tmp_path / "pointer"
+    pointer.mkdir()
+    (pointer / "base_model.json").write_text(json.dumps({**ref, "ref": "acme/Base-1B"}))
+    found = resolve_model_config(str(pointer), tmp_path / "models")
+    assert (found.name, found.path) == ("acme/Base-1B", folder / "config.json")
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(f"base_model: {folder}\noutput_dir: out\ngpu_type: H100-80GB\n")
+    plan = plan_for(load_train_config(cfg), configs_dir=CONFIGS)
+    assert render_table(plan).startswith("s3://models/acme/base-1b, lora")
+    assert verdict(plan).startswith("s3://models/acme/base-1b with lora needs about")
+
+
+# --------------------------------------------------------------------------- nodes, --out, Kubeflow
+
+
+def test_nodes_multiply_the_gpus_zero_shards_across(monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg = load_train_config(CONFIGS / "sft_config_multigpu.yaml")
+    flat = plan_for(cfg, num_gpus=32, configs_dir=CONFIGS)
+    nodes = plan_for(cfg, num_gpus=8, num_nodes=4, configs_dir=CONFIGS)
+    assert nodes.setup.world_size == 32 and nodes.total == flat.total
+    assert "4 nodes × 8 GPUs (32 x H200-141GB), ZeRO-3" in render_table(nodes)
+    assert "each of 32 H200-141GB (4 nodes × 8 GPUs) has 127 GiB usable: it fits." in verdict(nodes)
+    short = plan_for(cfg, num_gpus=2, num_nodes=2, configs_dir=CONFIGS)
+    assert not short.fits
+    need = short.min_gpus_zero3()
+    assert f"use at least {2 * -(-need // 2)} H200-141GB ({-(-need // 2)} nodes × 2 GPUs)" in (
+        verdict(short)
+    )
+
+
+def _executor_input(tmp_path: Path) -> str:
+    def artifact(name, kind):
+        return {"artifacts": [{"name": name, "uri": str(tmp_path / "kfp" / name),
+                               "type": {"schemaTitle": kind}, "metadata": {}}]}  # fmt: skip
+
+    return json.dumps({"outputs": {
+        "artifacts": {"plan": artifact("plan", "system.Markdown"),
+                      "metrics": artifact("metrics", "system.Metrics")},
+        "outputFile": str(tmp_path / "kfp" / "executor_output.json"),
+    }})  # fmt: skip
+
+
+def test_stage_nodes_out_markdown_and_kubeflow_outputs(monkeypatch, tmp_path, capsys):
+    out = tmp_path / "plan.md"
+    argv = ["--config", "configs/sft_config_multigpu.yaml", "--nodes", "4", "--gpus", "8",
+            "--out", str(out), "--kfp-executor-input", _executor_input(tmp_path)]  # fmt: skip
+    assert _main(monkeypatch, argv) == 0
+    printed = capsys.readouterr().out
+    assert "4 nodes × 8 GPUs (32 x H200-141GB)" in printed
+    markdown = out.read_text()
+    assert markdown.startswith("# Memory plan\n") and "| total |" in markdown
+    assert markdown.rstrip().endswith("it fits.**")
+    assert (tmp_path / "kfp" / "plan").read_text() == markdown
+    metrics = json.loads((tmp_path / "kfp" / "metrics").read_text())
+    assert metrics["fits"] == 1 and metrics["gpus"] == 32 and metrics["nodes"] == 4
+    assert metrics["params"] == 671_877_929_216
+    assert 0 < metrics["total_gib_per_gpu"] <= metrics["capacity_gib_per_gpu"]
+    written = json.loads((tmp_path / "kfp" / "executor_output.json").read_text())
+    assert set(written["artifacts"]) == {"plan", "metrics"}
+
+
+def test_stage_that_does_not_fit_still_fills_kubeflow_outputs_and_exits_1(
+    monkeypatch, tmp_path, capsys
+):
+    argv = ["--config", "configs/sft_config_multigpu.yaml", "--nodes", "2", "--gpus", "2",
+            "--kfp-executor-input", _executor_input(tmp_path)]  # fmt: skip
+    assert _main(monkeypatch, argv) == 1
+    err = capsys.readouterr().err
+    assert "each of 4 H200-141GB (2 nodes × 2 GPUs) has 127 GiB usable: it does not fit" in err
+    assert json.loads((tmp_path / "kfp" / "metrics").read_text())["fits"] == 0
+    assert "it does not fit" in (tmp_path / "kfp" / "plan").read_text()
+
+
+def test_stage_cpu_config_has_no_gpu_to_check(monkeypatch, tmp_path, capsys):
+    out = tmp_path / "plan.md"
+    assert (
+        _main(monkeypatch, ["--config", "configs/sft_tiny_lora_cpu.yaml", "--out", str(out)]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert (
+        printed
+        == "models/tiny trains on the CPU (gpu_type CPU): there is no GPU memory to check.\n"
+    )
+    assert "no GPU memory to check" in out.read_text()
+
+
+def test_stage_rejects_fewer_than_one_node(monkeypatch, capsys):
+    argv = ["--config", "configs/sft_llama3_8b_qlora_1gpu.yaml", "--nodes", "0"]
+    assert _main(monkeypatch, argv) == 2
+    assert capsys.readouterr().err == "charlie plan: error: --nodes must be at least 1, not 0.\n"
+
+
+def test_markdown_has_the_table_and_verdict():
+    plan = estimate(model_shape(TINY, "tiny"), setup(), GPU)
+    markdown = render_markdown(plan)
+    assert "| weights |" in markdown and "| usable (1 GiB x 0.9) |" in markdown
+    assert f"**{verdict(plan)}**" in markdown
+
+
+def test_stage_as_the_kubeflow_plan_component_calls_it(monkeypatch, tmp_path, capsys):
+    # fetch-model's reference folder (config.json + base_model.json), tokenize's report
+    folder = tmp_path / "base"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(QWEN25_7B))
+    (folder / "base_model.json").write_text(json.dumps(
+        {"ref": "Qwen/Qwen2.5-7B-Instruct", "path": str(tmp_path / "weights"), "revision": "abc",
+         "source": "hub"}))  # fmt: skip
+    tokenized = tmp_path / "tokenized"
+    tokenized.mkdir()
+    (tokenized / "tokenize_report.json").write_text(json.dumps({"max_length": 1024}))
+    spec = json.loads(_executor_input(tmp_path))
+    outputs = spec["outputs"]["artifacts"]
+    outputs["summary"] = outputs.pop("plan")
+    report = {"name": "report", "uri": str(tmp_path / "kfp" / "report"),
+              "type": {"schemaTitle": "system.Artifact"}, "metadata": {}}  # fmt: skip
+    outputs["report"] = {"artifacts": [report]}
+    config = tmp_path / "sft.yaml"
+    config.write_text("base_model: models/tiny\noutput_dir: out\nmethod: qlora\nmax_length: auto\n"
+                      "gpu_type: L40S-48GB\nper_device_train_batch_size: 1\n")  # fmt: skip
+    argv = ["--config", str(config), "--base-model", str(folder), "--dataset-dir", str(tokenized),
+            "--gpus", "1", "--nodes", "1", "--out", f"{tmp_path / 'kfp' / 'report'}/plan.md",
+            "--kfp-executor-input", json.dumps(spec)]  # fmt: skip
+    assert _main(monkeypatch, argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Qwen/Qwen2.5-7B-Instruct, qlora")
+    assert "max_length 1024, auto: from " in out
+    markdown = (tmp_path / "kfp" / "report" / "plan.md").read_text()
+    assert (tmp_path / "kfp" / "plan").read_text() == markdown  # the summary output's URI
+    metrics = json.loads((tmp_path / "kfp" / "metrics").read_text())
+    assert metrics["params"] == QWEN25_7B_PARAMS and metrics["fits"] == 1

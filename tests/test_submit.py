@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import socket
 import time
@@ -66,7 +67,7 @@ def test_submit_uploads_the_compiled_yaml_and_starts_the_run(package, capsys, mo
         code = _main(
             "--host", server.url, "--package", str(package), "--experiment", "nightly",
             "--param", "smoke_test=true", "--param", "eval_limit=5",
-            "--param", "train_start=2024-01-02", "--param", "input_dir=123",
+            "--param", "train_start=2024-01-02", "--param", "theses=123",
         )  # fmt: skip
         assert code == 0
         uploads = server.calls("POST", "/apis/v2beta1/pipelines/upload")
@@ -81,7 +82,7 @@ def test_submit_uploads_the_compiled_yaml_and_starts_the_run(package, capsys, mo
             "smoke_test": True,
             "eval_limit": 5,
             "train_start": "2024-01-02",
-            "input_dir": "123",
+            "theses": "123",
         }
         pipeline_id = next(iter(server.pipelines))
         version = server.versions[pipeline_id][0]
@@ -257,3 +258,237 @@ def test_fetch_metrics_refuses_what_it_cannot_read_before_submitting(package, ca
     assert no_wait == gcs == 2
     assert "--fetch-metrics needs --wait" in err
     assert "'gs://bucket/kfp' is not an s3:// or minio:// URI" in err
+
+
+# ------------------------------------------------------------------------------ --schedule
+
+RECURRING = "/apis/v2beta1/recurringruns"
+
+
+def test_schedule_creates_a_recurring_run_instead_of_a_run(package, capsys):
+    with FakeKfp() as server:
+        code = _main(
+            "--host", server.url, "--package", str(package), "--experiment", "nightly",
+            "--param", "smoke_test=true", "--pipeline-root", "s3://artifacts/kfp",
+            "--schedule", "0 0 3 * * *", "--run-name", "retrain",
+        )  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+        assert server.calls("POST", RUNS) == []
+        (created,) = server.calls("POST", RECURRING)
+        body = created.body
+        assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * *"}}
+        assert body["mode"] == "ENABLE" and body["no_catchup"] is True
+        assert int(body["max_concurrency"]) == 1
+        assert body["display_name"] == "retrain"
+        assert body["experiment_id"] == next(iter(server.experiments))
+        pipeline_id = next(iter(server.pipelines))
+        assert body["pipeline_version_reference"] == {
+            "pipeline_id": pipeline_id,
+            "pipeline_version_id": server.versions[pipeline_id][0]["pipeline_version_id"],
+        }
+        assert body["runtime_config"] == {
+            "parameters": {"smoke_test": True},
+            "pipeline_root": "s3://artifacts/kfp",
+        }
+        (job_id,) = server.recurring_runs
+        assert server.recurring_runs[job_id]["status"] == "ENABLED"
+    out = capsys.readouterr().out
+    assert f"recurring run id:  {job_id}" in out
+    assert f"{server.url}/#/recurringrun/details/{job_id}" in out
+    assert "run id:  " not in out.replace("recurring run id:  ", "")
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # kfp.Client's note on server versions
+def test_the_fake_server_lists_and_gets_recurring_runs_as_kfp_client_reads_them(package):
+    import kfp
+
+    with FakeKfp() as server:
+        assert _main("--host", server.url, "--package", str(package),
+                     "--schedule", "@every 24h") == 0  # fmt: skip
+        (job_id,) = server.recurring_runs
+        client = kfp.Client(host=server.url)
+        got = client.get_recurring_run(job_id)
+        assert got.trigger.cron_schedule.cron == "@every 24h" and got.status == "ENABLED"
+        listed = client.list_recurring_runs()
+        assert [r.recurring_run_id for r in listed.recurring_runs] == [job_id]
+
+
+@pytest.mark.parametrize(
+    ("cron", "sentence"),
+    [
+        ("0 3 * * *", "--schedule '0 3 * * *' has 5 fields; KFP's cron has 6 (second minute hour "
+         "day-of-month month day-of-week), e.g. '0 0 3 * * *'."),
+        ("0 0 0 3 * * *", "--schedule '0 0 0 3 * * *' has 7 fields; KFP's cron has 6"),
+        ("0 0 3 * * fri;", "--schedule '0 0 3 * * fri;': 'fri;' is not a cron field."),
+    ],
+)  # fmt: skip
+def test_a_cron_of_the_wrong_shape_is_one_sentence_before_any_call(package, capsys, cron,
+                                                                   sentence):  # fmt: skip
+    with FakeKfp() as server:
+        code = _main("--host", server.url, "--package", str(package), "--schedule", cron)
+        assert server.requests == []
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.endswith(".")
+    assert sentence in err
+
+
+def test_schedule_excludes_wait(package, capsys):
+    with FakeKfp() as server:
+        code = _main("--host", server.url, "--package", str(package), "--schedule",
+                     "0 0 3 * * *", "--wait")  # fmt: skip
+        assert server.requests == []
+    assert code == 2
+    assert "--schedule creates a recurring run, which has no single end to wait for" in (
+        capsys.readouterr().err
+    )
+
+
+def test_dry_run_shows_the_schedule(package, capsys):
+    assert _main("--host", "http://127.0.0.1:9", "--package", str(package), "--dry-run",
+                 "--schedule", "0 30 2 * * 1-5") == 0  # fmt: skip
+    assert "schedule:   0 30 2 * * 1-5 (a recurring run" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- --fetch-model
+
+SOURCE = {"kind": "s3", "uri": "s3://raw/theses/", "version": "3f2a9c"}
+
+
+def _git_dvc_workspace(root: Path, s3_endpoint: str, bucket: str) -> Path:
+    from .test_dvc import run
+
+    root.mkdir()
+    run(["git", "init", "-q"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["dvc", "remote", "add", "-d", "s3", f"s3://{bucket}/charlie"], root)
+    run(["dvc", "remote", "modify", "s3", "endpointurl", s3_endpoint], root)
+    return root
+
+
+def _put_model(client, run_prefix: str, task: str = "train", execution: str = "") -> dict:
+    where = f"{run_prefix}/{task}/" + (f"{execution}/" if execution else "") + "model"
+    files = {
+        "adapter_model.safetensors": b"\x00adapter-weights",
+        "adapter_config.json": b'{"base_model_name_or_path": "/mnt/x"}',
+        "base_model.json": b'{"ref": "Org/Name", "revision": "abc", "source": "hub"}',
+        "merged/config.json": b'{"model_type": "llama"}',
+        "merged/model.safetensors": b"\x00merged-weights",
+    }
+    for name, body in files.items():
+        client.put_object(Bucket="artifacts", Key=f"{where}/{name}", Body=body)
+    return files
+
+
+@pytest.mark.slow
+def test_wait_fetch_model_downloads_the_model_and_tracks_it_with_dvc(
+    package, s3_endpoint, tmp_path, monkeypatch, capsys
+):
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket="artifacts")
+    client.create_bucket(Bucket="dvc-store")
+    run_prefix = f"kfp/charlie-sft/{RUN_ID}"
+    files = _put_model(client, run_prefix)
+    client.put_object(Bucket="artifacts", Key=f"{run_prefix}/parse/report",
+                      Body=json.dumps({"totals": {}, "source": SOURCE}).encode())  # fmt: skip
+    client.put_object(Bucket="artifacts", Key="kfp/charlie-sft/other-run/train/model/x.bin",
+                      Body=b"not this run")  # fmt: skip
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    workspace = _git_dvc_workspace(tmp_path / "ws", s3_endpoint, "dvc-store")
+    monkeypatch.chdir(workspace)
+    with FakeKfp(run_id=RUN_ID) as server:
+        code = _main(
+            "--host", server.url, "--package", str(package), "--pipeline-root",
+            "s3://artifacts/kfp", "--param", "smoke_test=true", "--wait",
+            "--poll-interval", "0.01", "--fetch-model", "models/run1", "--push",
+        )  # fmt: skip
+        pipeline_id = next(iter(server.pipelines))
+        version = server.versions[pipeline_id][0]
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    model = workspace / "models" / "run1"
+    assert {str(p.relative_to(model)): p.read_bytes() for p in model.rglob("*")
+            if p.is_file() and p.name != "kfp_run.json"} == files  # fmt: skip
+    record = json.loads((model / "kfp_run.json").read_text())
+    assert record == {
+        "run_id": RUN_ID, "run_url": f"{server.url}/#/runs/details/{RUN_ID}",
+        "host": server.url, "experiment": "charlie", "pipeline": "charlie-sft",
+        "pipeline_id": pipeline_id, "pipeline_version": record["pipeline_version"],
+        "pipeline_version_id": version["pipeline_version_id"],
+        "code_version": record["code_version"], "parameters": {"smoke_test": True}, "task": "train",
+        "model_artifact": f"s3://artifacts/{run_prefix}/train/model/", "data": SOURCE,
+    }  # fmt: skip
+    assert record["pipeline_version"] == version["display_name"]
+    assert record["code_version"].endswith("Z")  # <git short hash>[-dirty]-<UTC timestamp>
+    # DVC: DIR.dvc for git, DIR ignored by git, the files in the remote.
+    dvc_file = workspace / "models" / "run1.dvc"
+    assert "path: run1" in dvc_file.read_text()
+    assert "/run1" in (workspace / "models" / ".gitignore").read_text().splitlines()
+    pushed = client.list_objects_v2(Bucket="dvc-store").get("KeyCount", 0)
+    assert pushed >= len(files) + 1  # every file, kfp_run.json, and the .dir manifest
+    assert "data version: 3f2a9c" in out.out
+    assert "next: git add models/run1.dvc models/.gitignore && git commit" in out.out
+
+
+def test_fetch_model_without_a_data_source_records_null(package, s3_endpoint, tmp_path,
+                                                         monkeypatch, capsys):  # fmt: skip
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket="artifacts")
+    run_prefix = f"kfp/charlie-sft/{RUN_ID}"
+    _put_model(client, run_prefix, task="train-job", execution="exec-42")
+    client.put_object(Bucket="artifacts", Key=f"{run_prefix}/parse/report", Body=b'{"totals": {}}')
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    workspace = tmp_path / "ws"
+    (workspace / ".dvc").mkdir(parents=True)
+    monkeypatch.chdir(workspace)
+    tracked = []
+    monkeypatch.setattr(submit, "dvc_track", lambda dest, push: tracked.append((dest, push))
+                        or dest.parent / f"{dest.name}.dvc")  # fmt: skip
+    with FakeKfp(run_id=RUN_ID) as server:
+        code = _main("--host", server.url, "--package", str(package), "--pipeline-root",
+                     "s3://artifacts/kfp", "--wait", "--poll-interval", "0.01",
+                     "--fetch-model", "model")  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    record = json.loads((workspace / "model" / "kfp_run.json").read_text())
+    assert record["data"] is None and record["task"] == "train-job"
+    assert record["model_artifact"].endswith(f"{run_prefix}/train-job/exec-42/model/")
+    assert (workspace / "model" / "merged" / "model.safetensors").is_file()
+    assert tracked == [(Path("model"), False)]
+    assert "data version: unknown" in out.out
+
+
+def test_fetch_model_refuses_before_submitting_without_dvc_or_wait(package, tmp_path,
+                                                                    monkeypatch, capsys):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    with FakeKfp() as server:
+        no_dvc = _main("--host", server.url, "--package", str(package), "--pipeline-root",
+                       "s3://artifacts/kfp", "--wait", "--fetch-model", "model")  # fmt: skip
+        no_wait = _main("--host", server.url, "--package", str(package), "--fetch-model", "m")
+        push_alone = _main("--host", server.url, "--package", str(package), "--push")
+        assert server.requests == []
+    err = capsys.readouterr().err
+    assert no_dvc == no_wait == push_alone == 2
+    assert f"DVC is not initialised in {tmp_path.resolve()} or above it; run `dvc init`" in err
+    assert "--fetch-model needs --wait" in err
+    assert "--push pushes the model --fetch-model fetches" in err
+
+
+def test_fetch_model_says_when_the_run_has_no_model(package, s3_endpoint, tmp_path, monkeypatch,
+                                                    capsys):  # fmt: skip
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket="artifacts")
+    client.put_object(Bucket="artifacts", Key=f"kfp/charlie-sft/{RUN_ID}/parse/report", Body=b"{}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    (tmp_path / ".dvc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with FakeKfp(run_id=RUN_ID) as server:
+        code = _main("--host", server.url, "--package", str(package), "--pipeline-root",
+                     "s3://artifacts/kfp", "--wait", "--poll-interval", "0.01",
+                     "--fetch-model", "model")  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert err.endswith(
+        f"the run's artifacts under s3://artifacts/kfp/charlie-sft/{RUN_ID}/ hold no trained "
+        "model (the model output of train or train-job)."
+    )
+    assert not (tmp_path / "model").exists()

@@ -11,6 +11,9 @@ def backtest(
     results: Input[Dataset],
     backtest_config: str,
     force: bool,
+    price_providers: str,
+    price_dir: str,
+    price_cache_dir: str,
     portfolio: Output[Dataset],
     metrics: Output[Metrics],
     report: Output[HTML],
@@ -22,6 +25,12 @@ def backtest(
         backtest_config: Costs, sizing and action mapping (configs/backtest_config.yaml).
         force: Backtest predictions that fail the parse-rate gate anyway (a smoke run's model
             writes no action); the report and metrics say the run was forced.
+        price_providers: Price providers, tried in order, comma-separated (file, eodhd,
+            yfinance); EODHD_API_KEY comes from the charlie-eodhd Secret.
+        price_dir: The file provider's folder: the image's sample (data/samples/prices), or an
+            s3:// prefix of <TICKER>.csv files.
+        price_cache_dir: The parquet cache of network answers, on the cache volume, so a retried
+            or later run does not fetch again.
         portfolio: Directory with baseline.csv (daily), baseline_trades.csv, baseline_metrics.json,
             baseline_equity.png, baseline_drawdown.png and baseline_report.html.
         metrics: Strategy and benchmark return, CAGR, Sharpe, Sortino, max drawdown, turnover,
@@ -36,6 +45,9 @@ def backtest(
             "--config", backtest_config,
             "--out", f"{portfolio.path}/baseline.csv",
             f"--force={force}",
+            "--price-providers", price_providers,
+            "--price-dir", price_dir,
+            "--price-cache-dir", price_cache_dir,
             "--kfp-executor-input", dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER,
         ],
     )  # fmt: skip

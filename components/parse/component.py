@@ -9,6 +9,8 @@ from components.images import CPU_IMAGE
 @dsl.container_component
 def parse(
     input_dir: str,
+    dvc_repo: str,
+    dvc_rev: str,
     records: Output[Dataset],
     rejects: Output[Dataset],
     report: Output[Artifact],
@@ -17,11 +19,15 @@ def parse(
     """Parse XML theses into JSONL records, accounting for every thesis.
 
     Args:
-        input_dir: Directory of *.xml theses inside the container (the image embeds the sample
-            at data/samples/xml).
+        input_dir: Where the *.xml theses are: a folder inside the container (the image embeds
+            the sample at data/samples/xml), an s3:// prefix (credentials and endpoint from the
+            charlie-s3 Secret), or, with dvc_repo, the DVC-tracked path in that repository.
+        dvc_repo: A git repository URL whose DVC-tracked input_dir to read ("": none).
+        dvc_rev: The git revision of dvc_repo ("": its default branch).
         records: records.jsonl, one valid thesis per line.
         rejects: rejects.jsonl, every rejected thesis or file with its reason.
-        report: parse_report.json, theses seen = records + rejects + collapsed duplicates.
+        report: parse_report.json, theses seen = records + rejects + collapsed duplicates, and
+            the source read with its version.
         metrics: The report's totals (files, theses seen, records, rejects, duplicates).
     """
     return dsl.ContainerSpec(
@@ -29,6 +35,8 @@ def parse(
         command=["charlie", "parse"],
         args=[
             "--input-dir", input_dir,
+            "--dvc-repo", dvc_repo,
+            "--dvc-rev", dvc_rev,
             "--out", records.path,
             "--rejects", rejects.path,
             "--report", report.path,

@@ -14,7 +14,8 @@ def tokenize(
 
     Args:
         config: Training config path inside the image (configs/sft_*.yaml).
-        base_model: The base model whose tokenizer is extended (init-model's output).
+        base_model: The base model whose tokenizer is extended (init-model's model, or
+            fetch-model's reference folder); its config.json gives the context length.
         sft_dataset: The SFT DatasetDict from dataset.
         tokenized: input_ids + completion_mask shards, tokenizer/ and tokenize_report.json.
     """
@@ -25,6 +26,7 @@ def tokenize(
             "--config", config,
             "--dataset", sft_dataset.path,
             "--out", tokenized.path,
+            "--base-model", base_model.path,  # its config.json: the context length
             "--tokenizer", base_model.path,
         ],
     )  # fmt: skip

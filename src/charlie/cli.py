@@ -1,7 +1,8 @@
-"""The ``charlie`` command: one subcommand per pipeline stage, and four utilities.
+"""The ``charlie`` command: one subcommand per pipeline stage, and six utilities.
 
 A pipeline stage's subcommand, its DVC stage (dvc.yaml) and its KFP component share one name;
-``sample``, ``prices``, ``plan`` and ``submit`` are utilities (commands only). Only the module
+``sample``, ``prices``, ``plan``, ``submit``, ``fetch-model`` and ``train-job`` are utilities
+(no DVC stage; the last three are Kubeflow components too). Only the module
 of the subcommand being run is imported, so ``charlie --help`` imports no stage at all.
 """
 
@@ -30,9 +31,14 @@ STAGES: dict[str, str] = {
     "backtest": "simulate the predictions as a cost-aware daily portfolio, with an HTML report",
     "submit": "upload the compiled pipeline to Kubeflow Pipelines and start (and follow) a run",
     "plan": "estimate per-GPU memory of a training config and say whether it fits",
+    "fetch-model": "bring a hub or object-store base model onto the cache volume (Kubeflow)",
+    "train-job": "train on several nodes as a Kubeflow Trainer TrainJob, and follow it",
 }
-UTILITIES = ("sample", "prices", "plan", "submit")
-"""Commands that are not pipeline stages: no DVC stage, no KFP component."""
+UTILITIES = ("sample", "prices", "plan", "submit", "fetch-model", "train-job")
+"""Commands that are not pipeline stages: no DVC stage."""
+CLUSTER_STEPS = ("plan", "fetch-model", "train-job")
+"""Utilities the Kubeflow pipeline also runs, each as a KFP component of its own: the plan
+before any GPU is requested, a real base model's download, multi-node training."""
 
 
 def stage_module(name: str) -> str:

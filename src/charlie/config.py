@@ -74,7 +74,23 @@ class SampleParams(Section):
 class ParseParams(Section):
     """``charlie parse``: XML theses to JSONL records."""
 
-    input_dir: Path = Field(Path("data/samples/xml"), description="Reads every *.xml here.")
+    input_dir: str = Field(
+        "data/samples/xml",
+        description="Reads every *.xml here: a local directory or an s3://bucket/prefix/; with "
+        "dvc_repo, the DVC-tracked path inside that repository.",
+        json_schema_extra={"metavar": "PATH|s3://BUCKET/PREFIX/"},
+    )
+    dvc_repo: str = Field(
+        "",
+        description="A git repository (URL or path) whose DVC-tracked input_dir to `dvc get`; "
+        "empty: off.",
+        json_schema_extra={"metavar": "URL"},
+    )
+    dvc_rev: str = Field(
+        "",
+        description="The dvc_repo revision (branch, tag or commit); empty: its default branch.",
+        json_schema_extra={"metavar": "REV"},
+    )
     out: Path = Field(Path("data/jsonl/records.jsonl"), description="The records JSONL to write.")
     rejects: Path = Field(
         Path("data/jsonl/rejects.jsonl"), description="The rejects JSONL to write."
@@ -84,6 +100,33 @@ class ParseParams(Section):
         description="The accounting report JSON (a DVC metric).",
     )
     strict: bool = Field(False, description="Exit 1 when any thesis or file was rejected.")
+
+    @field_validator("input_dir")
+    @classmethod
+    def _location(cls, value: str) -> str:
+        return _location(value, "input_dir")
+
+    @model_validator(mode="after")
+    def _dvc(self) -> ParseParams:
+        if self.dvc_repo and "://" in self.input_dir:
+            raise ValueError(
+                f"with dvc_repo, input_dir is a path inside that repository, not {self.input_dir}"
+            )
+        if self.dvc_rev and not self.dvc_repo:
+            raise ValueError(f"dvc_rev ({self.dvc_rev}) needs dvc_repo, the repository to read")
+        return self
+
+
+def _location(value: str, key: str) -> str:
+    """A local path (normalised as a Path would be) or an s3:// URI (kept as written)."""
+    value = str(value).strip()
+    if not value:
+        raise ValueError(f"{key} is empty")
+    if "://" in value:
+        if not value.startswith("s3://") or len(value) == len("s3://"):
+            raise ValueError("a URI must be s3://bucket/prefix/ (the only remote kind)")
+        return value
+    return str(Path(value))
 
 
 class EodhdParams(Section):
@@ -110,8 +153,17 @@ class PricesParams(Section):
         min_length=1,
         description=f"Tried in order, from {', '.join(PROVIDERS)}; the seed's is eodhd,yfinance.",
     )
-    file_dir: Path = Field(Path("data/samples/prices"), description="The file provider's dir.")
-    cache_dir: Path = Field(Path("data/price_cache"), description="Parquet cache per ticker.")
+    file_dir: str = Field(
+        "data/samples/prices",
+        description="The file provider's directory: local, or an s3://bucket/prefix/ "
+        "downloaded once per version under cache_dir/file/s3/.",
+        json_schema_extra={"metavar": "PATH|s3://BUCKET/PREFIX/"},
+    )
+    cache_dir: Path = Field(
+        Path("data/price_cache"),
+        description="Parquet cache per provider and ticker, consulted before any network call "
+        "(a persistent volume on Kubeflow).",
+    )
     history_days: int = Field(
         400, ge=0, description="Calendar days of bars before a ticker's first record."
     )
@@ -121,6 +173,18 @@ class PricesParams(Section):
     eodhd: EodhdParams = EodhdParams()
     yfinance: YFinanceParams = YFinanceParams()
 
+    @field_validator("file_dir")
+    @classmethod
+    def _file_dir(cls, value: str) -> str:
+        return _location(value, "file_dir")
+
+    @field_validator("cache_dir", mode="before")
+    @classmethod
+    def _local_cache(cls, value: Any) -> Any:
+        if "://" in str(value):
+            raise ValueError("the cache must be a local directory (a mounted volume), not a URI")
+        return value
+
     @field_validator("providers")
     @classmethod
     def _known(cls, names: list[str]) -> list[str]:
@@ -128,6 +192,11 @@ class PricesParams(Section):
             if name not in PROVIDERS:
                 raise ValueError(f"unknown provider {name!r}; known: {', '.join(PROVIDERS)}")
         return names
+
+
+PRICE_FLAGS = {"price_providers": "providers", "price_dir": "file_dir",
+               "price_cache_dir": "cache_dir"}  # fmt: skip
+"""The ``prices`` settings a Kubeflow run changes, as flags of the stages that read prices."""
 
 
 class DatasetParams(Section):
@@ -397,6 +466,9 @@ def add_flags(
         )
         default = "" if info.is_required() else f"; {_shown(info.default)} if unset"
         text = (info.description or key.replace("_", " ").capitalize() + ".").replace("%", "%%")
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and "metavar" in extra and "metavar" in kwargs:
+            kwargs["metavar"] = str(extra["metavar"])
         parser.add_argument(flag, dest=dest, default=None, help=f"{text} (default: {where}{default})",
                             **kwargs)  # fmt: skip
         registered[dest] = flag
@@ -459,6 +531,8 @@ def _comma_list(value: str) -> list[str]:
 def _shown(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(map(str, value)) or "none"
+    if value == "":
+        return "empty"
     return "none" if value is None else str(value)
 
 

@@ -57,10 +57,31 @@ def merge_adapter(
 
     adapter_dir = Path(adapter_dir)
     if base_model is None:
-        config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
-        base_model = config["base_model_name_or_path"]
+        base_model = adapter_base(adapter_dir)
     base = load_base_model(base_model, vocab_size, trust_remote_code=trust_remote_code)
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+
+
+def adapter_base(adapter_dir: Path | str) -> str:
+    """The base model an adapter was trained on, as this machine can load it.
+
+    The adapter config's ``base_model_name_or_path`` when that loads here; else the hub id that
+    ``charlie train`` recorded in ``base_model.json`` (a base trained from the cache volume's
+    snapshot of a hub model loads from the hub, or this machine's cache, elsewhere).
+    """
+    from charlie.basemodel import read_reference
+
+    adapter_dir = Path(adapter_dir)
+    config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+    named = str(config["base_model_name_or_path"])
+    record = read_reference(adapter_dir)
+    if record is None or Path(named).is_dir() or not Path(named).is_absolute():
+        return named
+    if Path(record["path"]).is_dir():
+        return record["path"]
+    if record.get("source") == "hub":
+        return str(record["ref"])
+    return named
 
 
 def load_model_dir(model_dir: Path | str) -> Any:

@@ -1,11 +1,15 @@
 """Will a fine-tuning run fit? Per-GPU memory, estimated from the base model's config.json.
 
 ``charlie plan`` prints the estimate; ``charlie train`` calls :func:`check_fits` to refuse a run
-that cannot fit before it loads anything. The core is pure arithmetic on a config dict
+that cannot fit before it loads anything. The core is arithmetic on a config dict
 (:func:`model_shape`, :func:`estimate`, :func:`render_table`, :func:`verdict`); only
-:func:`load_model_config`, :func:`load_gpu` and :func:`plan_for` read files.
+:func:`resolve_model_config` (a local folder, one with a ``base_model.json``, the Hugging Face
+cache, the hub, the copies shipped in configs/models/), :func:`load_gpu` and :func:`plan_for`
+read files, and only :func:`meta_model_shape` imports torch and transformers (when called).
 
 Parameters (exact, from config.json)
+    Counted by arithmetic for ``model_type`` llama, mistral, deepseek_v3 and deepseek_v32 (and a
+    config with no model_type); built on the meta device for any other (below).
     Llama-style dense models: token embeddings (vocab x hidden), per layer q/k/v/o projections
     (grouped-query: k and v have ``num_key_value_heads`` heads of ``head_dim``), a SwiGLU MLP
     (gate, up, down) and two RMSNorms, then a final norm and ``lm_head`` (none when
@@ -20,24 +24,40 @@ Parameters (exact, from config.json)
     buffer, not a parameter. The multi-token-prediction module (``num_nextn_predict_layers``,
     ~11.5B more in the checkpoint) is excluded: transformers does not load it.
     That gives 8,030,261,248 for Llama-3.1-8B and ~671.9e9 for DeepSeek-V3.2-Exp (671.0e9 as in
-    DeepSeek-V3's report, plus 0.85e9 of indexers). Other MoE layouts (Mixtral's
-    ``num_local_experts``...) are refused rather than miscounted.
+    DeepSeek-V3's report, plus 0.85e9 of indexers); transformers' own count on the meta device
+    agrees to the parameter for both.
+    Any other architecture transformers knows (Qwen2 with its q/k/v biases, Mixtral, Gemma,
+    Phi-3, GPT-NeoX...) is built with ``AutoModelForCausalLM.from_config`` under
+    ``torch.device("meta")`` (no memory, no weights) and read off: ``total_params`` is
+    transformers' own count (tied weights once). The decoder layers are the largest
+    ModuleList, grouped by identical parameters; each nn.Linear (or GPT-2 Conv1D) is a linear
+    at its module path, numbered copies (``experts.0.w1``...) folded into one with copies; a
+    3-D parameter (fused experts, copies x out x in) is a *fused* linear; norms, routers and
+    other layer parameters are the layer's other parameters; whatever lies outside the layers
+    besides embed_tokens and lm_head (final norm, position embeddings) counts with the final
+    norm. A token passes through ``num_experts_per_tok`` copies of an expert linear (all of
+    them when the config does not say). A config with no model_type and an MoE layout other
+    than DeepSeek's, or a model_type transformers does not know, is refused.
 
 Memory per GPU (GiB = 2^30 bytes)
     weights: every base parameter at 2 bytes when ``bf16``/``fp16`` is on (TRL's default) or 4
-        in fp32. QLoRA stores every linear weight (experts included) in 4-bit NF4 with double
-        quantisation: 0.5 byte + 8-bit absmax per 64 weights + fp32 scale per 256 blocks =
-        0.5159 byte/param; embeddings, lm_head, norms, routers and biases stay 16-bit. Trainable
-        parameters that are copies (LoRA adapters, the ``modules_to_save`` copies of
-        embed_tokens and lm_head) add their own weight bytes. Routers, which transformers keeps
-        in fp32, are counted at 16 bits (< 0.2 GiB off for DeepSeek).
+        in fp32. QLoRA stores every nn.Linear weight of the decoder layers (experts included
+        when they are linears) in 4-bit NF4 with double quantisation: 0.5 byte + 8-bit absmax
+        per 64 weights + fp32 scale per 256 blocks = 0.5159 byte/param; embeddings, lm_head,
+        norms, routers, biases and fused expert parameters (bitsandbytes replaces only
+        nn.Linear) stay 16-bit. Trainable parameters that are copies (LoRA adapters, the
+        ``modules_to_save`` copies of embed_tokens and lm_head) add their own weight bytes.
+        Routers, which transformers keeps in fp32, are counted at 16 bits (< 0.2 GiB off for
+        DeepSeek).
     trainable parameters: full fine-tuning trains everything. LoRA/QLoRA train r x (in + out)
         per targeted linear; ``all-linear`` targets every linear layer except lm_head, MoE
         experts and the indexer included (as PEFT does when experts are ``nn.Linear``); a list
         matches module names or dotted suffixes, a regex string is matched against
-        ``model.layers.<first layer of each kind>.<module path>``. When special tokens are added
-        (``charlie tokenize`` always adds the thesis tokens) embed_tokens and lm_head are
-        trained whole, as ``modules_to_save``.
+        ``<layers path>.<first layer of each kind>.<module path>`` (``model.layers`` for the
+        families counted by arithmetic). Fused expert parameters are never targets: PEFT's
+        target_modules wrap modules. When special tokens are added (``charlie tokenize`` always
+        adds the thesis tokens) embed_tokens and lm_head are trained whole, as
+        ``modules_to_save``.
     gradients + optimizer: 16 bytes per trainable parameter in all, AdamW mixed precision as in
         the ZeRO paper: with 16-bit weights, 2 (weight, above) + 2 (gradient) + 12 (fp32 master
         copy and two fp32 moments); in fp32, 4 + 4 + 8. This is an upper bound for a plain
@@ -45,35 +65,44 @@ Memory per GPU (GiB = 2^30 bytes)
     activations: a step holds ``per_device_train_batch_size x max_length`` tokens (the worst
         step: a full batch of maximal length). With ``max_length: auto`` the length is the one
         ``charlie tokenize`` chose (its report in the config's dataset_dir), or before that the
-        base model's context length (the most auto can choose); the table says which. Per token and layer, the 16-bit elements saved
-        for the backward pass: each RMSNorm 3 x width (its input plus the fp32 upcast it
-        multiplies) and its output once; Llama attention 2q + 2kv (rotated q, k, v for the
-        kernel, and the attention output for o_proj); MLA 4 q_lora_rank + 4 kv_lora_rank (latent
-        norms) + 2 heads x qk_head_dim (q, k) + heads x (nope + v) (kv_b output) + heads x v
-        (attention output); SwiGLU 4 x intermediate (gate, up, silu, product); MoE 2 hidden
-        (router's fp32 input) + 4 experts (fp32 logits and scores) + top-k x (2 hidden + 4
-        moe_intermediate) + the shared experts' SwiGLU. LoRA adds r per targeted linear a token
-        passes through, plus 1.5 x in_features when ``lora_dropout`` > 0 (the dropped copy and
-        its mask). The attention kernel is assumed memory-efficient (no seq x seq scores);
-        eager attention or the reference DSA indexer need more. With gradient checkpointing
-        the step keeps one hidden state per layer (the checkpoints) plus the largest layer's
-        activations while it is recomputed; without it, every layer's. Logits cost 10 bytes per
-        token per vocabulary entry (16-bit logits, the fp32 copy the loss takes, its fp32
-        gradient) and no checkpointing avoids them. Activations are never sharded.
-    ZeRO (DeepSpeed, across ``num_gpus``): stage 1 divides the optimizer state, stage 2 also the
-        gradients, stage 3 also the weights, and stage 3 adds the largest unit it gathers whole
-        for a forward/backward (the biggest layer with all its experts, or embed_tokens or
-        lm_head). Without ZeRO every GPU holds everything (DDP).
+        base model's context length (the most auto can choose); the table says which. Per
+        token and layer, the 16-bit elements saved for the backward pass: each RMSNorm 3 x
+        width (its input plus the fp32 upcast it multiplies) and its output once; Llama
+        attention 2q + 2kv (rotated q, k, v for the kernel, and the attention output for
+        o_proj); MLA 4 q_lora_rank + 4 kv_lora_rank (latent norms) + 2 heads x qk_head_dim (q,
+        k) + heads x (nope + v) (kv_b output) + heads x v (attention output); SwiGLU 4 x
+        intermediate (gate, up, silu, product); MoE 2 hidden (router's fp32 input) + 4 experts
+        (fp32 logits and scores) + top-k x (2 hidden + 4 moe_intermediate) + the shared
+        experts' SwiGLU. Meta-built models, whose layers the planner does not know, use an
+        approximation that is above the formula wherever the formula applies (1.3-1.4x it for
+        Llama-3.1-8B and DeepSeek-V3.2): per linear a token passes through (x the copies it
+        passes through), its input and its output; 4 x width per norm; and twice the widest
+        output (the activation function's result and the gate product). LoRA adds r per
+        targeted linear a token passes through, plus 1.5 x in_features when ``lora_dropout`` > 0
+        (the dropped copy and its mask). The attention kernel is assumed memory-efficient (no
+        seq x seq scores); eager attention or the reference DSA indexer need more. With
+        gradient checkpointing the step keeps one hidden state per layer (the checkpoints)
+        plus the largest layer's activations while it is recomputed; without it, every
+        layer's. Logits cost 10 bytes per token per vocabulary entry (16-bit logits, the fp32
+        copy the loss takes, its fp32 gradient) and no checkpointing avoids them. Activations
+        are never sharded.
+    ZeRO (DeepSpeed, across every GPU: nodes x ``num_gpus`` per node): stage 1 divides the
+        optimizer state, stage 2 also the gradients, stage 3 also the weights, and stage 3 adds
+        the largest unit it gathers whole for a forward/backward (the biggest layer with all
+        its experts, or embed_tokens or lm_head). Without ZeRO every GPU holds everything
+        (DDP).
     capacity: the GPU's memory x the usable fraction from configs/gpus.yaml (0.9 leaves room for
         the CUDA context and fragmentation). It fits when the total is at most the capacity.
+        ``gpu_type: CPU`` has no GPU memory to check (:func:`is_cpu`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -118,6 +147,9 @@ class Linear:
     copies: int = 1  # per layer: n_routed_experts for the routed experts
     active: int = 1  # how many copies one token passes through with gradients (top-k; 0: none)
     bias: bool = False
+    # A 3-D nn.Parameter holding every expert (copies x out x in), not an nn.Linear: counted,
+    # but bitsandbytes does not quantise it and PEFT's target_modules never wrap it.
+    fused: bool = False
 
     @property
     def name(self) -> str:
@@ -151,6 +183,12 @@ class LayerKind:
         """Parameters of one layer of this kind."""
         return self.other_params + sum(lin.weights + lin.biases for lin in self.linears)
 
+    @property
+    def quantisable_weights(self) -> int:
+        """Weights of one layer's nn.Linear modules (fused experts excluded): what QLoRA
+        stores in 4 bits."""
+        return sum(lin.weights for lin in self.linears if not lin.fused)
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -161,8 +199,10 @@ class ModelShape:
     vocab_size: int
     embed_params: int
     lm_head_params: int  # 0 when tied to the embeddings
-    final_norm_params: int
+    final_norm_params: int  # the final norm, and any other parameter outside the layers
     kinds: tuple[LayerKind, ...]
+    layers_path: str = "model.layers"  # the decoder layers' module path (for regex targets)
+    counted: str = "exact"  # "exact" (config.json arithmetic) or "meta" (built by transformers)
 
     @property
     def num_layers(self) -> int:
@@ -171,8 +211,8 @@ class ModelShape:
 
     @property
     def linear_weights(self) -> int:
-        """Weights of the decoder layers' linears: what QLoRA quantises."""
-        return sum(kind.count * sum(lin.weights for lin in kind.linears) for kind in self.kinds)
+        """Weights of the decoder layers' nn.Linear modules: what QLoRA quantises."""
+        return sum(kind.count * kind.quantisable_weights for kind in self.kinds)
 
     @property
     def total_params(self) -> int:
@@ -257,28 +297,51 @@ def _mla_attention(config: Mapping[str, Any], name: str) -> tuple[tuple[Linear, 
     return tuple(linears), norms, saved
 
 
+EXACT_MODEL_TYPES = frozenset({"llama", "mistral", "deepseek_v3", "deepseek_v32"})
+"""``model_type`` values counted by arithmetic on config.json; any other is built on meta."""
+_FOREIGN_MOE_KEYS = ("num_local_experts", "num_experts")  # MoE layouts other than DeepSeek's
+TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "moe_top_k", "top_k")
+"""Where MoE configs keep how many experts a token is routed to (for meta-built models)."""
+
+
 def model_shape(config: Mapping[str, Any], name: str = "model") -> ModelShape:
-    """Group a model's parameters from its config.json (Llama-style dense or DeepSeek-V3 MoE).
+    """Group a model's parameters from its config.json.
+
+    Llama-style dense models and the DeepSeek-V3 family (``model_type`` in
+    :data:`EXACT_MODEL_TYPES`, or no ``model_type`` at all) are counted by arithmetic; any
+    other architecture transformers knows is built on the meta device
+    (:func:`meta_model_shape`), which needs torch and transformers.
 
     Args:
         config: The parsed config.json.
         name: The model's name, for messages and the table.
 
     Returns:
-        The model's shape; ``total_params`` is exact for the supported families.
+        The model's shape; ``total_params`` is exact (the arithmetic agrees with transformers
+        for the families it covers).
 
     Raises:
-        CharlieError: A key the count needs is missing, or the MoE layout is not DeepSeek's.
+        CharlieError: A key the count needs is missing, or the architecture is one neither the
+            arithmetic nor transformers knows.
     """
+    model_type = config.get("model_type")
+    text = config
     if "text_config" in config and "hidden_size" not in config:
-        config = config["text_config"]  # multimodal wrappers keep the language model here
-    if "n_routed_experts" not in config and (
-        config.get("num_local_experts") or config.get("num_experts")
-    ):
+        text = config["text_config"]  # multimodal wrappers keep the language model here
+    foreign_moe = "n_routed_experts" not in text and any(text.get(k) for k in _FOREIGN_MOE_KEYS)
+    if model_type is None and foreign_moe:
         raise CharlieError(
-            f"{name} is a mixture-of-experts model whose layout the planner does not know "
-            "(it knows Llama-style dense models and DeepSeek-V3's n_routed_experts)."
+            f"{name} is a mixture-of-experts model whose layout the planner does not know and "
+            "whose config.json has no model_type to build it by (it counts Llama-style dense "
+            "models and DeepSeek-V3's n_routed_experts itself)."
         )
+    if model_type is None or (model_type in EXACT_MODEL_TYPES and not foreign_moe):
+        return _exact_shape(text, name)
+    return meta_model_shape(config, name)
+
+
+def _exact_shape(config: Mapping[str, Any], name: str) -> ModelShape:
+    """The arithmetic count: Llama-style dense layers, DeepSeek MLA and MoE layers."""
     hidden = _int(config, "hidden_size", name)
     layers = _int(config, "num_hidden_layers", name)
     vocab = _int(config, "vocab_size", name)
@@ -343,22 +406,171 @@ def model_shape(config: Mapping[str, Any], name: str = "model") -> ModelShape:
     )
 
 
+def meta_model_shape(config: Mapping[str, Any], name: str = "model") -> ModelShape:
+    """Build the model on the meta device (no memory, no weights) and read its shape off it.
+
+    Decoder layers are the largest ``nn.ModuleList``; layers with the same parameters form one
+    :class:`LayerKind`. Every ``nn.Linear`` (or GPT-2 ``Conv1D``) in a layer is a
+    :class:`Linear` at its module path, numbered copies (``experts.0.w1``...) folded into one
+    with ``copies``; a 3-D parameter (fused experts) is a ``fused`` Linear with its first
+    dimension as copies; everything else in a layer (norms, routers, fused biases) is
+    ``other_params``. Activations: the approximation in the module docstring.
+
+    Raises:
+        CharlieError: torch/transformers are missing, transformers does not know the
+            ``model_type``, or cannot build a causal LM from the config.
+    """
+    model_type = config.get("model_type")
+    try:
+        import torch
+        import transformers
+        from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+    except ImportError:
+        raise CharlieError(
+            f"counting {name} ({model_type}) builds it on the meta device, which needs torch "
+            "and transformers installed."
+        ) from None
+    if model_type not in CONFIG_MAPPING:
+        raise CharlieError(
+            f"{name} has model_type {model_type!r}, which transformers {transformers.__version__} "
+            "does not know, so its parameters cannot be counted: upgrade transformers or put a "
+            "config.json with a known model_type in the model folder."
+        )
+    kwargs = {k: v for k, v in config.items() if k != "model_type"}
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # its warnings about token ids and the like
+    try:
+        hf_config = CONFIG_MAPPING[model_type].from_dict(kwargs)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(hf_config)
+    except Exception as exc:  # whatever transformers raises becomes one sentence
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        raise CharlieError(
+            f"transformers cannot build {name} ({model_type}) as a causal LM from its "
+            f"config.json: {first}."
+        ) from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    return _shape_of_module(model, config, name)
+
+
+def _shape_of_module(model: Any, config: Mapping[str, Any], name: str) -> ModelShape:
+    """:func:`meta_model_shape`'s reading of a built (meta) model."""
+    from torch import nn
+
+    total = sum(p.numel() for p in model.parameters())  # shared (tied) parameters once
+    lists = [(path, m) for path, m in model.named_modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise CharlieError(f"{name} has no decoder layers the planner can find (no ModuleList).")
+    layers_path, layers = max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+    embed = model.get_input_embeddings()
+    out = model.get_output_embeddings()
+    embed_params = embed.weight.numel()
+    tied = out is None or out.weight is embed.weight
+    lm_head_params = 0 if tied else sum(p.numel() for p in out.parameters())
+    text = config.get("text_config") if "hidden_size" not in config else None
+    top_k = next(
+        (v for key in TOP_K_KEYS if isinstance(v := (text or config).get(key), int) and v > 0),
+        None,
+    )
+
+    groups: dict[tuple, list[int]] = {}
+    for index, layer in enumerate(layers):
+        groups.setdefault(_layer_signature(layer, top_k), []).append(index)
+    kinds: list[LayerKind] = []
+    for (linears, other, norms), indices in groups.items():
+        base = "moe" if any(lin.copies > 1 for lin in linears) else "dense"
+        label = base if all(k.name != base for k in kinds) else f"{base}-{len(kinds) + 1}"
+        widest = max((lin.active * lin.out_features for lin in linears), default=0)
+        saved = sum(lin.active * (lin.in_features + lin.out_features) for lin in linears)
+        kinds.append(
+            LayerKind(
+                label,
+                len(indices),
+                indices[0],
+                linears=linears,
+                other_params=other,
+                activation_elements=saved + 4 * norms + 2 * widest,
+            )
+        )
+    in_layers = sum(kind.count * kind.params for kind in kinds)
+    return ModelShape(
+        name=name,
+        hidden_size=embed.weight.shape[-1],
+        vocab_size=out.weight.shape[0] if out is not None else embed.weight.shape[0],
+        embed_params=embed_params,
+        lm_head_params=lm_head_params,
+        final_norm_params=total - embed_params - lm_head_params - in_layers,
+        kinds=tuple(kinds),
+        layers_path=layers_path,
+        counted="meta",
+    )
+
+
+def _layer_signature(layer: Any, top_k: int | None) -> tuple[tuple[Linear, ...], int, int]:
+    """One decoder layer's linears (numbered copies folded), other parameters, norm widths."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    found: dict[tuple[str, int, int, bool], int] = {}  # (path, in, out, bias) -> copies
+    owned: set[int] = set()
+    for path, module in layer.named_modules():
+        if isinstance(module, nn.Linear):
+            dims = (module.in_features, module.out_features)
+        elif isinstance(module, Conv1D):  # GPT-2's linear, weight stored (in, out)
+            dims = (module.weight.shape[0], module.nf)
+        else:
+            continue
+        folded = re.sub(r"\.\d+(?=\.|$)", "", path)  # experts.3.w1 -> experts.w1
+        key = (folded, *dims, module.bias is not None)
+        found[key] = found.get(key, 0) + 1
+        owned.update(id(p) for p in module.parameters())
+    linears = []
+    for (path, fan_in, fan_out, bias), copies in found.items():
+        active = copies if top_k is None or copies == 1 else min(top_k, copies)
+        linears.append(Linear(path, fan_in, fan_out, copies, active, bias))
+    other = norms = 0
+    modules = dict(layer.named_modules())
+    for path, param in layer.named_parameters():
+        if id(param) in owned:
+            continue
+        if param.dim() == 3:  # fused experts: copies x out x in, as nn.Linear stores weights
+            copies = param.shape[0]
+            active = copies if top_k is None else min(top_k, copies)
+            linears.append(Linear(path, param.shape[2], param.shape[1], copies, active, fused=True))
+            continue
+        other += param.numel()
+        owner = modules.get(path.rpartition(".")[0])
+        if param.dim() == 1 and path.endswith("weight") and "norm" in type(owner).__name__.lower():
+            norms += param.numel()
+    return tuple(linears), other, norms
+
+
 # --------------------------------------------------------------------------- LoRA
 
 
-def is_target(linear: Linear, targets: str | Sequence[str], layer_index: int = 0) -> bool:
-    """Whether PEFT's ``target_modules`` would wrap this linear (lm_head is never one).
+def is_target(
+    linear: Linear,
+    targets: str | Sequence[str],
+    layer_index: int = 0,
+    layers_path: str = "model.layers",
+) -> bool:
+    """Whether PEFT's ``target_modules`` would wrap this linear (lm_head is never one, nor a
+    fused expert parameter: PEFT wraps modules).
 
     Args:
         linear: A decoder layer's linear.
         targets: ``"all-linear"``, a regex matched against the module's full path, or a list of
             module names / dotted suffixes.
         layer_index: The decoder layer the path is built with, for regex targets.
+        layers_path: The decoder layers' module path, for regex targets.
     """
+    if linear.fused:
+        return False
     if targets == "all-linear":
         return True
     if isinstance(targets, str):
-        return re.fullmatch(targets, f"model.layers.{layer_index}.{linear.path}") is not None
+        return re.fullmatch(targets, f"{layers_path}.{layer_index}.{linear.path}") is not None
     return any(linear.path == t or linear.path.endswith("." + t) for t in targets)
 
 
@@ -376,7 +588,7 @@ def lora_params(shape: ModelShape, r: int, targets: str | Sequence[str]) -> int:
     total, matched = 0, False
     for kind in shape.kinds:
         for lin in kind.linears:
-            if is_target(lin, targets, kind.first_index):
+            if is_target(lin, targets, kind.first_index, shape.layers_path):
                 matched = True
                 total += kind.count * lin.copies * r * (lin.in_features + lin.out_features)
     if not matched:
@@ -419,8 +631,14 @@ class TrainingSetup:
     half_precision: bool = True  # bf16 or fp16 (TRL's default: bf16)
     gradient_checkpointing: bool = True  # TRL's default
     zero_stage: int = 0
-    num_gpus: int = 1
+    num_gpus: int = 1  # GPUs per node
     max_length_source: str = ""  # with max_length: auto, where the length came from
+    num_nodes: int = 1
+
+    @property
+    def world_size(self) -> int:
+        """GPUs in all: nodes x GPUs per node (what ZeRO shards across)."""
+        return self.num_nodes * self.num_gpus
 
 
 @dataclass(frozen=True)
@@ -446,6 +664,8 @@ class MemoryPlan:
     total: float
     capacity: float
     fits: bool
+    counted: str = "exact"  # how the parameters were counted (ModelShape.counted)
+    config_source: str = ""  # where config.json was read (plan_for fills it in)
 
     @property
     def tokens(self) -> int:
@@ -469,13 +689,13 @@ class MemoryPlan:
         return max(1, math.ceil(self.model_states / room))
 
 
-def _layer_lora_activations(kind: LayerKind, setup: TrainingSetup) -> int:
+def _layer_lora_activations(kind: LayerKind, setup: TrainingSetup, layers_path: str) -> int:
     """Elements LoRA adds per token in one layer: lora_A's output, and dropout's input copy."""
     if setup.method == "full":
         return 0
     extra = 0
     for lin in kind.linears:
-        if lin.active and is_target(lin, setup.lora_target_modules, kind.first_index):
+        if lin.active and is_target(lin, setup.lora_target_modules, kind.first_index, layers_path):
             dropped = 1.5 * lin.in_features if setup.lora_dropout > 0 else 0
             extra += lin.active * (setup.lora_r + dropped)
     return int(extra)
@@ -495,10 +715,10 @@ def estimate(shape: ModelShape, setup: TrainingSetup, gpu: Gpu) -> MemoryPlan:
     Raises:
         CharlieError: A setup value is out of range, or the LoRA targets match nothing.
     """
-    if setup.num_gpus < 1 or setup.zero_stage not in (0, 1, 2, 3):
+    if setup.num_gpus < 1 or setup.num_nodes < 1 or setup.zero_stage not in (0, 1, 2, 3):
         raise CharlieError(
-            f"num_gpus must be at least 1 and the ZeRO stage 0-3 (got {setup.num_gpus} "
-            f"and {setup.zero_stage})."
+            f"num_gpus and the number of nodes must be at least 1 and the ZeRO stage 0-3 (got "
+            f"{setup.num_gpus}, {setup.num_nodes} and {setup.zero_stage})."
         )
     if setup.method not in ("full", "lora", "qlora"):
         raise CharlieError(f"method must be full, lora or qlora, not {setup.method!r}.")
@@ -526,7 +746,7 @@ def estimate(shape: ModelShape, setup: TrainingSetup, gpu: Gpu) -> MemoryPlan:
 
     # ZeRO-3 gathers one layer (all its experts), or embed_tokens / lm_head, whole at a time.
     def layer_bytes(kind: LayerKind) -> float:
-        linear_w = sum(lin.weights for lin in kind.linears)
+        linear_w = kind.quantisable_weights
         stored = linear_w * (QLORA_BYTES_PER_PARAM if setup.method == "qlora" else wbytes)
         return stored + (kind.params - linear_w) * wbytes
 
@@ -538,7 +758,8 @@ def estimate(shape: ModelShape, setup: TrainingSetup, gpu: Gpu) -> MemoryPlan:
     # ---- activations
     tokens = setup.batch_size * setup.max_length
     per_layer = {
-        k.name: k.activation_elements + _layer_lora_activations(k, setup) for k in shape.kinds
+        k.name: k.activation_elements + _layer_lora_activations(k, setup, shape.layers_path)
+        for k in shape.kinds
     }
     if setup.gradient_checkpointing:
         checkpoints = tokens * shape.num_layers * shape.hidden_size * ACTIVATION_BYTES
@@ -551,7 +772,7 @@ def estimate(shape: ModelShape, setup: TrainingSetup, gpu: Gpu) -> MemoryPlan:
     logits = tokens * shape.vocab_size * LOGITS_BYTES
 
     # ---- ZeRO sharding
-    n, stage = setup.num_gpus, setup.zero_stage
+    n, stage = setup.world_size, setup.zero_stage
     model_states = weights + gradients + optimizer
     per_gpu_optimizer = optimizer / n if stage >= 1 else optimizer
     per_gpu_gradients = gradients / n if stage >= 2 else gradients
@@ -580,6 +801,7 @@ def estimate(shape: ModelShape, setup: TrainingSetup, gpu: Gpu) -> MemoryPlan:
         total=per_gpu,
         capacity=gpu.capacity_bytes,
         fits=per_gpu <= gpu.capacity_bytes,
+        counted=shape.counted,
     )
 
 
@@ -596,12 +818,32 @@ def _count(n: int) -> str:
 
 
 def _gpus(plan: MemoryPlan) -> str:
-    n = plan.setup.num_gpus
-    return f"one {plan.gpu.name}" if n == 1 else f"each of {n} {plan.gpu.name}"
+    s = plan.setup
+    if s.world_size == 1:
+        return f"one {plan.gpu.name}"
+    return f"each of {s.world_size} {plan.gpu.name}" + (
+        f" ({_nodes(s)})" if s.num_nodes > 1 else ""
+    )
 
 
-def render_table(plan: MemoryPlan) -> str:
-    """A small plain-text table of the plan, GiB per GPU by component."""
+def _nodes(setup: TrainingSetup) -> str:
+    gpus = "GPU" if setup.num_gpus == 1 else "GPUs"
+    return f"{setup.num_nodes} nodes × {setup.num_gpus} {gpus}"
+
+
+def _hardware(plan: MemoryPlan) -> str:
+    s = plan.setup
+    if s.num_nodes > 1:
+        return f"{_nodes(s)} ({s.world_size} x {plan.gpu.name})"
+    return f"{s.num_gpus} x {plan.gpu.name}"
+
+
+def _counted(plan: MemoryPlan) -> str:
+    return " (counted on the meta device by transformers)" if plan.counted == "meta" else ""
+
+
+def _header(plan: MemoryPlan) -> list[str]:
+    """The table's first lines: model, method, hardware; parameters; tokens per step."""
     s = plan.setup
     how = s.method if s.method == "full" else f"{s.method} (r={s.lora_r}, {_targets(s)})"
     zero = f"ZeRO-{s.zero_stage}" if s.zero_stage else "no ZeRO"
@@ -612,6 +854,20 @@ def render_table(plan: MemoryPlan) -> str:
             f"{_count(plan.embedding_params)})"
         )
     checkpointing = "on" if s.gradient_checkpointing else "off"
+    lines = [
+        f"{plan.model}, {how}, {_hardware(plan)}, {zero}",
+        f"parameters {_count(plan.total_params)}{_counted(plan)}, trainable {trainable}",
+        f"{plan.tokens:,} tokens per GPU per step (batch {s.batch_size} x max_length "
+        f"{s.max_length}{f', {s.max_length_source}' if s.max_length_source else ''}), "
+        f"gradient checkpointing {checkpointing}",
+    ]
+    if plan.config_source:
+        lines.append(f"config.json: {plan.config_source}")
+    return lines
+
+
+def _rows(plan: MemoryPlan) -> list[tuple[str, float]]:
+    s = plan.setup
     rows = [
         ("weights", plan.weights),
         ("gradients", plan.gradients),
@@ -628,18 +884,46 @@ def render_table(plan: MemoryPlan) -> str:
         ("total", plan.total),
         (f"usable ({plan.gpu.memory_gib:g} GiB x {plan.gpu.usable_fraction:g})", plan.capacity),
     ]
-    lines = [
-        f"{plan.model}, {how}, {s.num_gpus} x {plan.gpu.name}, {zero}",
-        f"parameters {_count(plan.total_params)}, trainable {trainable}",
-        f"{plan.tokens:,} tokens per GPU per step (batch {s.batch_size} x max_length "
-        f"{s.max_length}{f', {s.max_length_source}' if s.max_length_source else ''}), "
-        f"gradient checkpointing {checkpointing}",
-        "",
-        f"{'':<42}{'GiB/GPU':>9}",
-    ]
-    lines += [f"{label:<42}{value / GIB:>9.1f}" for label, value in rows]
+    return rows
+
+
+def render_table(plan: MemoryPlan) -> str:
+    """A small plain-text table of the plan, GiB per GPU by component."""
+    lines = [*_header(plan), "", f"{'':<42}{'GiB/GPU':>9}"]
+    lines += [f"{label:<42}{value / GIB:>9.1f}" for label, value in _rows(plan)]
     lines.append(f"{'fits':<42}{'yes' if plan.fits else 'no':>9}")
     return "\n".join(lines)
+
+
+def render_markdown(plan: MemoryPlan) -> str:
+    """The table and the verdict as Markdown (for Kubeflow's UI)."""
+    lines = ["# Memory plan", "", *(f"- {line}" for line in _header(plan)), ""]
+    lines += ["| per GPU | GiB |", "| --- | ---: |"]
+    lines += [f"| {label.strip()} | {value / GIB:.1f} |" for label, value in _rows(plan)]
+    lines += [f"| fits | {'yes' if plan.fits else 'no'} |", "", f"**{verdict(plan)}**", ""]
+    return "\n".join(lines)
+
+
+def plan_metrics(plan: MemoryPlan) -> dict[str, float]:
+    """The plan's numbers for Kubeflow's metrics table (GiB per GPU; fits as 0/1)."""
+    s = plan.setup
+    return {
+        "fits": int(plan.fits),
+        "total_gib_per_gpu": round(plan.total / GIB, 3),
+        "capacity_gib_per_gpu": round(plan.capacity / GIB, 3),
+        "weights_gib_per_gpu": round(plan.weights / GIB, 3),
+        "gradients_gib_per_gpu": round(plan.gradients / GIB, 3),
+        "optimizer_gib_per_gpu": round(plan.optimizer / GIB, 3),
+        "activations_gib_per_gpu": round(plan.activations / GIB, 3),
+        "gathered_gib_per_gpu": round(plan.gathered / GIB, 3),
+        "params": plan.total_params,
+        "trainable_params": plan.trainable_params,
+        "nodes": s.num_nodes,
+        "gpus_per_node": s.num_gpus,
+        "gpus": s.world_size,
+        "zero_stage": s.zero_stage,
+        "tokens_per_gpu_per_step": plan.tokens,
+    }
 
 
 def _targets(setup: TrainingSetup) -> str:
@@ -681,36 +965,198 @@ def _advice(plan: MemoryPlan) -> str:
             f"even sharded with ZeRO-3 its activations and largest layer ({_gib(unsharded)} GiB) "
             f"exceed one GPU, so {shrink} or use a smaller model"
         )
+    gpus = f"{need} {plan.gpu.name}"
+    if s.num_nodes > 1:  # whole nodes of num_gpus each
+        nodes = math.ceil(need / s.num_gpus)
+        gpus = f"{nodes * s.num_gpus} {plan.gpu.name} ({nodes} nodes × {s.num_gpus} GPUs)"
     if s.zero_stage == 3:
-        return f"use at least {need} {plan.gpu.name} with ZeRO-3 or a smaller model"
-    return f"use ZeRO-3 across at least {need} {plan.gpu.name} or a smaller model"
+        return f"use at least {gpus} with ZeRO-3 or a smaller model"
+    return f"use ZeRO-3 across at least {gpus} or a smaller model"
 
 
 # --------------------------------------------------------------------------- loading
 
 
-def model_config_path(base_model: str, models_dir: Path) -> Path:
-    """Where a base model's config.json is read from: a local model directory, or the copy
-    shipped in ``models_dir/<hub id with / as __>/`` (no machine here reaches the hub)."""
+BASE_MODEL_FILE = "base_model.json"
+"""A model folder's reference to where its weights came from: ``{"ref": hub id or s3:// URI,
+"path": local folder of the weights, "revision": ...}``; the plan shows the ``ref``."""
+HUB_TIMEOUT = 10  # seconds for the one HEAD request that finds out whether the hub answers
+_TRUE = ("1", "on", "yes", "true")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A base model's config.json, the name the plan shows, and where it was read."""
+
+    config: dict
+    name: str
+    source: str  # "local folder", "Hugging Face cache", "Hugging Face hub" or "shipped copy"
+    path: Path
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, as huggingface_hub finds it, read now: ``HF_HUB_CACHE``,
+    else ``HF_HOME/hub``, else ``$XDG_CACHE_HOME/huggingface/hub`` (``~/.cache``)."""
+    env = os.environ
+    if env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(env.get("HF_HUB_CACHE") or env["HUGGINGFACE_HUB_CACHE"]).expanduser()
+    xdg = env.get("XDG_CACHE_HOME") or str(Path("~/.cache"))
+    return Path(env.get("HF_HOME") or str(Path(xdg) / "huggingface")).expanduser() / "hub"
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set, read now."""
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return any(flag.strip().lower() in _TRUE for flag in flags)
+
+
+def shipped_config_dir(model_id: str, models_dir: Path) -> Path:
+    """The folder a hub model's shipped config.json lives in: ``<id with / as __>``."""
+    return models_dir / model_id.replace("/", "__")
+
+
+def _is_repo_id(text: str) -> bool:
+    if "://" in text or text.startswith(("/", ".", "~")) or text.count("/") > 1:
+        return False
+    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", text) is not None and ".." not in text
+
+
+def resolve_model_config(
+    base_model: str, models_dir: Path = DEFAULT_CONFIGS_DIR / "models"
+) -> ModelConfig:
+    """Find a base model's config.json, in order (the first that has it wins):
+
+    1. a local model folder (``base_model`` is a directory holding config.json). A folder with
+       a :data:`BASE_MODEL_FILE` is named by its ``ref``; without a config.json of its own, its
+       ``path`` folder's is read, else the ``ref`` is looked up as a hub id (steps 2-4);
+    2. the Hugging Face cache (``huggingface_hub.try_to_load_from_cache``, in
+       :func:`hf_cache_dir`);
+    3. the hub, unless :func:`hub_offline`: one HEAD request, then ``hf_hub_download`` with
+       ``HF_TOKEN``. Unreachable: on to 4 quietly; gated, missing or private: on to 4 too, but
+       without a shipped copy that is the error;
+    4. the copy shipped in ``models_dir/<hub id with / as __>/``, for machines without the hub.
+
+    Raises:
+        CharlieError: None of them has it (one sentence naming each place tried), or the
+            file is not a JSON object.
+    """
+    name = Path(base_model.rstrip("/")).name or base_model
+    model_id, revision = base_model, None
+    tried: list[str] = []
     local = Path(base_model).expanduser()
-    if (local / "config.json").is_file():
-        return local / "config.json"
-    return models_dir / base_model.replace("/", "__") / "config.json"
+    if local.is_dir():
+        reference = local / BASE_MODEL_FILE
+        if reference.is_file():
+            ref = read_json_object(reference)
+            model_id = str(ref.get("ref") or base_model)
+            name = model_id
+            revision = ref.get("revision") or None
+            weights = Path(str(ref["path"])).expanduser() if ref.get("path") else None
+            for folder in (local, weights):
+                if folder is not None and (folder / "config.json").is_file():
+                    path = folder / "config.json"
+                    return ModelConfig(read_json_object(path), name, "local folder", path)
+            tried.append(f"the folder {local} ({BASE_MODEL_FILE} names {model_id})")
+        elif (local / "config.json").is_file():
+            path = local / "config.json"
+            return ModelConfig(read_json_object(path), name, "local folder", path)
+        else:
+            tried.append(f"the folder {local} (no config.json in it)")
+    else:
+        tried.append(f"a local folder (there is no {base_model})")
+
+    hub_problem = ""
+    if _is_repo_id(model_id):
+        cache = hf_cache_dir()
+        cached = _from_cache(model_id, revision, cache)
+        if cached is not None:
+            return ModelConfig(read_json_object(cached), name, "Hugging Face cache", cached)
+        tried.append(f"the Hugging Face cache {cache}")
+        if hub_offline():
+            tried.append("the hub (HF_HUB_OFFLINE is set)")
+        else:
+            downloaded, hub_problem = _from_hub(model_id, revision, cache)
+            if downloaded is not None:
+                return ModelConfig(read_json_object(downloaded), name, "Hugging Face hub",
+                                   downloaded)  # fmt: skip
+            tried.append("the hub (unreachable)")
+
+    if not _is_repo_id(model_id):  # an s3:// reference, or a path that is not there
+        raise CharlieError(
+            f"no config.json for {base_model}: tried {_and(tried)}, and {model_id} is not a hub "
+            "id; point base_model at a model folder holding config.json."
+        )
+    shipped = shipped_config_dir(model_id, models_dir)
+    if (shipped / "config.json").is_file():
+        path = shipped / "config.json"
+        return ModelConfig(read_json_object(path), name, "shipped copy", path)
+    if hub_problem:
+        raise CharlieError(f"{hub_problem}, or put a copy of its config.json in {shipped}/.")
+    tried.append(f"the shipped copies in {models_dir}/ (no {shipped.name}/)")
+    raise CharlieError(
+        f"no config.json for {base_model}: tried {_and(tried)}; point base_model at a model "
+        f"folder, download it where the hub is reachable (`hf download {model_id} config.json`) "
+        f"or put a copy of it in {shipped}/."
+    )
+
+
+def _and(items: list[str]) -> str:
+    return ", ".join(items[:-1]) + f" and {items[-1]}" if len(items) > 1 else "".join(items)
+
+
+def _from_cache(model_id: str, revision: str | None, cache: Path) -> Path | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(model_id, "config.json", cache_dir=cache, revision=revision)
+    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+
+
+def _from_hub(model_id: str, revision: str | None, cache: Path) -> tuple[Path | None, str]:
+    """config.json downloaded from the hub, or None and why not ("" when unreachable)."""
+    try:
+        from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            LocalEntryNotFoundError,
+            RemoteEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+    except ImportError:
+        return None, ""
+    token = os.environ.get("HF_TOKEN") or None
+    try:
+        # One HEAD request first: hf_hub_download retries an unreachable hub for ~20 s.
+        url = hf_hub_url(model_id, "config.json", revision=revision)
+        get_hf_file_metadata(url, token=token, timeout=HUB_TIMEOUT)
+        path = hf_hub_download(model_id, "config.json", revision=revision, cache_dir=cache,
+                               token=token, etag_timeout=HUB_TIMEOUT)  # fmt: skip
+    except GatedRepoError:
+        how = "set HF_TOKEN to a token of an account that has accepted its licence"
+        return None, f"{model_id} is gated on the Hugging Face hub: {how}"
+    except RepositoryNotFoundError:
+        how = "check base_model (set HF_TOKEN if it is private)"
+        return None, f"{model_id} is not a model on the Hugging Face hub: {how}"
+    except RevisionNotFoundError:
+        return None, f"{model_id} has no revision {revision} on the Hugging Face hub: fix it"
+    except RemoteEntryNotFoundError:
+        return None, f"{model_id} on the Hugging Face hub has no config.json: check base_model"
+    except LocalEntryNotFoundError:
+        return None, ""
+    except Exception:  # the hub did not answer (DNS, proxy, timeout): fall through
+        return None, ""
+    return Path(path), ""
 
 
 def load_model_config(base_model: str, models_dir: Path = DEFAULT_CONFIGS_DIR / "models") -> dict:
-    """Read a base model's config.json (see :func:`model_config_path`).
+    """Read a base model's config.json (see :func:`resolve_model_config`).
 
     Raises:
-        CharlieError: It is not shipped, or is not a JSON object.
+        CharlieError: No place has it, or it is not a JSON object.
     """
-    path = model_config_path(base_model, models_dir)
-    if not path.is_file():
-        raise CharlieError(
-            f"no config.json for {base_model}: put a copy of it in {path.parent}/ "
-            "(or point base_model at a local model directory)."
-        )
-    return read_json_object(path)
+    return resolve_model_config(base_model, models_dir).config
 
 
 def load_gpu(gpu_type: str, gpus_file: Path = DEFAULT_CONFIGS_DIR / "gpus.yaml") -> Gpu:
@@ -762,12 +1208,16 @@ def planned_max_length(
 
 
 def training_setup(
-    cfg: TrainConfig, num_gpus: int | None = None, model_config: Mapping[str, Any] | None = None
+    cfg: TrainConfig,
+    num_gpus: int | None = None,
+    model_config: Mapping[str, Any] | None = None,
+    num_nodes: int = 1,
 ) -> TrainingSetup:
     """The memory-relevant settings of a training config, TRL's defaults filling the gaps.
 
     Reads the DeepSpeed JSON the config names, for its ZeRO stage, and for ``max_length:
     auto`` the tokenize report or ``model_config``'s context (:func:`planned_max_length`).
+    ``num_gpus`` (default: the config's) is per node, ``num_nodes`` the nodes.
     """
     max_length, source = planned_max_length(cfg, model_config)
     sft = cfg.sft_args
@@ -790,6 +1240,20 @@ def training_setup(
         gradient_checkpointing=True if checkpointing is None else bool(checkpointing),
         zero_stage=cfg.zero_stage(),
         num_gpus=cfg.num_gpus if num_gpus is None else num_gpus,
+        num_nodes=num_nodes,
+    )
+
+
+def is_cpu(gpu_type: str) -> bool:
+    """Whether a gpu_type means the CPU (``CPU``, any case): no GPU memory to plan."""
+    return gpu_type.strip().upper() == "CPU"
+
+
+def no_gpu_sentence(cfg: TrainConfig) -> str:
+    """What the plan says for a CPU run, in one sentence."""
+    return (
+        f"{cfg.base_model} trains on the CPU (gpu_type {cfg.gpu_type}): there is no GPU memory "
+        "to check."
     )
 
 
@@ -799,23 +1263,26 @@ def plan_for(
     num_gpus: int | None = None,
     gpu_type: str | None = None,
     configs_dir: Path = DEFAULT_CONFIGS_DIR,
+    num_nodes: int = 1,
 ) -> MemoryPlan:
-    """Plan a training config: read the model's config.json and the GPU type, then estimate.
+    """Plan a training config: find the model's config.json and the GPU type, then estimate.
 
     Args:
         cfg: The training config.
-        num_gpus: Overrides ``cfg.num_gpus``.
+        num_gpus: Overrides ``cfg.num_gpus`` (GPUs per node).
         gpu_type: Overrides ``cfg.gpu_type``.
         configs_dir: Holds ``models/`` and ``gpus.yaml``.
+        num_nodes: Nodes of ``num_gpus`` GPUs each; ZeRO shards across all of them.
 
     Raises:
-        CharlieError: The model's config.json is not shipped, the GPU type is unknown, or a
-            value is out of range.
+        CharlieError: No config.json is found (:func:`resolve_model_config`), the GPU type is
+            unknown (``CPU`` included: see :func:`is_cpu`), or a value is out of range.
     """
     gpu = load_gpu(gpu_type or cfg.gpu_type, configs_dir / "gpus.yaml")
-    config = load_model_config(cfg.base_model, configs_dir / "models")
-    name = Path(cfg.base_model.rstrip("/")).name or cfg.base_model
-    return estimate(model_shape(config, name), training_setup(cfg, num_gpus, config), gpu)
+    found = resolve_model_config(cfg.base_model, configs_dir / "models")
+    setup = training_setup(cfg, num_gpus, found.config, num_nodes)
+    plan = estimate(model_shape(found.config, found.name), setup, gpu)
+    return replace(plan, config_source=f"{found.source}, {found.path}")
 
 
 def check_fits(
@@ -824,6 +1291,7 @@ def check_fits(
     num_gpus: int | None = None,
     gpu_type: str | None = None,
     configs_dir: Path = DEFAULT_CONFIGS_DIR,
+    num_nodes: int = 1,
 ) -> MemoryPlan:
     """:func:`plan_for`, refusing a run that does not fit: call it before loading a model.
 
@@ -834,7 +1302,9 @@ def check_fits(
         DoesNotFit: The verdict sentence (exit code 1).
         CharlieError: As :func:`plan_for`.
     """
-    plan = plan_for(cfg, num_gpus=num_gpus, gpu_type=gpu_type, configs_dir=configs_dir)
+    plan = plan_for(
+        cfg, num_gpus=num_gpus, gpu_type=gpu_type, configs_dir=configs_dir, num_nodes=num_nodes
+    )
     if not plan.fits:
         raise DoesNotFit(verdict(plan))
     return plan

@@ -1,7 +1,8 @@
 """Calls to a Kubeflow Pipelines server (the v2beta1 API) through ``kfp.Client``.
 
 :class:`KfpClient` uploads a compiled package (a new pipeline, or a new version of an existing
-one), gets or creates an experiment, starts a run and follows it to its end. Every call's
+one), gets or creates an experiment, starts a run and follows it to its end, or creates a
+recurring run (a cron schedule of runs, shown in the KFP UI). Every call's
 prints and warnings go to the debug log, and its errors become one :class:`CharlieError`
 sentence. Needs the ``kfp`` extra (imported when a client is made).
 """
@@ -12,6 +13,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -26,6 +28,8 @@ TOKEN_ENV = "KFP_TOKEN"  # a bearer token for the server, when set
 SUCCESS_STATES = {"SUCCEEDED", "SKIPPED"}
 FAILURE_STATES = {"FAILED", "CANCELED"}
 TIMEOUT = "TIMEOUT"  # what KfpClient.wait returns when the run outlasts its timeout
+CRON_FIELDS = ("second", "minute", "hour", "day-of-month", "month", "day-of-week")
+CRON_FIELD = re.compile(r"^[0-9A-Za-z*?/,\-LW#]+$")
 
 
 class Uploaded(NamedTuple):
@@ -55,6 +59,29 @@ def describe_error(exc: BaseException, host: str) -> str:
     if isinstance(exc, TimeoutError):
         return f"the KFP server at {host} did not answer its health check."
     return f"cannot reach the KFP server at {host} ({type(exc).__name__})."
+
+
+def check_cron(expression: str) -> str:
+    """A KFP cron schedule, normalised; one sentence for a wrong number of fields.
+
+    KFP's scheduler reads cron with a seconds field (robfig/cron): six fields, ``second minute
+    hour day-of-month month day-of-week`` (``0 0 3 * * *``: 03:00:00 every day), or a
+    descriptor such as ``@daily`` or ``@every 24h``. A five-field Unix cron would be read with
+    its minutes as seconds, so it is refused.
+    """
+    fields = expression.split()
+    if len(fields) >= 1 and fields[0].startswith("@"):
+        return " ".join(fields)
+    if len(fields) != len(CRON_FIELDS):
+        example = "0 " + " ".join(fields) if len(fields) == 5 else "0 0 3 * * *"
+        raise CharlieError(
+            f"--schedule {expression!r} has {len(fields)} field{'' if len(fields) == 1 else 's'}; "
+            f"KFP's cron has 6 ({' '.join(CRON_FIELDS)}), e.g. {example!r}."
+        )
+    bad = [f for f in fields if not CRON_FIELD.match(f)]
+    if bad:
+        raise CharlieError(f"--schedule {expression!r}: {bad[0]!r} is not a cron field.")
+    return " ".join(fields)
 
 
 def run_state(run: Any) -> str:
@@ -169,6 +196,40 @@ class KfpClient:
             pipeline_root=pipeline_root,
         )
         return started.run_id
+
+    def create_recurring_run(
+        self,
+        uploaded: Uploaded,
+        experiment_id: str,
+        name: str,
+        cron: str,
+        params: dict[str, Any],
+        pipeline_root: str | None = None,
+    ) -> str:
+        """Schedule runs of an uploaded version on a cron; returns the recurring run's id.
+
+        One run at a time (max_concurrency 1), and no backfill of times missed while the
+        schedule was paused (no_catchup).
+        """
+        created = self.call(
+            "create recurring run",
+            self.client.create_recurring_run,
+            experiment_id=experiment_id,
+            job_name=name,
+            cron_expression=check_cron(cron),
+            pipeline_id=uploaded.pipeline_id,
+            version_id=uploaded.version_id,
+            params=params,
+            pipeline_root=pipeline_root,
+            max_concurrency=1,
+            no_catchup=True,
+            enabled=True,
+        )
+        return created.recurring_run_id
+
+    def recurring_run_url(self, recurring_run_id: str) -> str:
+        """The recurring run's page in the KFP UI."""
+        return f"{self.host}/#/recurringrun/details/{recurring_run_id}"
 
     def run_url(self, run_id: str) -> str:
         """The run's page in the KFP UI."""

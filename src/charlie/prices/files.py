@@ -1,8 +1,15 @@
-"""The offline ``file`` provider: a directory of per-ticker CSV or parquet price files."""
+"""The offline ``file`` provider: a directory of per-ticker CSV or parquet price files.
+
+``prices.file_dir`` is a local directory, read in place, or an ``s3://bucket/prefix/`` whose
+objects are downloaded once per version (the listing's keys and ETags) into
+``<cache_dir>/file/s3/<sha256>/`` and read from there (see charlie.sources), so a later run
+with the same objects downloads nothing.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,10 +18,26 @@ import pandas as pd
 
 from charlie.prices.base import PRICE_COLUMNS, NotAvailable, normalize_frame
 
+log = logging.getLogger("charlie.prices.files")
+
 
 def from_params(params: Any, env: Mapping[str, str]) -> FileProvider:
-    """The ``file`` provider of the ``prices`` section: ``prices.file_dir``, never cached."""
-    return FileProvider(params.file_dir)
+    """The ``file`` provider of the ``prices`` section: ``prices.file_dir``, never cached.
+
+    An ``s3://`` file_dir is materialised under ``<cache_dir>/file/`` first (AWS_* from
+    ``env``); its source and version are logged and kept as the provider's ``source``.
+    """
+    from charlie import sources
+
+    if not sources.is_s3(params.file_dir):
+        return FileProvider(params.file_dir)
+    directory, source = sources.cached_source(
+        params.file_dir, Path(params.cache_dir) / "file", env=env
+    )
+    log.info("file prices from %s, read from %s", source.describe(), directory)
+    provider = FileProvider(directory)
+    provider.source = source
+    return provider
 
 
 class FileProvider:
@@ -24,6 +47,7 @@ class FileProvider:
 
     def __init__(self, directory: Path | str) -> None:
         self.directory = Path(directory)
+        self.source: Any = None  # a charlie.sources.Source when file_dir was remote
 
     def fetch(self, ticker: str, start: dt.date, end: dt.date) -> pd.DataFrame:
         """Bars for ``ticker`` from its file, or ``NotAvailable`` when there is none."""

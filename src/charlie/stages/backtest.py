@@ -24,6 +24,18 @@ Predictions without a single parseable action, or with a parse rate below the co
 min_parse_rate, are refused: such a backtest would measure the evaluation's failure, not the
 model. --force runs them anyway, with a warning, and records inputs.forced: true.
 
+Price flags (they override params.yaml's `prices` section; absent, it decides):
+  --price-providers A,B   providers tried in order: file, eodhd, yfinance (prices.providers)
+  --price-dir DIR|s3://bucket/prefix/
+                          the file provider's directory (prices.file_dir); an s3:// prefix is
+                          downloaded once per version into <cache dir>/file/s3/<sha256>/
+                          (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)
+  --price-cache-dir DIR   the parquet cache of network answers (prices.cache_dir), read before
+                          any request: a rerun on a persistent cache asks the network only for
+                          ranges it lacks (and days from today on, which are not final yet)
+The EODHD key comes only from EODHD_API_KEY (environment or .env); the API root from
+CHARLIE_PRICES__EODHD__BASE_URL or params.yaml.
+
 exit codes:
   0  completed
   2  the eval CSV is missing, empty or malformed, has no parseable action or a parse rate below
@@ -44,7 +56,16 @@ from charlie.backtest.panel import (
     read_eval_csv,
 )
 from charlie.backtest.report import write_outputs
-from charlie.config import CONFIG, BacktestParams, add_flags, load_config, load_params, switch
+from charlie.config import (
+    CONFIG,
+    PRICE_FLAGS,
+    BacktestParams,
+    PricesParams,
+    add_flags,
+    load_config,
+    load_params,
+    switch,
+)
 from charlie.errors import CharlieError
 from charlie.kubeflow import executor as kfp_executor
 from charlie.logs import setup_logging
@@ -54,9 +75,10 @@ log = logging.getLogger("charlie.backtest")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Paths from params.yaml's `backtest` section; the --config file's keys as flags."""
+    """Paths from params.yaml's `backtest` section, prices from `prices`; the --config keys."""
     add_flags(parser, BacktestParams, "backtest")
     add_flags(parser, BacktestConfig, CONFIG)
+    add_flags(parser, PricesParams, "prices", PRICE_FLAGS)
     parser.add_argument(
         "--force", nargs="?", const=True, default=False, type=switch,
         help="backtest predictions that fail the parse-rate gate (none parseable, or a parse "

@@ -11,6 +11,18 @@ training period), then test; embargo_days drops records just before each later s
 A leakage audit stops the stage if any date or uid is in two splits, splits overlap, or a
 snapshot used a later bar. Writes a DatasetDict (save_to_disk) and a dataset card (JSON, a
 DVC metric, and Markdown). Nothing is written unless everything succeeded.
+
+Price flags (they override params.yaml's `prices` section; absent, it decides):
+  --price-providers A,B   providers tried in order: file, eodhd, yfinance (prices.providers)
+  --price-dir DIR|s3://bucket/prefix/
+                          the file provider's directory (prices.file_dir); an s3:// prefix is
+                          downloaded once per version into <cache dir>/file/s3/<sha256>/
+                          (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)
+  --price-cache-dir DIR   the parquet cache of network answers (prices.cache_dir), read before
+                          any request: a rerun on a persistent cache asks the network only for
+                          ranges it lacks (and days from today on, which are not final yet)
+The EODHD key comes only from EODHD_API_KEY (environment or .env); the API root from
+CHARLIE_PRICES__EODHD__BASE_URL or params.yaml.
 """
 
 from __future__ import annotations
@@ -21,7 +33,14 @@ import logging
 import sys
 
 from charlie import dataset as core
-from charlie.config import DatasetParams, add_flags, load_config, load_params
+from charlie.config import (
+    PRICE_FLAGS,
+    DatasetParams,
+    PricesParams,
+    add_flags,
+    load_config,
+    load_params,
+)
 from charlie.errors import CharlieError
 from charlie.evaluation.config import EvalConfig
 from charlie.io import atomic_directory, atomic_outputs
@@ -34,8 +53,9 @@ log = logging.getLogger("charlie.dataset")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags override params.yaml's `dataset` section."""
+    """Flags override params.yaml's `dataset` section, and the price flags its `prices`."""
     add_flags(parser, DatasetParams, "dataset")
+    add_flags(parser, PricesParams, "prices", PRICE_FLAGS)
     kfp_executor.add_argument(parser)
 
 

@@ -6,14 +6,31 @@ entity expansion, no network) and writes:
              source_file, source_line (one per valid thesis)
   --rejects  rejects.jsonl: source_file, source_line, reason, excerpt, scope (thesis or file)
   --report   parse_report.json: theses seen = records + rejects + collapsed duplicates,
-             per file and in total; counts per ticker, action and reason; the date range
+             per file and in total; counts per ticker, action and reason; the date range;
+             and "source": the kind (local, s3 or dvc), URI and version of what was read
+
+Where the theses come from (see charlie.sources):
+  --input-dir DIR                   a local directory (default: the sample, data/samples/xml)
+  --input-dir s3://bucket/prefix/   every object under the prefix of an S3-compatible store
+                                    (MinIO: AWS_ENDPOINT_URL; credentials AWS_ACCESS_KEY_ID,
+                                    AWS_SECRET_ACCESS_KEY)
+  --dvc-repo URL [--dvc-rev REV] --input-dir PATH
+                                    PATH as DVC tracks it in that git repository at REV
+                                    (default: its default branch), as `dvc get` fetches it;
+                                    the DVC remote's credentials come from the same AWS_*
+Remote sources are downloaded into a temporary directory, removed afterwards, and parsed as a
+local one (only the *.xml directly in it). The version is logged and recorded in the report:
+local and every kind: tree_sha256 (sha256 over sorted relative paths and bytes); s3: sha256
+over the keys, ETags and VersionIds, and the object count; dvc: the revision asked, the
+commit it resolved to and DVC's md5 of the path.
 
 Outputs are replaced atomically and together; a failed run leaves the previous ones intact.
 
 exit codes:
   0  completed (with or without rejects)
   1  --strict and something was rejected (outputs are still written)
-  2  the input directory is missing, holds no XML, or yields no valid record
+  2  the input directory is missing, holds no XML, or yields no valid record; the bucket or
+     prefix is missing or empty, the credentials are refused, or `dvc get` fails (a bad rev)
 """
 
 from __future__ import annotations
@@ -32,6 +49,7 @@ from charlie.kubeflow import executor as kfp_executor
 from charlie.logs import setup_logging
 from charlie.parsing import REASONS, parse_files
 from charlie.progress import progress_bar
+from charlie.sources import open_source
 
 log = logging.getLogger("charlie.parse")
 
@@ -65,21 +83,23 @@ def run(args: argparse.Namespace) -> int:
     log.debug("parse: %s", params.model_dump_json())
 
     input_dir = params.input_dir
-    if not input_dir.is_dir():
-        raise CharlieError(f"input directory {input_dir} does not exist.")
-    paths = sorted(p for p in input_dir.glob("*.xml") if p.is_file())
-    if not paths:
-        raise CharlieError(f"input directory {input_dir} holds no *.xml file.")
-
-    total = sum(p.stat().st_size for p in paths)
-    with progress_bar(total=total, unit="B", unit_scale=True, desc="parse") as bar:
-        result = parse_files(paths, opener=lambda p: _Progress(p, bar))
-    report = result.report(str(input_dir))
+    where = f"{input_dir} in {params.dvc_repo}" if params.dvc_repo else input_dir
+    opened = open_source(input_dir, dvc_repo=params.dvc_repo, dvc_rev=params.dvc_rev)
+    with opened as (directory, source):  # a remote source's download is removed at the end
+        log.info("reading theses from %s", source.describe())
+        paths = sorted(p for p in directory.glob("*.xml") if p.is_file())
+        if not paths:
+            raise CharlieError(f"input directory {where} holds no *.xml file.")
+        total = sum(p.stat().st_size for p in paths)
+        with progress_bar(total=total, unit="B", unit_scale=True, desc="parse") as bar:
+            result = parse_files(paths, opener=lambda p: _Progress(p, bar))
+    report = result.report(where)
+    report = {"input_dir": report.pop("input_dir"), "source": source.as_dict(), **report}
     _summary(report, REASONS)
 
     if not result.records:
         raise CharlieError(
-            f"no valid thesis in {input_dir} ({report['totals']['theses_seen']} seen, "
+            f"no valid thesis in {where} ({report['totals']['theses_seen']} seen, "
             f"{len(result.rejects)} rejected); previous outputs were left as they were."
         )
     with atomic_outputs(params.out, params.rejects, params.report) as (out, rej, rep):

@@ -10,6 +10,10 @@ shards, the extended tokenizer in tokenizer/, and tokenize_report.json: the max_
 split token-length percentiles (whole example, prompt, completion), how many examples exceeded
 max_length and what was done, overall and per action.
 
+The base model may be a `charlie fetch-model` reference folder (config.json, tokenizer files and
+base_model.json, no weights): it loads as a tokenizer folder, and as --tokenizer it also gives
+the base model's context length.
+
 Every example is measured whole first. max_length: auto takes the smallest length that fits
 every example, capped by the base model's context (its config's max_position_embeddings, or
 the tokenizer's model_max_length). Over-length examples never lose their completion (so the
@@ -27,6 +31,7 @@ import json
 import logging
 import sys
 
+from charlie.basemodel import read_reference
 from charlie.config import (
     CONFIG,
     DatasetParams,
@@ -56,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags override params.yaml's `train` and `dataset` sections and the training config."""
     add_flags(parser, TrainParams, "train", ["config"])
     add_flags(parser, DatasetParams, "dataset", {"dataset": "out"})
-    add_flags(parser, TrainConfig, CONFIG, {"out": "dataset_dir", "tokenizer": "tokenizer"})
+    add_flags(parser, TrainConfig, CONFIG,
+              {"out": "dataset_dir", "tokenizer": "tokenizer", "base_model": "base_model"})  # fmt: skip
     lengths = ["max_length", "over_length", "max_over_length_share", "max_label_shift"]
     add_flags(parser, TrainConfig, CONFIG, lengths)
     add_flags(parser, TrainParams, "train", ["num_shards", "num_proc"])
@@ -148,17 +154,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _model_config(config: TrainConfig) -> dict:
-    """The base model's config as a dict, or {} when it cannot be read (no context cap then)."""
+    """The base model's config as a dict, or {} when it cannot be read (no context cap then).
+
+    A tokenizer that is a base model reference (`charlie fetch-model`'s folder, as the pipeline
+    passes it) names the base model too: its config.json is read instead of base_model's.
+    """
     from transformers import AutoConfig
 
+    source = config.base_model
+    if config.tokenizer and read_reference(config.tokenizer) is not None:
+        source = config.tokenizer
     try:
-        loaded = AutoConfig.from_pretrained(
-            config.base_model, trust_remote_code=config.trust_remote_code
-        )
+        loaded = AutoConfig.from_pretrained(source, trust_remote_code=config.trust_remote_code)
     except (OSError, ValueError, KeyError, ImportError) as exc:
         why = (str(exc).splitlines() or [type(exc).__name__])[0]
         log.warning("cannot read %s's config (%s): its context length is unknown",
-                    config.base_model, why)  # fmt: skip
+                    source, why)  # fmt: skip
         return {}
     return loaded.to_dict()
 

@@ -18,6 +18,11 @@ Writes the adapter and tokenizer, TensorBoard logs under <output_dir>/runs (W&B 
 USE_WANDB=true), manifest.json (git commit, config hash, data hashes, versions, hardware, seed,
 times, final metrics), tokenize_report.json (copied from the dataset, for evaluation) and, with
 --merge, <output_dir>/merged (with the report too).
+
+--base-model may be a `charlie fetch-model` reference folder (base_model.json, no weights): it
+resolves to the folder on the cache volume that holds the weights, which this machine must
+mount. base_model.json ({"ref", "path", "revision", "source"}: which base model and revision
+the adapter belongs to) is written into the output dir, and into merged/ too.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import logging
 import os
 from pathlib import Path
 
+from charlie.basemodel import ResolvedModel, resolve, write_reference
 from charlie.config import CONFIG, TrainParams, add_flags, load_params, switch, train_settings
 from charlie.kubeflow import executor as kfp_executor
 from charlie.logs import setup_logging
@@ -63,19 +69,44 @@ def run(args: argparse.Namespace) -> int:
     config_path = Path(params.train.config)
     cfg = load_train_config(config_path, args, train_settings(params))
     setup_logging("train")
+    cfg, base = resolve_base_model(cfg)
     if cfg.gpu_type.upper() != "CPU":
         refuse_if_it_cannot_fit(cfg)
 
     from charlie.training.sft import train  # torch, transformers, trl: only when training
 
     metrics = train(cfg, smoke_test=args.smoke_test, resume=args.resume, config_path=config_path)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        record_base_model(cfg, base, metrics)
     log.info(
-        "trained %d steps: train loss %.4f, eval loss %.4f; saved to %s",
+        "trained %d steps: train loss %.4f, eval loss %.4f; %s",
         metrics.get("global_step", 0), metrics.get("train_loss", float("nan")),
-        metrics.get("eval_loss", float("nan")), cfg.output_dir,
+        metrics.get("eval_loss", float("nan")),
+        f"saved to {cfg.output_dir}" if rank == 0 else f"rank {rank}: rank 0 saves",
     )  # fmt: skip
-    kfp_executor.publish(args.kfp_executor_input, metrics=metrics)
+    kfp_executor.publish(args.kfp_executor_input, metrics=metrics)  # rank 0 only
     return 0
+
+
+def resolve_base_model(cfg: TrainConfig) -> tuple[TrainConfig, ResolvedModel]:
+    """The config with base_model resolved to its weights, and what it resolved from.
+
+    A `charlie fetch-model` reference folder (base_model.json, no weights) becomes the folder
+    on the cache volume it records; a model folder or a hub id stays as it is.
+    """
+    base = resolve(cfg.base_model)
+    if base.weights_path != cfg.base_model:
+        log.info("base model %s (%s, revision %s) resolves to %s", base.ref, base.source,
+                 base.revision, base.weights_path)  # fmt: skip
+        cfg = cfg.model_copy(update={"base_model": base.weights_path})
+    return cfg, base
+
+
+def record_base_model(cfg: TrainConfig, base: ResolvedModel, metrics: dict) -> None:
+    """Write base_model.json beside the adapter (and into merged/): which base, which revision."""
+    merged = metrics.get("merged_model")
+    write_reference(base, cfg.output_dir, *([merged] if merged else []))
 
 
 def refuse_if_it_cannot_fit(cfg) -> None:

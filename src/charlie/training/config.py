@@ -86,7 +86,7 @@ class TrainConfig(Section):
     gpu_type: str = Field(
         "H100-80GB", description="GPU type from configs/gpus.yaml (for `charlie plan`)."
     )
-    num_gpus: int = Field(1, ge=1, description="GPUs the run uses (for `charlie plan`).")
+    num_gpus: int = Field(1, ge=1, description="GPUs the run uses, per node (for `charlie plan`).")
 
     @field_validator("max_length", mode="before")
     @classmethod

@@ -1,4 +1,13 @@
-"""``manifest.json``: everything needed to say how a model was made and to make it again."""
+"""``manifest.json``: everything needed to say how a model was made and to make it again.
+
+Its ``hardware`` section says where the run ran (see :func:`_hardware`), including how it was
+distributed, from the variables the launcher sets for each process. torchrun (and a Kubeflow
+TrainJob, which runs torchrun on every node) sets ``WORLD_SIZE`` (processes in all),
+``LOCAL_WORLD_SIZE`` (processes on this node), ``GROUP_WORLD_SIZE`` (nodes: torchrun agents)
+and ``GROUP_RANK`` (this node); DeepSpeed's launcher sets ``WORLD_SIZE``, ``LOCAL_SIZE``,
+``CROSS_SIZE`` and ``CROSS_RANK`` for the same; a launcher that sets neither pair has its nodes
+counted as processes in all over processes on this node.
+"""
 
 from __future__ import annotations
 
@@ -25,15 +34,54 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _env_int(*names: str) -> int | None:
+    """The first of the environment variables ``names`` that is set, as an int."""
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def node_of_world() -> tuple[int, int]:
+    """``(this node's rank, nodes in the run)`` as the launcher set them; ``(0, 1)`` without one.
+
+    torchrun's ``GROUP_RANK`` and ``GROUP_WORLD_SIZE`` (its agents, one a node); otherwise
+    DeepSpeed's ``CROSS_RANK`` / ``CROSS_SIZE``, or the node count as processes in all over
+    processes on this node.
+    """
+    world = _env_int("WORLD_SIZE") or 1
+    local = _env_int("LOCAL_WORLD_SIZE", "LOCAL_SIZE") or world
+    nodes = _env_int("GROUP_WORLD_SIZE", "CROSS_SIZE") or max(1, world // max(1, local))
+    rank = _env_int("GROUP_RANK", "CROSS_RANK")
+    if rank is None:
+        rank = (_env_int("RANK") or 0) // max(1, local)
+    return rank, nodes
+
+
 def _hardware() -> dict[str, Any]:
+    """This machine, and how the run was spread: ``world_size`` (processes in all),
+    ``local_world_size`` (on this node), ``num_nodes``, and of the process writing the
+    manifest (rank 0) its ``rank`` and ``node_rank``; ``backend``: torch.distributed's (gloo on
+    CPUs, nccl on GPUs), None for a single process without a process group."""
     import torch
 
+    world = _env_int("WORLD_SIZE") or 1
+    node_rank, nodes = node_of_world()
+    backend = None
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        backend = str(torch.distributed.get_backend())
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "cuda": torch.cuda.is_available(),
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "world_size": world,
+        "local_world_size": _env_int("LOCAL_WORLD_SIZE", "LOCAL_SIZE") or world,
+        "num_nodes": nodes,
+        "rank": _env_int("RANK") or 0,
+        "node_rank": node_rank,
+        "backend": backend,
     }
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]

@@ -16,6 +16,13 @@ time estimated as 6 x parameters x tokens (x 4/3 with gradient checkpointing) ov
 machine's FLOP/s, measured by a short forward/backward probe of the model's hidden size
 (:func:`estimate_cost`). With ``max_length: auto`` the length ``charlie tokenize`` chose is
 used; its report is copied beside the model (and into ``merged/``) for evaluation.
+
+Under a launcher (torchrun, ``accelerate launch``, DeepSpeed; one node or several, as a
+Kubeflow TrainJob runs it) every process trains and evaluates, and all of them share
+``output_dir`` and ``checkpoint_dir`` (one RWX volume on a TrainJob); rank 0 alone runs the cost
+probe, writes the model, the tokenizer, the tokenize report, ``merged/``, ``manifest.json`` and
+``loss.csv``, and removes half-written checkpoints (:func:`latest_checkpoint`). Each process
+logs its rank, its node and what it leaves to rank 0.
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,11 +48,12 @@ from charlie.errors import CharlieError
 from charlie.io import load_dataset_dir
 from charlie.plan import load_model_config, model_shape
 from charlie.training.config import REPORT, TrainConfig, tokenized_max_length
-from charlie.training.manifest import write_loss_curve, write_manifest
+from charlie.training.manifest import node_of_world, write_loss_curve, write_manifest
 
 log = logging.getLogger("charlie.train")
 TRAINABLE_MODULES = ["embed_tokens", "lm_head"]  # the new special tokens must be learnable
 CPU_PROBE_LIMIT = 200_000_000  # probe weights (~0.8 GB in fp32) above which a CPU is not timed
+FULL_MERGE = "--merge applies to LoRA and QLoRA adapters; a full fine-tune is already whole."
 
 
 def get_peft_config(cfg: TrainConfig) -> Any:
@@ -394,6 +404,62 @@ def _done_steps(checkpoint: str | None) -> int:
         return 0
 
 
+def _rank() -> int:
+    """This process's global rank, as the launcher set it (0 without one)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _checkpoint_is_complete(folder: Path, step: int) -> bool:
+    """Whether ``checkpoint-<step>`` was written to the end and can be resumed from.
+
+    Trainer writes a checkpoint file by file: rank 0's weights, optimizer and scheduler, then
+    its ``trainer_state.json``; every rank writes its own ``rng_state_<rank>.pth`` (torch's zip
+    format, unreadable when cut short). A process killed while saving leaves the folder without
+    a readable state of that step, or with a truncated RNG file that would stop one rank's
+    resume.
+    """
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+        if int(state["global_step"]) != step:
+            return False
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+    return all(zipfile.is_zipfile(rng) for rng in folder.glob("rng_state*.pth"))
+
+
+def latest_checkpoint(folder: Path, *, remove_incomplete: bool = False) -> str | None:
+    """The newest complete ``checkpoint-<step>`` in ``folder`` (None if there is none).
+
+    Newer, half-written ones (a node killed while saving) are skipped with a warning, and
+    removed with ``remove_incomplete`` (rank 0 only: Trainer would count them against
+    ``save_total_limit`` and overwrite them in place). Every rank decides from the same shared
+    folder, so all of them resume from the same step.
+    """
+    if not folder.is_dir():
+        return None
+    found = sorted(
+        ((int(m.group(1)), path) for path in folder.iterdir()
+         if (m := re.fullmatch(r"checkpoint-(\d+)", path.name)) and path.is_dir()),
+        reverse=True,
+    )  # fmt: skip
+    for step, path in found:
+        if _checkpoint_is_complete(path, step):
+            return str(path)
+        if remove_incomplete:
+            log.warning("removing %s: a half-written checkpoint (a process was stopped while "
+                        "saving it)", path)  # fmt: skip
+            # Renamed first, at once: another rank never sees it half-deleted (and complete).
+            doomed = path.with_name(f".removing-{path.name}")
+            try:
+                path.rename(doomed)
+            except OSError:
+                doomed = path
+            shutil.rmtree(doomed, ignore_errors=True)
+        else:
+            log.warning("skipping %s: a half-written checkpoint", path)
+    return None
+
+
 def copy_tokenize_report(dataset_dir: Path, *targets: Path) -> None:
     """Put ``charlie tokenize``'s report beside the model: evaluation sizes generation by it."""
     report = Path(dataset_dir) / REPORT
@@ -428,11 +494,14 @@ def train(
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
     started = dt.datetime.now(dt.UTC)
     cuda = torch.cuda.is_available()
+    do_merge = merge if merge is not None else cfg.merge
+    if do_merge and cfg.method == "full":  # before training, and on every rank alike
+        raise CharlieError(FULL_MERGE)
+    _log_role(cfg, do_merge)
     if not sys.stderr.isatty():
         import datasets
 
@@ -461,15 +530,18 @@ def train(
 
     # ------------------------------------------------------------------ resume?
     checkpoints = cfg.checkpoint_dir or cfg.output_dir
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    if resume and last is None:
-        raise CharlieError(f"--resume: no checkpoint-* directory in {checkpoints}.")
-    resume_from = last if resume is not False else None
+    resume_from = (
+        None if resume is False else latest_checkpoint(checkpoints, remove_incomplete=_rank() == 0)
+    )
+    if resume and resume_from is None:
+        raise CharlieError(
+            f"--resume: no checkpoint-* directory in {checkpoints} (or none written to the end)."
+        )
     if resume_from:
         log.info("resuming from %s", resume_from)
 
     # ------------------------------------------------------------------ cost, before the weights
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _rank() == 0:
         cost = estimate_cost(cfg, lengths["train"], max_length=max_length,
                              vocab_size=len(tokenizer), smoke_test=smoke_test,
                              done_steps=_done_steps(resume_from), cuda=cuda)  # fmt: skip
@@ -503,6 +575,8 @@ def train(
             _cpu_4bit_gradient_fix(model)
 
     # ------------------------------------------------------------------ train
+    if not cuda:
+        _cpu_process_group(cfg)
     args = sft_arguments(cfg, cuda=cuda, smoke_test=smoke_test, report_to=_report_to(cfg),
                          max_length=max_length)  # fmt: skip
     trainer = SFTTrainer(
@@ -531,20 +605,64 @@ def train(
         train_metrics = trainer.train(resume_from_checkpoint=resume_from).metrics
 
     # ------------------------------------------------------------------ save
+    # Every rank calls save_model (ZeRO-3 gathers the shards in it); rank 0 alone writes.
     trainer.save_model(str(cfg.output_dir))  # the adapter (or full model) and the tokenizer
-    if trainer.is_world_process_zero():
+    writer = trainer.is_world_process_zero()
+    if writer:
         copy_tokenize_report(cfg.dataset_dir, cfg.output_dir)
     metrics = {**train_metrics, "global_step": trainer.state.global_step}
 
     # ------------------------------------------------------------------ evaluate
-    metrics.update(trainer.evaluate())
-    if merge if merge is not None else cfg.merge:
+    metrics.update(trainer.evaluate())  # every rank: a collective
+    if not writer:  # the merge and the manifest need no other rank: nothing left to wait for
+        return metrics
+    if do_merge:  # from the adapter rank 0 itself wrote above
         merged = merge_adapter(cfg, tokenizer)
         metrics["merged_model"] = str(merged)
-    if trainer.is_world_process_zero():
-        write_manifest(cfg, config_path, started, metrics, trainer.state.log_history)
-        write_loss_curve(cfg.output_dir, trainer.state.log_history)
+    write_manifest(cfg, config_path, started, metrics, trainer.state.log_history)
+    write_loss_curve(cfg.output_dir, trainer.state.log_history)
     return metrics
+
+
+def _cpu_process_group(cfg: TrainConfig) -> None:
+    """Under a launcher on CPUs, start the gloo process group with the config's ``ddp_timeout``.
+
+    transformers hands ``ddp_timeout`` to the process group on GPUs only; on CPUs accelerate
+    starts gloo with torch's 30-minute default, so a node that hangs (rather than dies: gloo
+    sees a killed peer at once) would hold the others that long. Started here, accelerate
+    reuses the group. Left to accelerate: DeepSpeed, another ``ddp_backend``, MPI builds.
+    """
+    import torch.distributed as dist
+
+    args = cfg.sft_args
+    if (
+        int(os.environ.get("WORLD_SIZE", "1")) <= 1
+        or "LOCAL_RANK" not in os.environ
+        or args.get("deepspeed")
+        or args.get("ddp_backend") not in (None, "gloo")
+        or not dist.is_available()
+        or dist.is_initialized()
+        or dist.is_mpi_available()  # accelerate would pick mpi
+    ):
+        return
+    timeout = dt.timedelta(seconds=float(args.get("ddp_timeout", 1800)))
+    dist.init_process_group(backend="gloo", timeout=timeout)
+    log.debug("gloo process group started, timeout %s", timeout)
+
+
+def _log_role(cfg: TrainConfig, merge: bool) -> None:
+    """Under a launcher: this process's rank and node, and who writes the outputs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return
+    rank, (node, nodes) = _rank(), node_of_world()
+    where = f"rank {rank} of {world} (node {node} of {nodes})"
+    if rank == 0:
+        log.info("%s: writes the model, %smanifest.json into %s", where,
+                 "merged/ and " if merge else "", cfg.output_dir)  # fmt: skip
+    else:
+        log.info("%s: trains and evaluates; not rank 0, so it writes nothing into %s (into "
+                 "checkpoints only its own share)", where, cfg.output_dir)  # fmt: skip
 
 
 def merge_adapter(cfg: TrainConfig, tokenizer: Any) -> Path:
@@ -555,9 +673,7 @@ def merge_adapter(cfg: TrainConfig, tokenizer: Any) -> Path:
     """
     out = cfg.output_dir / "merged"
     if cfg.method == "full":
-        raise CharlieError(
-            "--merge applies to LoRA and QLoRA adapters; a full fine-tune is already whole."
-        )
+        raise CharlieError(FULL_MERGE)
     merged = models.merge_adapter(
         cfg.output_dir,
         len(tokenizer),
