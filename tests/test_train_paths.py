@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("torch")
 pytest.importorskip("trl")
@@ -190,6 +191,57 @@ def test_resume_false_starts_over(tiny, tmp_path):
     history = _losses(_manifest(out)["log_history"])
     assert sorted(history) == [1, 2]  # a fresh state, not the first run's history
     assert history[1] == pytest.approx(first[1])  # same seed, same start, same first loss
+
+
+@pytest.fixture
+def torch_settings():
+    """Restore what a deterministic run sets process-wide (threads, deterministic algorithms)."""
+    import torch
+
+    threads, strict = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(strict)
+
+
+def test_the_same_seed_gives_the_same_losses_and_adapter_and_another_seed_does_not(
+    tiny, tmp_path, torch_settings
+):
+    """The resized rows of the new tokens are drawn after seeding: two runs are bit-identical."""
+    import torch
+    from safetensors.torch import load_file
+
+    from charlie.training.sft import train
+
+    shipped = yaml.safe_load((REPO / "configs" / "sft_tiny_lora_cpu.yaml").read_text())
+    assert shipped["num_threads"] and shipped["full_determinism"]  # the demo's own settings
+
+    def run(name: str, seed: int) -> tuple[dict, dict, dict]:
+        out = tmp_path / name
+        keys = {**shipped, "base_model": str(tiny["base"]), "dataset_dir": tiny["data"],
+                "output_dir": out, "max_length": 128, "per_device_train_batch_size": 4,
+                "logging_steps": 1, "report_to": ["none"], "merge": False, "seed": seed}  # fmt: skip
+        train(TrainConfig(**keys), smoke_test=True)  # the demo's config, for 10 steps
+        manifest = _manifest(out)
+        return (
+            _losses(manifest["log_history"]),
+            load_file(out / "adapter_model.safetensors"),
+            manifest,
+        )
+
+    losses, weights, manifest = run("a", 0)
+    again, weights_again, _ = run("b", 0)
+    assert again == losses and len(losses) == 10  # every logged step, exactly
+    assert weights.keys() == weights_again.keys()
+    assert all(torch.equal(weights[k], weights_again[k]) for k in weights)
+    assert any("embed_tokens" in k for k in weights)  # the new tokens' rows are trained too
+    assert manifest["determinism"] == {
+        "seed": 0, "data_seed": None, "full_determinism": True,
+        "deterministic_algorithms": True, "cudnn_deterministic": True,
+        "num_threads": 2, "num_threads_setting": 2,
+    }  # fmt: skip
+    other, _, _ = run("c", 1)
+    assert other != losses  # the seed, not luck, makes them equal
 
 
 # ----------------------------------------------------------------------------------------- QLoRA

@@ -83,6 +83,13 @@ class TrainConfig(Section):
     lora_target_modules: str | list[str] = "all-linear"
     merge: bool = Field(False, description="Also write a merged model after training.")
     smoke_test_steps: int = Field(10, ge=1, description="Steps for --smoke-test (the seed: 10).")
+    num_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads torch computes with (torch.set_num_threads); a fixed count "
+        "makes CPU losses repeat exactly, since the count changes the order floats are summed "
+        "in (default: torch's, one per core).",
+    )
     gpu_type: str = Field(
         "H100-80GB", description="GPU type from configs/gpus.yaml (for `charlie plan`)."
     )

@@ -104,8 +104,13 @@ def write_manifest(
     started: dt.datetime,
     metrics: dict[str, Any],
     log_history: list[dict[str, Any]],
+    determinism: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``<output_dir>/manifest.json`` and return its path."""
+    """Write ``<output_dir>/manifest.json`` and return its path.
+
+    ``determinism`` says what was in force (seed, deterministic algorithms, CPU threads: see
+    :func:`charlie.training.sft.determinism`).
+    """
     config = cfg.model_dump(mode="json")
     config_text = json.dumps(config, sort_keys=True)
     data_files = sorted(p for p in Path(cfg.dataset_dir).rglob("*") if p.is_file())
@@ -119,6 +124,7 @@ def write_manifest(
         "packages": _versions(),
         "hardware": _hardware(),
         "seed": cfg.sft_args.get("seed", 42),
+        "determinism": determinism,
         "started": started.isoformat(timespec="seconds"),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "final_metrics": metrics,

@@ -170,6 +170,38 @@ def optimizer_steps(
     return total, per_epoch
 
 
+def seed_everything(cfg: TrainConfig) -> dict[str, Any]:
+    """Seed Python, NumPy and torch with the config's ``seed`` and fix torch's CPU threads.
+
+    With ``full_determinism`` (a TrainingArguments key) torch's deterministic algorithms are
+    on as well. Returns :func:`determinism`.
+    """
+    import torch
+    from transformers import set_seed
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    set_seed(
+        int(cfg.sft_args.get("seed", 42)), deterministic=bool(cfg.sft_args.get("full_determinism"))
+    )
+    return determinism(cfg)
+
+
+def determinism(cfg: TrainConfig) -> dict[str, Any]:
+    """What decides whether two runs give the same numbers (for the manifest)."""
+    import torch
+
+    return {
+        "seed": int(cfg.sft_args.get("seed", 42)),
+        "data_seed": cfg.sft_args.get("data_seed"),  # None: the seed orders the data too
+        "full_determinism": bool(cfg.sft_args.get("full_determinism", False)),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+        "num_threads": torch.get_num_threads(),
+        "num_threads_setting": cfg.num_threads,
+    }
+
+
 def padded_tokens(lengths: Sequence[int], batch_size: int, seed: int = 0) -> int:
     """Tokens an epoch computes on: each shuffled batch padded to its longest example."""
     order = list(lengths)
@@ -548,6 +580,10 @@ def train(
         log.info("cost: %s", cost["line"])
 
     # ------------------------------------------------------------------ load model
+    # Seeded before anything is drawn: the resized embedding rows of the new special tokens
+    # (the action tokens among them) are random, and TRL would seed only later, in
+    # SFTTrainer.__init__, so every process got other rows (and another run).
+    seed_everything(cfg)
     # Before SFTConfig: with a ZeRO-3 config, building TrainingArguments turns zero.Init on
     # process-wide, and the model must not be loaded through it here.
     compute_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
@@ -619,7 +655,8 @@ def train(
     if do_merge:  # from the adapter rank 0 itself wrote above
         merged = merge_adapter(cfg, tokenizer)
         metrics["merged_model"] = str(merged)
-    write_manifest(cfg, config_path, started, metrics, trainer.state.log_history)
+    write_manifest(cfg, config_path, started, metrics, trainer.state.log_history,
+                   determinism(cfg))  # fmt: skip
     write_loss_curve(cfg.output_dir, trainer.state.log_history)
     return metrics
 
