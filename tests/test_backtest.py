@@ -16,7 +16,7 @@ import charlie.cli
 from charlie.backtest import engine
 from charlie.backtest import metrics as m
 from charlie.backtest.config import BacktestConfig
-from charlie.backtest.core import DAILY_COLUMNS, run_backtest
+from charlie.backtest.core import DAILY_COLUMNS, exposure_matched, headline, run_backtest
 from charlie.backtest.panel import prepare_predictions
 from charlie.backtest.report import output_paths, write_outputs
 from charlie.config import load_config
@@ -67,13 +67,15 @@ def test_undefined_metrics_are_nan_not_exceptions():
     assert math.isnan(flat["sharpe"]) and math.isnan(flat["sortino"])
     assert math.isnan(flat["calmar"])
     assert flat["annual_volatility"] == 0.0 and flat["max_drawdown"] == 0.0
-    assert flat["total_return"] == 0.0 and flat["cagr"] == 0.0
+    assert flat["total_return"] == 0.0 and math.isnan(flat["cagr"])  # under a year
+    assert m.summary([0.0, 0.0, 0.0], full_year_only=False)["cagr"] == 0.0
     constant = m.summary([0.01] * 5)  # zero variance but not zero
     assert math.isnan(constant["sharpe"]) and math.isnan(constant["sortino"])
     assert math.isnan(m.sortino_ratio([0.01, 0.02]))  # no downside (empyrical: inf)
     one = m.summary([0.05])
     assert one["total_return"] == pytest.approx(0.05)
-    assert one["cagr"] == pytest.approx(1.05**252 - 1)
+    assert math.isnan(one["cagr"])  # one day is not a year
+    assert m.summary([0.05], full_year_only=False)["cagr"] == pytest.approx(1.05**252 - 1)
     assert all(math.isnan(one[k]) for k in ("annual_volatility", "sharpe", "sortino", "calmar"))
     empty = m.summary([])
     assert all(math.isnan(empty[k]) for k in ("total_return", "cagr", "sharpe", "max_drawdown"))
@@ -372,11 +374,18 @@ def test_a_metric_added_only_in_the_metrics_module_is_in_the_json_and_the_html(
     paths = write_outputs(result, tmp_path / "bt.csv")
     saved = json.loads(paths["metrics"].read_text())
     strategy, benchmark = saved["strategy"]["up_days"], saved["benchmark"]["up_days"]
+    matched = saved["benchmark_exposure_matched"]["up_days"]
     returns = result.daily["returns"]
     assert strategy == pytest.approx((returns > 0).mean())
     assert benchmark == pytest.approx((result.benchmark_daily["returns"] > 0).mean())
+    assert matched == pytest.approx(
+        (exposure_matched(result.daily, result.benchmark_daily) > 0).mean()
+    )
     page = paths["report"].read_text()
-    row = f"<tr><td>up_days</td><td>{strategy:.2%}</td><td>{benchmark:.2%}</td>"
+    row = (
+        f"<tr><td>up_days</td><td>{strategy:.2%}</td><td>{matched:.2%}</td>"
+        f"<td>{strategy - matched:.2%}</td><td>{benchmark:.2%}</td>"
+    )
     assert f"{row}<td>{strategy - benchmark:.2%}</td></tr>" in page
     assert page.index("<td>exposure</td>") < page.index("<td>up_days</td>")  # registry order
 
@@ -463,6 +472,26 @@ def test_demo_sample_shows_the_model_and_the_benchmark_side_by_side(tmp_path, cl
     for side in ("strategy", "benchmark"):
         assert set(saved[side]) == set(m.METRIC_NAMES)
         assert saved[side]["n_trades"] > 0 and saved[side]["sharpe"] is not None
+        assert saved[side]["cagr"] is None and saved[side]["calmar"] is None  # 77 days
+    assert set(saved["benchmark_exposure_matched"]) == set(m.METRIC_NAMES)
+    assert saved["annualisation"]["annualised"] is False and saved["annualisation"]["days"] == 77
+    assert all(r["strategy_cagr"] is None for r in saved["cost_sensitivity"])
+    # Trades are target changes and drift outside the band, not daily top-ups of a HOLD.
+    assert saved["strategy"]["n_trades"] < 0.5 * 6 * 77
+    full = saved["versus_full_benchmark"]
+    assert full["total_return"] == pytest.approx(
+        saved["strategy"]["total_return"] - saved["benchmark"]["total_return"]
+    )
+    assert saved["strategy_minus_benchmark"]["total_return"] == full["total_return"]
+    versus = saved["versus_exposure_matched_benchmark"]
+    assert {"beta", "alpha", "alpha_t", "information_ratio", "tracking_error"} <= set(versus)
+    matched_exposure = saved["benchmark_exposure_matched"]["exposure"]
+    assert matched_exposure == pytest.approx(saved["strategy"]["exposure"], rel=0.1)
+    inference = saved["sharpe_inference"]["strategy"]
+    assert inference["ci_low"] < saved["strategy"]["sharpe"] < inference["ci_high"]
+    assert inference["n_trials"] == 6 == len(saved["sharpe_inference"]["trials"])
+    assert 0 <= inference["deflated_sharpe"] <= 1
+    assert 0 <= inference["probabilistic_sharpe_vs_benchmark"] <= 1
     assert saved["inputs"]["predictions"] == len(test)
     assert saved["inputs"]["unparseable"] == 1 and saved["inputs"]["forced"] is False
     assert saved["inputs"]["parse_rate"] == pytest.approx(1 - 1 / len(test))
@@ -486,7 +515,12 @@ def test_demo_sample_shows_the_model_and_the_benchmark_side_by_side(tmp_path, cl
         assert f"<td>{name}</td>" in page
     strategy_sharpe = f"{saved['strategy']['sharpe']:.3f}"
     benchmark_sharpe = f"{saved['benchmark']['sharpe']:.3f}"
-    assert f"<td>sharpe</td><td>{strategy_sharpe}</td><td>{benchmark_sharpe}</td>" in page
+    matched_sharpe = f"{saved['benchmark_exposure_matched']['sharpe']:.3f}"
+    assert f"<td>sharpe</td><td>{strategy_sharpe}</td><td>{matched_sharpe}</td>" in page
+    assert f"<td>{benchmark_sharpe}</td>" in page
+    assert page.count("n/a (under a year)</span>") >= 6  # CAGR and Calmar, every benchmark
+    assert "Deflated Sharpe ratio over 6 trials" in page
+    assert "<th>excess return</th>" not in page
     assert "Cost sensitivity" in page and "UNPARSEABLE" in page and "Forced run" not in page
     err = capsys.readouterr().err
     assert "strategy" in err and "benchmark" in err
@@ -602,3 +636,203 @@ def test_the_gate_counts_truncated_rows_when_the_csv_has_them():
         "x has a parse rate of 0.500, below min_parse_rate 0.6 (1 of 2 predictions are "
         "UNPARSEABLE, 1 of them truncated by the generation budget)"
     )
+
+
+# ---------------------------------------------------------------- rebalancing band
+
+
+def test_a_hold_keeps_its_shares_inside_the_rebalance_band_and_trades_outside_it():
+    prices = np.array([[100.0], [100.0], [101.0], [120.0], [120.0]])
+    targets = engine.hold_forward(np.array([[0.5], [np.nan], [np.nan], [np.nan], [np.nan]]))
+    banded = engine.simulate(prices, prices, targets, initial_cash=1000.0, rebalance_band=0.05)
+    # Row 1 buys (the target changed from flat); at 101 the weight is 0.5025, inside
+    # 0.5 +- 5 % of 0.5, so nothing trades; at 120 it is 0.545, outside: back to 0.5.
+    assert np.flatnonzero(banded.traded[:, 0]).tolist() == [1, 3]
+    value = banded.positions * banded.mark
+    assert value[3, 0] / banded.equity[3] == pytest.approx(0.5)
+    daily = engine.simulate(prices, prices, targets, initial_cash=1000.0)  # no band: every day
+    assert np.flatnonzero(daily.traded[:, 0]).tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match="rebalance_band must be a finite number >= 0"):
+        engine.simulate(prices, prices, targets, initial_cash=1.0, rebalance_band=-0.1)
+
+
+def test_a_changed_target_is_traded_whatever_the_band_and_retried_without_a_price():
+    nan = np.nan
+    open_ = close = np.array([[100.0], [100.0], [nan], [100.0], [100.0]])
+    targets = np.array([[0.5], [0.49], [0.49], [0.49], [0.49]])  # a 2 % change, inside 5 %
+    sim = engine.simulate(open_, close, targets, initial_cash=1000.0, rebalance_band=0.05)
+    # 0.5 fills on row 1; 0.49, decided at row 1, has no price on row 2 and fills on row 3.
+    assert np.flatnonzero(sim.traded[:, 0]).tolist() == [1, 3]
+    assert sim.positions[3, 0] * 100 / sim.equity[3] == pytest.approx(0.49)
+    flat = engine.simulate(open_, close, np.array([[0.5], [0.0], [0.0], [0.0], [0.0]]),
+                           initial_cash=1000.0, rebalance_band=0.05)  # fmt: skip
+    assert flat.positions[3, 0] == 0 and np.count_nonzero(flat.traded) == 2
+
+
+def test_hold_days_trade_only_outside_the_configured_band(tmp_path):
+    frames = {"AAA": bars(DAYS, [10, 11, 11.1, 11.2, 11.3])}
+    preds = predictions([("AAA", DAYS[0], "BUY")] + [("AAA", d, "HOLD") for d in DAYS[1:4]])
+    banded = run_backtest(preds, frames, BacktestConfig(**FREE))
+    assert BacktestConfig().rebalance_band == 0.05
+    assert len(banded.trades) == 1 and banded.metrics["strategy"]["n_trades"] == 1
+    assert "rebalance_band 0.05" in banded.metrics["conventions"]["rebalancing"]
+    daily = run_backtest(preds, frames, BacktestConfig(rebalance_band=None, **FREE))
+    assert len(daily.trades) == 4  # the seed's behaviour: a top-up every day
+    assert "rebalanced daily" in daily.metrics["conventions"]["rebalancing"]
+    page = write_outputs(banded, tmp_path / "bt.csv")["report"].read_text()
+    assert "rebalance_band 0.05" in page
+
+
+def test_a_negative_rebalance_band_is_a_one_sentence_config_error(tmp_path):
+    path = tmp_path / "bt.yaml"
+    path.write_text("rebalance_band: -0.1\n")
+    with pytest.raises(ConfigError, match="rebalance_band"):
+        load_config(path, BacktestConfig)
+    path.write_text("rebalance_band: null\n")
+    assert load_config(path, BacktestConfig).rebalance_band is None
+
+
+# ---------------------------------------------------------------- short periods
+
+
+def year_of_bars(days: int, seed: int = 1) -> tuple[pd.DatetimeIndex, pd.DataFrame]:
+    dates = pd.bdate_range("2024-01-02", periods=days)
+    rng = np.random.default_rng(seed)
+    prices = 50 * np.cumprod(1 + rng.normal(0.0005, 0.01, days))
+    return dates, bars([f"{d:%Y-%m-%d}" for d in dates], prices.tolist())
+
+
+def test_cagr_and_calmar_are_reported_from_a_year_on(tmp_path):
+    dates, frame = year_of_bars(300)
+    rows = [("AAA", f"{dates[0]:%Y-%m-%d}", "BUY"), ("AAA", f"{dates[260]:%Y-%m-%d}", "HOLD")]
+    result = run_backtest(predictions(rows), {"AAA": frame}, BacktestConfig(**FREE))
+    assert len(result.daily) == 261
+    assert result.metrics["annualisation"]["annualised"] is True
+    returns = result.daily["returns"]
+    assert result.metrics["strategy"]["cagr"] == pytest.approx(m.cagr(returns))
+    assert math.isfinite(result.metrics["benchmark"]["calmar"])
+    assert result.metrics["cost_sensitivity"][0]["strategy_cagr"] == pytest.approx(m.cagr(returns))
+    page = write_outputs(result, tmp_path / "bt.csv")["report"].read_text()
+    assert "n/a (under a year)</span>" not in page
+    short = run_backtest(predictions([*rows[:1], ("AAA", f"{dates[100]:%Y-%m-%d}", "HOLD")]),
+                         {"AAA": frame}, BacktestConfig(**FREE))  # fmt: skip
+    note = short.metrics["annualisation"]
+    assert note["annualised"] is False and "101 days is under a year" in note["note"]
+    assert math.isnan(short.metrics["strategy"]["cagr"])
+    assert math.isfinite(short.metrics["strategy"]["sharpe"])  # an annualised rate: kept
+    saved = json.loads(write_outputs(short, tmp_path / "s.csv")["metrics"].read_text())
+    assert saved["strategy"]["cagr"] is None and saved["benchmark"]["calmar"] is None
+
+
+# ---------------------------------------------------------------- Sharpe inference
+
+
+def test_sharpe_standard_error_and_psr_follow_mertens_and_bailey_lopez_de_prado():
+    rng = np.random.default_rng(7)
+    r = rng.standard_t(5, 400) * 0.01 + 0.0008
+    n, mean, sd = r.size, r.mean(), r.std(ddof=1)
+    sr = mean / sd
+    c = r - mean
+    g3 = np.mean(c**3) / np.mean(c**2) ** 1.5
+    g4 = np.mean(c**4) / np.mean(c**2) ** 2
+    assert m.higher_moments(r) == pytest.approx((g3, g4), rel=1e-12)
+    factor = 1 - g3 * sr + (g4 - 1) / 4 * sr**2
+    out = m.sharpe_inference(r, benchmark_sharpe=0.5, confidence=0.9)
+    error = math.sqrt(factor / (n - 1)) * math.sqrt(252)
+    assert out["sharpe"] == pytest.approx(sr * math.sqrt(252), rel=1e-12)
+    assert out["standard_error"] == pytest.approx(error, rel=1e-12)
+    z = 1.6448536269514722  # the 95th percentile: a two-sided 90 % interval
+    assert out["ci_low"] == pytest.approx(out["sharpe"] - z * error, rel=1e-9)
+    assert out["ci_high"] == pytest.approx(out["sharpe"] + z * error, rel=1e-9)
+    threshold = 0.5 / math.sqrt(252)
+    psr = 0.5 * (1 + math.erf((sr - threshold) * math.sqrt(n - 1) / math.sqrt(factor) / 2**0.5))
+    assert out["probabilistic_sharpe_vs_benchmark"] == pytest.approx(psr, rel=1e-12)
+    assert m.probabilistic_sharpe(r, sr) == pytest.approx(0.5)  # SR* = SR: a coin flip
+    assert out["n_trials"] == 0 and math.isnan(out["deflated_sharpe"])  # one configuration
+    flat = m.sharpe_inference([0.0] * 5)
+    assert math.isnan(flat["standard_error"]) and math.isnan(flat["deflated_sharpe"])
+
+
+def test_the_deflated_sharpe_ratio_uses_the_expected_maximum_of_the_trials():
+    gamma = 0.5772156649015329
+    trials = [0.4, 1.0, 1.6, 0.7]
+    n, spread = len(trials), statistics.stdev(trials)
+    inv = statistics.NormalDist().inv_cdf
+    expected = spread * ((1 - gamma) * inv(1 - 1 / n) + gamma * inv(1 - 1 / (n * math.e)))
+    assert m.expected_max_sharpe(trials) == pytest.approx(expected, rel=1e-12)
+    assert math.isnan(m.expected_max_sharpe([1.0, math.nan]))  # one finite trial
+    rng = np.random.default_rng(2)
+    r = rng.normal(0.001, 0.01, 300)
+    out = m.sharpe_inference(r, trial_sharpes=trials)
+    assert out["n_trials"] == 4 and out["expected_max_sharpe"] == pytest.approx(expected)
+    assert out["deflated_sharpe"] == pytest.approx(
+        m.probabilistic_sharpe(r, expected / math.sqrt(252))
+    )
+    more = m.sharpe_inference(r, trial_sharpes=[*trials, -1.0, 3.0])  # more spread, more luck
+    assert more["deflated_sharpe"] < out["deflated_sharpe"]
+
+
+# ---------------------------------------------------------------- exposure-matched benchmark
+
+
+def test_beta_alpha_and_information_ratio_against_hand_computed_ols():
+    rng = np.random.default_rng(4)
+    x = rng.normal(0.0004, 0.01, 250)
+    y = 0.0003 + 0.6 * x + rng.normal(0, 0.002, 250)
+    out = m.relative(y, x)
+    beta, intercept = np.polyfit(x, y, 1)
+    residual = y - intercept - beta * x
+    s2 = residual @ residual / (250 - 2)
+    error = math.sqrt(s2 * (1 / 250 + x.mean() ** 2 / ((x - x.mean()) @ (x - x.mean()))))
+    assert out["beta"] == pytest.approx(beta, rel=1e-9)
+    assert out["alpha"] == pytest.approx(intercept * 252, rel=1e-9)
+    assert out["alpha_t"] == pytest.approx(intercept / error, rel=1e-9)
+    te = np.std(y - x, ddof=1) * math.sqrt(252)
+    assert out["tracking_error"] == pytest.approx(te, rel=1e-12)
+    assert out["information_ratio"] == pytest.approx((y - x).mean() * 252 / te, rel=1e-12)
+    assert math.isnan(m.relative([0.01, 0.02], [0.0, 0.0])["beta"])  # a constant benchmark
+    with pytest.raises(ValueError, match="same length"):
+        m.relative([0.01, 0.02], [0.01])
+
+
+def test_the_exposure_matched_benchmark_scales_each_day_by_the_strategys_exposure(tmp_path):
+    frames = {"AAA": bars(DAYS, [10, 11, 12, 11, 13]), "BBB": bars(DAYS, [5, 5, 6, 7, 6])}
+    preds = predictions([("AAA", DAYS[0], "STRONG_BUY"), ("BBB", DAYS[1], "BUY"),
+                         ("AAA", DAYS[2], "SELL"), ("BBB", DAYS[3], "HOLD")])  # fmt: skip
+    result = run_backtest(preds, frames, BacktestConfig(**FREE))
+    matched = exposure_matched(result.daily, result.benchmark_daily)
+    np.testing.assert_allclose(
+        matched, result.daily["gross_exposure"] * result.benchmark_daily["returns"]
+    )
+    metrics_ = result.metrics
+    assert metrics_["benchmark_exposure_matched"]["total_return"] == pytest.approx(
+        m.total_return(matched)
+    )
+    versus = metrics_["versus_exposure_matched_benchmark"]
+    assert versus["total_return"] == pytest.approx(
+        metrics_["strategy"]["total_return"] - m.total_return(matched)
+    )
+    assert versus["beta"] == pytest.approx(m.relative(result.daily["returns"], matched)["beta"])
+    row = metrics_["cost_sensitivity"][0]
+    assert row["versus_full_benchmark_total_return"] == row["excess_total_return"]
+    assert "exposure_matched_benchmark" in metrics_["conventions"]
+
+
+def test_the_kfp_headline_carries_the_new_numbers_and_drops_undefined_ones():
+    from charlie.kubeflow.executor import scalars
+
+    frames = {"AAA": bars(DAYS, [10, 11, 12, 11, 13]), "BBB": bars(DAYS, [5, 5, 6, 7, 6])}
+    preds = predictions([("AAA", DAYS[0], "STRONG_BUY"), ("BBB", DAYS[1], "BUY"),
+                         ("AAA", DAYS[2], "SELL")])  # fmt: skip
+    result = run_backtest(preds, frames, BacktestConfig())
+    flat = scalars(headline(result.metrics))
+    s = result.metrics["strategy"]
+    assert flat["strategy_total_return"] == s["total_return"]
+    assert flat["strategy_n_trades"] == s["n_trades"]
+    assert "strategy_cagr" not in flat  # under a year: NaN, dropped
+    inference = result.metrics["sharpe_inference"]["strategy"]
+    assert flat["sharpe_n_trials"] == inference["n_trials"] == 6
+    for key in ("sharpe_ci_low", "sharpe_ci_high", "sharpe_deflated_sharpe",
+                "versus_matched_beta", "versus_matched_alpha_t", "matched_total_return"):  # fmt: skip
+        assert key in flat and math.isfinite(flat[key])
+    assert all(isinstance(v, int | float) for v in flat.values())

@@ -1,4 +1,4 @@
-"""The dataset stage: exact chronological splits, embargo, the leakage audit, bad input."""
+"""The dataset stage: exact chronological splits, embargo, purge, the leakage audit, bad input."""
 
 import datetime as dt
 import json
@@ -10,7 +10,7 @@ import pytest
 from datasets import load_from_disk
 
 from charlie import dataset as core
-from charlie.calendar import trading_days
+from charlie.calendar import shift_trading_days, trading_days
 from charlie.cli import main
 from charlie.config import load_params
 from charlie.errors import CharlieError, ConfigError
@@ -56,7 +56,7 @@ def test_exact_split_counts_on_known_dates():
     assert rows["validation"][0]["as_of_date"] == "2024-12-02"
     assert rows["test"][-1]["as_of_date"] == "2025-04-24"
     assert all(bar_dates[r["uid"]].isoformat() == r["as_of_date"] for s in rows.values() for r in s)
-    assert not core.audit(rows, bar_dates, SPEC, 30).problems
+    assert not core.audit(rows, bar_dates, SPEC, 0).problems  # no window: nothing can reach on
 
 
 def test_embargo_drops_the_trading_days_before_each_later_split():
@@ -81,10 +81,90 @@ def test_rows_hold_the_contract():
     )
 
 
-def test_validation_records_reaching_into_the_test_period_are_counted():
+def test_unpurged_records_whose_window_reaches_the_next_split_fail_the_audit():
     rows, bar_dates, _ = core.build_rows(every_day_records(), frames(), SPEC, drop_outside=False)
-    assert core.audit(rows, bar_dates, SPEC, 30).validation_reaching_test == 42  # all of them
-    assert core.audit(rows, bar_dates, SPEC, 5).validation_reaching_test == 2 * 5
+    problems = core.audit(rows, bar_dates, SPEC, 5).problems
+    # the last 5 sessions of train and of validation, two tickers each
+    assert len(problems) == 2 * 5 + 2 * 5
+    assert problems[0] == (
+        "the 5-day forward window of train record ACME-2024-11-22 ends on 2024-12-02, "
+        "in the validation period (from 2024-12-02): it was not purged"
+    )
+    assert any("validation record ACME-2024-12-24 ends on 2025-01-02, in the test" in p
+               for p in problems)  # fmt: skip
+
+
+def purged_spec(**changes):
+    return core.SplitSpec(**{**SPEC.__dict__, "validation_days": 61, "purge_window": 5, **changes})
+
+
+def test_the_purge_drops_records_whose_window_reaches_the_next_split():
+    spec = purged_spec()  # validation from 2024-11-01
+    rows, bar_dates, dropped = core.build_rows(
+        every_day_records(), frames(), spec, drop_outside=False
+    )
+    assert dropped == Counter({"purged_train": 2 * 5, "purged_validation": 2 * 5})
+    # 2024-10-25 + 5 sessions = 2024-11-01 (validation); 2024-10-24 + 5 = 2024-10-31
+    assert max(r["as_of_date"] for r in rows["train"]) == "2024-10-24"
+    # 2024-12-24 + 5 sessions = 2025-01-02 (Christmas closed); 2024-12-23 + 5 = 2024-12-31
+    assert max(r["as_of_date"] for r in rows["validation"]) == "2024-12-23"
+    assert not core.audit(rows, bar_dates, spec, 5).problems
+    assert core.audit(rows, bar_dates, spec, 6).problems  # a longer window than purged for
+    info = core.card(rows, spec, dropped, core.Audit(), "h", {})
+    assert info["purged"] == {"train": 10, "validation": 10}
+    assert info["split_settings"]["purge_window"] == 5
+    markdown = core.card_markdown(info, 5)
+    assert "5-day forward window ends in the embargo or the next split): 10 train records" in (
+        markdown
+    )
+    assert "10 validation records (window reaching test)" in markdown
+
+
+def test_the_purge_comes_before_the_embargo():
+    rows, _, dropped = core.build_rows(
+        every_day_records(), frames(), purged_spec(embargo_days=3), drop_outside=False
+    )
+    # 3 embargoed sessions before each split, and the 5 before those purged
+    assert dropped == Counter({"embargo": 2 * 2 * 3, "purged_train": 10, "purged_validation": 10})
+    assert max(r["as_of_date"] for r in rows["train"]) == "2024-10-21"
+    assert max(r["as_of_date"] for r in rows["validation"]) == "2024-12-18"
+
+
+@pytest.mark.parametrize(
+    ("train_end", "window", "embargo", "first"),
+    [
+        (dt.date(2024, 12, 31), 30, 0, dt.date(2024, 10, 7)),  # 60 sessions to 2024-12-31
+        (dt.date(2024, 12, 31), 5, 1, dt.date(2024, 12, 13)),  # 12 sessions, Christmas closed
+        (dt.date(2024, 12, 29), 1, 0, dt.date(2024, 12, 26)),  # a Sunday: 12-26 and 12-27
+    ],
+)
+def test_auto_validation_days_count_trading_days(train_end, window, embargo, first):
+    days = core.validation_days_for("auto", train_end, window, embargo)
+    assert train_end - dt.timedelta(days=days - 1) == first
+    assert core.validation_days_for(30, train_end, window, embargo) == 30
+
+
+def test_validation_days_are_auto_by_default_or_a_number(tmp_path):
+    assert load_params(tmp_path / "none.yaml", env={}).dataset.validation_days == "auto"
+    params = tmp_path / "params.yaml"
+    params.write_text("dataset:\n  validation_days: 45\n")
+    assert load_params(params, env={}).dataset.validation_days == 45
+    params.write_text("dataset:\n  validation_days: soon\n")
+    with pytest.raises(ConfigError, match="validation_days must be auto or a whole number"):
+        load_params(params, env={})
+
+
+def test_a_split_emptied_by_the_purge_says_so():
+    spec = core.SplitSpec(**{**SPEC.__dict__, "purge_window": 30})
+    rows, _, dropped = core.build_rows(every_day_records(), frames(), spec, drop_outside=False)
+    assert dropped["purged_validation"] == 42
+    with pytest.raises(
+        CharlieError,
+        match=r"^the validation split is empty: no record dated between 2024-12-02 and "
+        r"2024-12-31 is kept \(42 were purged: their 30-day forward windows reach the next "
+        r"split; lengthen validation_days or use auto\)\.$",
+    ):
+        core.check_splits(rows, spec, dropped)
 
 
 @pytest.mark.parametrize(
@@ -125,7 +205,11 @@ def test_out_of_order_splits_are_a_problem():
         "test": [],
     }
     problems = core.audit(rows, {}, SPEC, 1).problems
-    assert problems == ["train ends on 2024-12-10, not before validation starts on 2024-12-05"]
+    assert problems == [
+        "train ends on 2024-12-10, not before validation starts on 2024-12-05",
+        "the 1-day forward window of train record A-1 ends on 2024-12-11, in the validation "
+        "period (from 2024-12-02): it was not purged",
+    ]
 
 
 def test_records_outside_every_split_fail_or_are_dropped():
@@ -192,7 +276,15 @@ def test_round_trip_from_the_sample_through_parse_and_dataset(tmp_path, parsed, 
     card = json.loads((tmp_path / "card.json").read_text())
     records = read_jsonl(parsed)
     assert set(dataset) == {"train", "validation", "test"}
-    assert sum(len(dataset[s]) for s in dataset) == len(records)
+    purged = card["purged"]
+    assert purged["train"] > 0 and purged["validation"] > 0  # auto validation, 30-day window
+    assert sum(len(dataset[s]) for s in dataset) + sum(purged.values()) == len(records)
+    assert card["split_settings"]["purge_window"] == 30
+    assert card["split_settings"]["validation_start"] == "2024-10-07"  # 60 sessions
+    for split, later in (("train", "validation"), ("validation", "test")):
+        start = dt.date.fromisoformat(min(dataset[later]["as_of_date"]))
+        assert all(shift_trading_days(dt.date.fromisoformat(d), 30) < start
+                   for d in dataset[split]["as_of_date"])  # fmt: skip
     assert card["records"] == {s: len(dataset[s]) for s in ("train", "validation", "test")}
     assert dataset.column_names["train"] == [
         "prompt",

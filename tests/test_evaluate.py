@@ -16,6 +16,9 @@ from charlie import UNPARSEABLE
 from charlie.errors import CharlieError, QualityGateError
 from charlie.evaluation import budget, core
 from charlie.evaluation import metrics as m
+from charlie.evaluation import uncertainty as u
+from charlie.evaluation.config import EvalConfig
+from charlie.evaluation.report import summary_markdown
 from charlie.evaluation.returns import forward_returns, momentum_sign
 from charlie.inference import STOP_TOKEN, extract_prediction, generate, stop_token_ids
 
@@ -97,28 +100,233 @@ def test_financial_signs_holds_and_missing_returns():
     assert f["per_action"]["BUY"] == {"count": 2, "mean_fwd_return": 0.02}
 
 
-def test_bootstrap_intervals_hold_the_estimate_and_are_reproducible():
-    rng = np.random.default_rng(1)
-    truth = list(rng.choice(["BUY", "SELL"], 300))
-    pred = [t if rng.random() < 0.7 else "HOLD" for t in truth]
-    ret = rng.normal(0.001, 0.01, 300)
-    a = m.bootstrap(truth, pred, ret, samples=500, seed=3)
-    assert a == m.bootstrap(truth, pred, ret, samples=500, seed=3)
-    acc = np.mean([p == t for p, t in zip(pred, truth, strict=True)])
-    assert a["accuracy"][0] < acc < a["accuracy"][1]
-    assert a["mean_signed_return"][0] < m.mean_signed(pred, ret) < a["mean_signed_return"][1]
-
-
 def test_baselines_act_on_the_same_rows():
     truth = ["BUY", "SELL", "HOLD", "BUY"]
-    b = m.baselines(
-        truth, ["SELL"] * 4, ["HOLD", "HOLD", "BUY"], np.array([1.0, -1.0, 0.0, 1.0]), seed=0
-    )
+    b = m.baselines(truth, ["SELL"] * 4, ["HOLD", "HOLD", "BUY"], np.array([1.0, -1.0, 0.0, 1.0]))
     assert b["majority (HOLD)"] == ["HOLD"] * 4
     assert b["always BUY"] == ["BUY"] * 4 and b["teacher (thesis labels)"] == truth
     assert b["momentum 20d sign"] == ["BUY", "SELL", "HOLD", "BUY"]
-    assert b["random at the model's frequencies"] == ["SELL"] * 4  # the model only says SELL
+    assert "random at the model's frequencies" not in b  # a permutation null, not one draw
     assert all(len(v) == 4 for v in b.values())
+    assert m.naive(b) == ["majority (HOLD)", "always BUY", "momentum 20d sign"]
+
+
+# ------------------------------------------------------------------- is the edge real
+
+
+def panel(days=80, tickers=4, seed=1, skill=0.0, truncate=0):
+    """A per-sample frame with returns: ``tickers`` rows per business day, 5-day forward returns
+    from shared daily moves (overlapping windows, correlated across tickers), the model right
+    about the 1-day direction with probability 0.5 + ``skill``, the last ``truncate`` rows cut."""
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range("2024-01-01", periods=days + 5).strftime("%Y-%m-%d")
+    market = rng.normal(0, 0.01, days + 5)
+    rows = []
+    for d in range(days):
+        for t in range(tickers):
+            daily = market[d + 1 : d + 6] + rng.normal(0, 0.003, 5)
+            up = daily[0] > 0
+            right = rng.random() < 0.5 + skill
+            rows.append({"uid": f"T{t}-{d}", "ticker": f"T{t}", "as_of_date": dates[d],
+                         "action": "BUY" if up else "SELL", "pred": "BUY" if up == right else "SELL",
+                         "fwd_ret_1": daily[0], "fwd_ret_5": daily.sum()})  # fmt: skip
+    table = pd.DataFrame(rows)
+    cut = [False] * (len(table) - truncate) + [True] * truncate
+    pred = [UNPARSEABLE if c else p for p, c in zip(table["pred"], cut, strict=True)]
+    frame = core.prediction_frame(table, pred, cut)
+    for h in (1, 5):
+        frame[f"fwd_ret_{h}"] = table[f"fwd_ret_{h}"]
+    return frame
+
+
+def assess(frame, strategies, windows=(1, 5), **kw):
+    settings = {"candidates": [s for s in strategies if s != "model"], "block_length": 5,
+                "samples": 500, "permutations": 50, "seed": 0, **kw}  # fmt: skip
+    return u.assess(frame["true_action"], strategies, m.SIGN,
+                    {h: frame[f"fwd_ret_{h}"].to_numpy() for h in windows},
+                    list(frame["as_of_date"]), list(frame["ticker"]), list(frame["truncated"]),
+                    **settings)  # fmt: skip
+
+
+def test_stationary_block_counts_resample_whole_dates_reproducibly():
+    counts = u.stationary_counts(50, 10, 400, seed=3)
+    assert counts.shape == (400, 50) and (counts.sum(axis=1) == 50).all()
+    assert (counts == u.stationary_counts(50, 10, 400, seed=3)).all()
+    codes, n = u.date_codes(["2024-01-03", "2024-01-02", "2024-01-03"])
+    assert codes.tolist() == [1, 0, 1] and n == 2  # every row of a date moves with its date
+    num, den = u.per_date(codes, 2, [1.0, 0.0, 1.0]), u.per_date(codes, 2, [1.0, 1.0, 1.0])
+    assert u.ratio_samples(np.ones((1, 2)), num, den) == pytest.approx([2 / 3])
+    assert np.isnan(u.ratio_samples(np.ones((1, 2)), num, np.zeros(2))).all()
+
+
+def test_block_intervals_are_wider_than_row_level_ones_on_dependent_returns():
+    frame = panel(days=120, tickers=5, seed=2)
+    buy = {"model": list(frame["pred_action"]), "always BUY": ["BUY"] * len(frame)}
+    blocks = assess(frame, buy, block_length=10, samples=1000)["intervals"]["always BUY"]
+    dates = assess(frame, buy, block_length=1, samples=1000)["intervals"]["always BUY"]
+    ret = frame["fwd_ret_5"].to_numpy()  # always BUY: the plain mean of the returns
+    rng = np.random.default_rng(0)
+    rows = np.percentile(ret[rng.integers(0, len(ret), (1000, len(ret)))].mean(axis=1), [2.5, 97.5])
+    lo, hi = blocks["mean_signed_return_5d"]
+    assert lo < ret.mean() < hi
+    assert hi - lo > 1.5 * (rows[1] - rows[0])  # 5 tickers a day, 5-day windows overlapping
+    assert hi - lo > np.diff(dates["mean_signed_return_5d"])[0]
+
+
+def test_the_nulls_move_predictions_within_a_ticker_only():
+    groups = np.array([0, 0, 0, 1, 1, 5])  # 5: a truncated row, a group of its own
+    dates = np.array([2, 0, 1, 0, 1, 0])
+    shuffled = u.shuffle_sources(groups, 200, seed=0)
+    assert (groups[shuffled] == groups).all() and (shuffled[:, 5] == 5).all()
+    assert all(sorted(row[:3]) == [0, 1, 2] for row in shuffled)  # a permutation per ticker
+    assert len({tuple(row) for row in shuffled}) > 6  # many draws, not one
+    rotated = u.rotate_sources(groups, dates, 200, seed=0)
+    assert (groups[rotated] == groups).all() and (rotated[:, 5] == 5).all()
+    by_date = [1, 2, 0]  # ticker 0's rows in date order
+    for row in rotated:
+        seq = [int(row[i]) for i in by_date]
+        k = by_date.index(seq[0])
+        assert seq == by_date[k:] + by_date[:k]  # a rotation keeps the order, cyclically
+    assert len({tuple(row) for row in rotated}) == 6  # 3 offsets x 2 offsets
+
+
+def test_p_values_are_small_for_skill_and_large_for_chance():
+    for skill, small in ((0.4, True), (0.0, False)):
+        frame = panel(days=60, tickers=4, seed=5, skill=skill)
+        info = core.compute_metrics(EvalConfig(forward_windows=[1, 5], permutations=200), frame,
+                                    np.zeros(len(frame)), [])  # fmt: skip
+        for scheme in ("shuffle_within_ticker", "rotate_within_ticker"):
+            p = info["null"][scheme]["accuracy"]["p_value"]
+            assert (p < 0.05) is small, (scheme, skill, p)
+            assert 1 / 201 <= p <= 1
+            assert info["null"][scheme]["mean_signed_return_1d"]["p_value"] is not None
+    frame = panel(days=20).assign(pred_action="BUY")
+    constant = core.compute_metrics(EvalConfig(forward_windows=[1], permutations=50), frame,
+                                    np.zeros(len(frame)), [])  # fmt: skip
+    assert constant["null"]["rotate_within_ticker"]["accuracy"]["p_value"] == 1.0  # nothing moves
+
+
+def test_mcnemar_exact_against_the_binomial():
+    from scipy.stats import binomtest
+
+    assert u.mcnemar_exact(0, 0) == 1.0 and u.mcnemar_exact(3, 3) == 1.0
+    assert u.mcnemar_exact(0, 5) == pytest.approx(2 / 32)
+    for b, c in ((2, 9), (12, 4), (30, 41)):
+        assert u.mcnemar_exact(b, c) == pytest.approx(binomtest(b, b + c, 0.5).pvalue)
+
+
+def test_the_paired_test_says_plainly_when_the_edge_is_not_distinguishable_from_zero():
+    frame = panel(days=60, tickers=4, seed=7).assign(pred_action="BUY")  # the model IS always BUY
+    info = core.compute_metrics(EvalConfig(forward_windows=[1, 5], permutations=50), frame,
+                                np.zeros(len(frame)), ["SELL"])  # fmt: skip
+    test = info["paired"]["accuracy"]
+    assert test["baseline"] in ("always BUY", "majority (SELL)")
+    assert test["distinguishable"] is False
+    assert test["sentence"].startswith(f"The model's edge in accuracy over {test['baseline']} (")
+    assert test["sentence"].endswith("is not distinguishable from zero.")
+    summary = summary_markdown(info, [1, 5])
+    assert f"- {test['sentence']}" in summary
+    assert "mean signed return over 5 trading days" in summary
+    frame = panel(days=60, seed=7, skill=0.45)
+    skilled = core.compute_metrics(EvalConfig(forward_windows=[1], permutations=50), frame,
+                                   np.zeros(len(frame)), ["SELL"])  # fmt: skip
+    test = skilled["paired"]["accuracy"]
+    assert test["distinguishable"] is True and test["mcnemar_p"] < 1e-6
+    assert test["difference_ci95"][0] > 0 and test["sentence"].endswith("the model is ahead of it.")
+    assert test["model_only_correct"] > test["baseline_only_correct"]
+
+
+def test_a_model_equal_to_the_baseline_has_no_edge():
+    frame = panel(days=40, seed=8)
+    same = {"model": list(frame["pred_action"]), "copy": list(frame["pred_action"])}
+    paired = assess(frame, same)["paired"]
+    for test in paired.values():
+        assert test["difference"] == 0 and test["difference_ci95"] == [0.0, 0.0]
+        assert test["distinguishable"] is False
+    assert paired["accuracy"]["mcnemar_p"] == 1.0
+
+
+def test_truncated_rows_hold_no_position_everywhere_and_are_reported_apart():
+    frame = panel(days=30, tickers=4, seed=4, skill=0.2, truncate=20)
+    cfg = EvalConfig(forward_windows=[1, 5], permutations=100, block_length=5)
+    info = core.compute_metrics(cfg, frame, np.zeros(len(frame)), [])
+    assert info["bootstrap"]["truncated_rows_flat"] == 20 == info["classification"]["truncated"]
+    assert info["null"]["truncated_rows_kept_flat"] == 20
+    kept = frame.iloc[:-20]
+    signed = np.where(kept["pred_action"] == "BUY", 1, -1) * kept["fwd_ret_1"]
+    observed = info["null"]["shuffle_within_ticker"]["mean_signed_return_1d"]["observed"]
+    assert observed == pytest.approx(signed.mean())
+    # the flag alone makes a row flat (and wrong), whatever action it carries
+    forced = frame.assign(
+        pred_action=["BUY"] * (len(frame) - 20) + list(frame["true_action"][-20:])
+    )
+    again = assess(forced, {"model": list(forced["pred_action"])}, candidates=[])
+    buy = kept["fwd_ret_1"].mean()
+    null = again["null"]["shuffle_within_ticker"]
+    assert null["mean_signed_return_1d"]["observed"] == pytest.approx(buy)
+    assert null["accuracy"]["observed"] == pytest.approx((kept["true_action"] == "BUY").sum() / 120)
+    lo, hi = again["intervals"]["model"]["mean_signed_return_1d"]
+    assert lo <= buy <= hi
+
+
+def test_compute_metrics_keeps_its_keys_and_adds_the_edge_for_json_and_kfp():
+    frame = panel(days=40, tickers=3, seed=9, skill=0.1, truncate=3)
+    cfg = EvalConfig(forward_windows=[1, 5], permutations=100, bootstrap_samples=200)
+    info = core.compute_metrics(cfg, frame, np.sign(frame["fwd_ret_1"].to_numpy()), [])
+    json.dumps(info, allow_nan=False)  # JSON-ready
+    assert len(info["baselines"]) == 6
+    for b in info["baselines"].values():
+        assert len(b["accuracy_ci95"]) == 2 and len(b["mean_signed_return_1d_ci95"]) == 2
+        assert "mean_signed_return_5d" in b and len(b["mean_signed_return_5d_ci95"]) == 2
+    random = info["baselines"]["random at the model's frequencies"]
+    shuffle = info["null"]["shuffle_within_ticker"]["accuracy"]
+    assert (random["accuracy"], random["accuracy_ci95"]) == (
+        shuffle["null_mean"],
+        shuffle["null_ci95"],
+    )
+    assert info["bootstrap"]["block_length"] == 5  # auto: the longest window
+    assert info["bootstrap"]["dates"] == 40 and info["bootstrap"]["samples"] == 200
+    assert len(info["financial"]["5d"]["mean_signed_return_ci95"]) == 2
+    assert any(
+        "block bootstrap over dates" in c and "mean length 5" in c for c in info["conventions"]
+    )
+    top = core.headline(info)
+    assert {"block_length", "p_shuffle_accuracy", "p_rotate_accuracy", "p_shuffle_mean_signed_return_5d",
+            "p_rotate_mean_signed_return_1d", "paired_accuracy_mcnemar_p", "paired_accuracy_difference",
+            "paired_mean_signed_return_5d_difference_ci95_lo", "baseline_momentum_20d_sign_accuracy",
+            "baseline_random_at_the_model_s_frequencies_accuracy"} <= set(top)  # fmt: skip
+    assert all(isinstance(v, (int, float)) for v in top.values() if v is not None)
+    summary = summary_markdown(info, [1, 5])
+    assert "## Is the edge real?" in summary and "mean block length **5** dates" in summary
+    assert "| accuracy |" in summary and "p (rotation)" in summary
+    assert summary.count("- The model's edge in ") == 3  # accuracy and each window
+    assert "few independent blocks" not in summary
+    rough = core.compute_metrics(cfg.model_copy(update={"block_length": 20}), frame,
+                                 np.zeros(len(frame)), [])  # fmt: skip
+    assert "Only 40 dates for blocks of mean length 20: few independent blocks" in (
+        summary_markdown(rough, [1, 5])
+    )
+
+
+def test_the_block_bootstrap_and_the_nulls_stay_fast():
+    import time
+
+    frame = panel(days=90, tickers=5, seed=3, skill=0.1, truncate=10)  # 450 rows
+    strategies = m.baselines(list(frame["true_action"]), list(frame["pred_action"]), ["BUY"],
+                             np.sign(frame["fwd_ret_1"].to_numpy()))  # fmt: skip
+    start = time.perf_counter()
+    assess(frame, strategies, candidates=m.naive(strategies), block_length=30, samples=1000,
+           permutations=500)  # fmt: skip
+    assert time.perf_counter() - start < 1.0
+
+
+def test_block_length_is_auto_or_a_whole_number():
+    assert EvalConfig().block_length == "auto" and EvalConfig(block_length="12").block_length == 12
+    assert u.effective_block_length("auto", [1, 5, 10, 30]) == 30
+    assert u.effective_block_length(7, [1, 5, 10, 30]) == 7
+    for bad in (0, "x", True):
+        with pytest.raises(ValueError, match="block_length must be auto or a whole number"):
+            EvalConfig(block_length=bad)
 
 
 # ------------------------------------------------------------------- the generation budget

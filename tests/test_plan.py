@@ -394,7 +394,10 @@ def _main(monkeypatch, argv):
 def test_stage_exit_codes_and_output(monkeypatch, capsys):
     assert _main(monkeypatch, ["--config", "configs/sft_llama3_8b_qlora_1gpu.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "Llama-3.1-8B-Instruct, qlora (r=16, all-linear), 1 x L40S-48GB" in out
+    assert (
+        "Llama-3.1-8B-Instruct, qlora (r=16, q_proj+k_proj+v_proj+o_proj+gate_proj+up_proj+"
+        "down_proj), 1 x L40S-48GB"
+    ) in out
     assert out.rstrip().endswith("it fits.")
 
     assert _main(monkeypatch, ["--config", "configs/sft_config.yaml"]) == 1

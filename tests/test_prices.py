@@ -97,6 +97,24 @@ def test_cache_fetches_only_what_it_lacks_and_a_hit_needs_no_network_or_key(serv
     )
 
 
+def test_a_providers_new_cache_version_never_reads_the_old_answers(server, tmp_path):
+    """yfinance's version-1 cache held split-adjusted closes: version 2 (raw) starts afresh."""
+    from charlie.prices.yahoo import YFinanceProvider
+
+    old = CachedProvider(eodhd(server), tmp_path, today=D(2025, 1, 1))
+    old.fetch("ACME", D(2024, 1, 2), D(2024, 1, 10))
+    assert old.path("ACME") == tmp_path / "eodhd" / "ACME.parquet"  # version 1: no suffix
+
+    class Reanswered(EodhdProvider):
+        cache_version = 2
+
+    new = CachedProvider(Reanswered("KEY", base_url=server.url), tmp_path, today=D(2025, 1, 1))
+    assert new.path("ACME") == tmp_path / "eodhd-v2" / "ACME.parquet"
+    new.fetch("ACME", D(2024, 1, 2), D(2024, 1, 10))
+    assert len(server.requests) == 2  # asked again: the old file is not its answer
+    assert YFinanceProvider.cache_version == 2
+
+
 def test_cache_file_holds_bars_and_coverage_but_never_the_key(server, tmp_path):
     CachedProvider(eodhd(server), tmp_path, today=D(2025, 1, 1)).fetch(
         "ACME", D(2024, 1, 1), D(2024, 1, 7)

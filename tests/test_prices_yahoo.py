@@ -51,8 +51,11 @@ class Listing:
     currency: str
     exchange: str
     bar_time: str  # local time of day Yahoo stamps daily bars with (the session's open)
-    # date -> (open, high, low, close, adjclose, volume); None is JSON null
+    # date -> (open, high, low, close, adjclose, volume); None is JSON null. Like Yahoo's,
+    # open/high/low/close and volume are split-adjusted (not dividend-adjusted).
     bars: dict[str, tuple[float | None, ...]]
+    # date -> (numerator, denominator): events.splits
+    splits: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
     def stamp(self, day: str) -> int:
         return int(pd.Timestamp(f"{day} {self.bar_time}", tz=self.tz).timestamp())
@@ -120,6 +123,24 @@ TOYOTA = Listing(
         "2024-01-05": (2650.0, 2695.0, 2640.0, 2683.0, 2606.3, 22951300),
         "2024-01-09": (2700.0, 2742.0, 2691.5, 2735.0, 2656.8, 25733900),
     },
+)
+# A 2:1 split effective 2024-01-04, as Yahoo serves it: the bars before it halved (volume
+# doubled), so the series looks continuous. Traded closes: 200, 204, then 101, 103.
+SPLIT = Listing(
+    symbol="SPLT",
+    tz="America/New_York",
+    tz_abbr="EST",
+    gmtoffset=-18000,
+    currency="USD",
+    exchange="NMS",
+    bar_time="09:30",
+    bars={
+        "2024-01-02": (99.0, 101.0, 98.0, 100.0, 99.5, 2000),
+        "2024-01-03": (100.0, 103.0, 99.5, 102.0, 101.5, 4000),
+        "2024-01-04": (101.5, 102.0, 100.0, 101.0, 100.5, 3000),
+        "2024-01-05": (101.0, 104.0, 100.5, 103.0, 102.5, 5000),
+    },
+    splits={"2024-01-04": (2, 1)},
 )
 NULL_BAR = (None, None, None, None, None, None)
 
@@ -212,6 +233,14 @@ class FakeYahoo:
             }
         else:  # Yahoo's answer for a window without bars
             result["indicators"] = {"quote": [{}], "adjclose": [{}]}
+        splits = {
+            str(listing.stamp(day)): {"date": listing.stamp(day), "numerator": num,
+                                      "denominator": den, "splitRatio": f"{num}:{den}"}
+            for day, (num, den) in sorted(listing.splits.items())
+            if "range" not in params and params["period1"] <= listing.stamp(day) < params["period2"]
+        }  # fmt: skip
+        if splits:
+            result["events"] = {"splits": splits}
         return _json(url, 200, {"chart": {"result": [result], "error": None}})
 
 
@@ -264,6 +293,7 @@ def yahoo(monkeypatch: pytest.MonkeyPatch) -> FakeYahoo:
     fake = FakeYahoo()
     fake.add(AAPL)
     fake.add(TOYOTA)
+    fake.add(SPLIT)
 
     def request(session: Any, method: str, url: str, params: Any = None, **kwargs: Any) -> Any:
         return fake.request(method, url, params)
@@ -301,12 +331,52 @@ def test_fetch_returns_contract_frame_with_inclusive_end(
     assert (first.open, first.high, first.low, first.close) == (187.15, 188.44, 183.89, 185.64)
     assert first.adj_close == 184.29  # Yahoo's adjusted close, not the raw close
     assert first.volume == 82488700.0
-    # yfinance's end is exclusive: the provider asked up to midnight New York after `end`.
+    # The provider asks from `start` through today (for the splits after `end`), then cuts.
     (params,) = yahoo.chart_requests("AAPL")
     new_york = AAPL.tz
     assert params["period1"] == pd.Timestamp("2024-01-02", tz=new_york).timestamp()
-    assert params["period2"] == pd.Timestamp("2024-01-06", tz=new_york).timestamp()
+    assert params["period2"] >= pd.Timestamp.now("UTC").normalize().timestamp() - 86400
     assert params["interval"] == "1d"
+    assert "split" in params["events"]
+
+
+def test_a_split_is_undone_to_the_prices_actually_traded(yahoo: FakeYahoo) -> None:
+    frame = YFinanceProvider().fetch("SPLT", D(2024, 1, 2), D(2024, 1, 5))
+
+    assert _days(frame) == ["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05"]
+    # Before the split: Yahoo's levels x 2, volume / 2; from the split date on: as served.
+    assert frame["close"].tolist() == [200.0, 204.0, 101.0, 103.0]
+    assert frame["open"].tolist() == [198.0, 200.0, 101.5, 101.0]
+    assert frame["high"].tolist() == [202.0, 206.0, 102.0, 104.0]
+    assert frame["low"].tolist() == [196.0, 199.0, 100.0, 100.5]
+    assert frame["volume"].tolist() == [1000.0, 2000.0, 3000.0, 5000.0]
+    # The raw close halves at the split; adj_close stays Yahoo's, continuous across it.
+    assert frame["close"].iloc[2] / frame["close"].iloc[1] < 0.5
+    assert frame["adj_close"].tolist() == [99.5, 101.5, 100.5, 102.5]
+
+
+def test_a_split_after_the_window_is_undone_too(yahoo: FakeYahoo) -> None:
+    frame = YFinanceProvider().fetch("SPLT", D(2024, 1, 2), D(2024, 1, 3))
+
+    assert _days(frame) == ["2024-01-02", "2024-01-03"]
+    assert frame["close"].tolist() == [200.0, 204.0]  # not Yahoo's 100 and 102
+    assert frame["volume"].tolist() == [1000.0, 2000.0]
+
+
+@pytest.mark.parametrize(
+    ("splits", "closes"),
+    [
+        ({}, [100.0, 102.0, 101.0, 103.0]),  # no split: as served
+        ({"2024-01-03": (3, 1), "2024-01-05": (2, 1)}, [600.0, 204.0, 202.0, 103.0]),
+        ({"2024-01-04": (1, 4)}, [25.0, 25.5, 101.0, 103.0]),  # a 1:4 reverse split
+    ],
+)
+def test_split_ratios_compound(yahoo: FakeYahoo, splits: dict, closes: list[float]) -> None:
+    yahoo.add(dataclasses.replace(SPLIT, splits=splits))
+
+    frame = YFinanceProvider().fetch("SPLT", D(2024, 1, 2), D(2024, 1, 5))
+
+    assert frame["close"].tolist() == closes
 
 
 def test_dates_stay_on_the_exchange_calendar_east_of_utc(yahoo: FakeYahoo) -> None:

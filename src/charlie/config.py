@@ -217,8 +217,11 @@ class DatasetParams(Section):
         dt.date(2023, 10, 24), json_schema_extra={"env": "TRAIN_START_DATE"}
     )
     train_end: dt.date = Field(dt.date(2024, 12, 31), json_schema_extra={"env": "TRAIN_END_DATE"})
-    validation_days: int = Field(
-        30, ge=1, description="The last N calendar days of the training period validate."
+    validation_days: int | Literal["auto"] = Field(
+        "auto",
+        description="The last N calendar days of the training period validate, or auto: the "
+        "last 2 x (longest forward window + embargo_days) trading days, so that as many "
+        "validation sessions survive the purge and embargo before the test period.",
     )
     test_start: dt.date = Field(dt.date(2025, 1, 1), json_schema_extra={"env": "TEST_START_DATE"})
     test_end: dt.date | None = Field(
@@ -230,6 +233,11 @@ class DatasetParams(Section):
     outside_splits: Literal["error", "drop"] = Field(
         "error", description="Records dated outside every split: stop, or drop and count."
     )
+
+    @field_validator("validation_days", mode="before")
+    @classmethod
+    def _auto_or_days(cls, value: object) -> object:
+        return auto_or_count(value, "validation_days", "days")
 
     @model_validator(mode="after")
     def _ordered(self) -> DatasetParams:
@@ -512,6 +520,20 @@ def _flag_kwargs(info: FieldInfo) -> dict[str, Any] | None:
     if annotation in (str, Path, dt.date):
         return {"metavar": {Path: "PATH", dt.date: "YYYY-MM-DD"}.get(annotation, "TEXT")}
     return None
+
+
+def auto_or_count(value: object, name: str, unit: str) -> int | str:
+    """``auto``, or a whole number of ``unit`` >= 1 (also as text, as a flag or variable gives it).
+
+    Raises:
+        ValueError: Anything else, naming ``name`` (pydantic turns it into one sentence).
+    """
+    text = str(value).strip()
+    if text == "auto":
+        return "auto"
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{name} must be auto or a whole number of {unit} >= 1")
+    return int(text)
 
 
 def switch(value: str) -> bool:

@@ -4,11 +4,17 @@ Pure core of ``charlie dataset``. The split rules are the seed's:
 
 * train: ``train_start`` <= date < validation start
 * validation: the last ``validation_days`` calendar days of the training period,
-  i.e. ``train_end - validation_days`` < date <= ``train_end``
+  i.e. ``train_end - validation_days`` < date <= ``train_end`` (:func:`validation_days_for`
+  turns ``auto`` into calendar days)
 * test: ``test_start`` <= date (<= ``test_end`` when set)
 
 With ``embargo_days`` = k > 0, records dated within the k trading days before the start of a
 later split are dropped (train before validation, validation before test) and counted.
+
+With ``purge_window`` = L > 0 (the longest forward window, in trading days), every other train
+or validation record whose window (the L sessions after its date) ends in that embargo or in
+the next split is dropped and counted as purged (López de Prado's purge): no label of one split
+is computed from prices of the next. :func:`audit` checks that none is left.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from charlie import ACTIONS
-from charlie.calendar import shift_trading_days
+from charlie.calendar import is_trading_day, shift_trading_days, trading_days
 from charlie.errors import CharlieError
 from charlie.prompts import prompt_text
 from charlie.snapshot import snapshots_for_ticker
@@ -41,10 +47,24 @@ class SplitSpec:
     test_start: dt.date
     test_end: dt.date | None = None
     embargo_days: int = 0
+    purge_window: int = 0
 
     @property
     def validation_start(self) -> dt.date:
         return self.train_end - dt.timedelta(days=self.validation_days - 1)
+
+    def next_start(self, split: str) -> dt.date:
+        """The first day of the split after ``split`` (train or validation)."""
+        return self.validation_start if split == "train" else self.test_start
+
+    def purges(self, day: dt.date, split: str) -> bool:
+        """True when a ``split`` record's forward window ends in the embargo or the next split."""
+        if not self.purge_window:
+            return False
+        boundary = self.next_start(split)
+        if self.embargo_days:
+            boundary = shift_trading_days(boundary, -self.embargo_days)
+        return shift_trading_days(day, self.purge_window) >= boundary
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -55,21 +75,41 @@ class SplitSpec:
             "test_start": self.test_start.isoformat(),
             "test_end": self.test_end.isoformat() if self.test_end else None,
             "embargo_days": self.embargo_days,
+            "purge_window": self.purge_window,
         }
 
 
+def validation_days_for(
+    setting: int | str, train_end: dt.date, longest_window: int, embargo_days: int
+) -> int:
+    """Calendar days of the validation window: a number as given, ``auto`` from trading days.
+
+    ``auto`` covers the last 2 x (``longest_window`` + ``embargo_days``) trading days up to
+    ``train_end``: the later half is purged or embargoed before the test period, the earlier
+    half stays.
+    """
+    if setting != "auto":
+        return int(setting)
+    sessions = 2 * (longest_window + embargo_days)
+    last = train_end if is_trading_day(train_end) else shift_trading_days(train_end, -1)
+    first = shift_trading_days(last, -(sessions - 1)) if sessions > 1 else last
+    return (train_end - first).days + 1
+
+
 def assign_split(day: dt.date, spec: SplitSpec) -> str:
-    """``train``, ``validation``, ``test``, ``embargo`` or ``outside`` for one date."""
-    if spec.train_start <= day < spec.validation_start:
+    """One date's place: ``train``, ``validation``, ``test``, ``embargo``, ``purged_train``,
+    ``purged_validation`` or ``outside``."""
+    for split, inside in (
+        ("train", spec.train_start <= day < spec.validation_start),
+        ("validation", spec.validation_start <= day <= spec.train_end),
+    ):
+        if not inside:
+            continue
         if spec.embargo_days and day >= shift_trading_days(
-            spec.validation_start, -spec.embargo_days
+            spec.next_start(split), -spec.embargo_days
         ):
             return "embargo"
-        return "train"
-    if spec.validation_start <= day <= spec.train_end:
-        if spec.embargo_days and day >= shift_trading_days(spec.test_start, -spec.embargo_days):
-            return "embargo"
-        return "validation"
+        return f"purged_{split}" if spec.purges(day, split) else split
     if day >= spec.test_start and (spec.test_end is None or day <= spec.test_end):
         return "test"
     return "outside"
@@ -86,10 +126,9 @@ def completion_text(record: dict[str, Any]) -> str:
 
 @dataclass
 class Audit:
-    """The leakage audit's findings: problems stop the stage; counts go in the card."""
+    """The leakage audit's findings: any problem stops the stage."""
 
     problems: list[str] = field(default_factory=list)
-    validation_reaching_test: int = 0
 
 
 def audit(
@@ -98,7 +137,11 @@ def audit(
     spec: SplitSpec,
     longest_window: int,
 ) -> Audit:
-    """Check that no date or uid is in two splits, splits are in order, no snapshot used a later bar.
+    """Check for leaks between splits and from later bars.
+
+    A problem is: a date or uid in two splits, splits out of order, a snapshot that used a bar
+    after its date, or a train (validation) record whose ``longest_window``-day forward window
+    reaches the validation (test) period, i.e. one the purge should have dropped.
 
     Args:
         rows: Split name to rows (each with ``uid`` and ``as_of_date``).
@@ -132,11 +175,15 @@ def audit(
     for (a, _, a_last), (b, b_first, _) in itertools.pairwise(bounds):
         if a_last >= b_first:
             result.problems.append(f"{a} ends on {a_last}, not before {b} starts on {b_first}")
-    reach = shift_trading_days  # local alias: called once per validation record
-    result.validation_reaching_test = sum(
-        reach(dt.date.fromisoformat(r["as_of_date"]), longest_window) >= spec.test_start
-        for r in rows.get("validation", [])
-    )
+    for split, later in (("train", "validation"), ("validation", "test")):
+        start = spec.next_start(split)
+        for row in rows.get(split, []):
+            end = shift_trading_days(dt.date.fromisoformat(row["as_of_date"]), longest_window)
+            if end >= start:
+                result.problems.append(
+                    f"the {longest_window}-day forward window of {split} record {row['uid']} "
+                    f"ends on {end}, in the {later} period (from {start}): it was not purged"
+                )
     return result
 
 
@@ -161,7 +208,11 @@ def card(
     input_hash: str,
     prices: dict[str, str],
 ) -> dict[str, Any]:
-    """The dataset card: counts, balance, lengths, settings and the input hash."""
+    """The dataset card: counts, drops, purges, balance, lengths, settings and the input hash.
+
+    ``findings`` passed the audit (no problems) by the time a card is written; it is kept in
+    the signature for the stage's call.
+    """
     splits = []
     for split in SPLITS:
         part = rows.get(split, [])
@@ -186,7 +237,10 @@ def card(
             "embargo": dropped.get("embargo", 0),
             "outside_splits": dropped.get("outside", 0),
         },
-        "validation_reaching_test": findings.validation_reaching_test,
+        "purged": {
+            "train": dropped.get("purged_train", 0),
+            "validation": dropped.get("purged_validation", 0),
+        },
         "split_settings": spec.as_dict(),
         "input_sha256": input_hash,
         "price_sources": [{"ticker": t, "provider": p} for t, p in sorted(prices.items())],
@@ -197,13 +251,20 @@ def card(
 def card_markdown(info: dict[str, Any], longest_window: int) -> str:
     """The card as Markdown for people."""
     s = info["split_settings"]
+    sessions = len(
+        trading_days(
+            dt.date.fromisoformat(s["validation_start"]), dt.date.fromisoformat(s["train_end"])
+        )
+    )
+    purged = info["purged"]
     lines = [
         "# Dataset card",
         "",
         f"Chronological splits: train {s['train_start']} .. before {s['validation_start']}, "
         f"validation {s['validation_start']} .. {s['train_end']} (the last "
-        f"{s['validation_days']} days of training), test {s['test_start']} .. "
-        f"{s['test_end'] or 'end of data'}; embargo {s['embargo_days']} trading days.",
+        f"{s['validation_days']} days of training, {sessions} trading days), test "
+        f"{s['test_start']} .. {s['test_end'] or 'end of data'}; embargo {s['embargo_days']} "
+        "trading days.",
         "",
         "| split | records | first | last | "
         + " | ".join(ACTIONS)
@@ -222,8 +283,9 @@ def card_markdown(info: dict[str, Any], longest_window: int) -> str:
         "",
         f"Dropped: {info['dropped']['embargo']} in the embargo, "
         f"{info['dropped']['outside_splits']} outside every split.",
-        f"Validation records whose {longest_window}-day forward window reaches the test period: "
-        f"{info['validation_reaching_test']} (raise `embargo_days` to remove them).",
+        f"Purged (records whose {longest_window}-day forward window ends in the embargo or "
+        f"the next split): {purged['train']} train records (window reaching validation), "
+        f"{purged['validation']} validation records (window reaching test).",
         f"Input hash (records + prices): `{info['input_sha256']}`.",
         "Prices: "
         + ", ".join(f"{p['ticker']} from {p['provider']}" for p in info["price_sources"])
@@ -242,8 +304,10 @@ def input_hash(record_bytes: bytes, frames: Iterable[tuple[str, Any]]) -> str:
     return digest.hexdigest()
 
 
-def check_splits(rows: dict[str, list[dict[str, Any]]], spec: SplitSpec) -> None:
-    """One sentence for an empty split."""
+def check_splits(
+    rows: dict[str, list[dict[str, Any]]], spec: SplitSpec, dropped: Counter[str] | None = None
+) -> None:
+    """One sentence for an empty split (naming the purged records when there were any)."""
     for split in SPLITS:
         if not rows.get(split):
             window = {
@@ -251,7 +315,16 @@ def check_splits(rows: dict[str, list[dict[str, Any]]], spec: SplitSpec) -> None
                 "validation": f"{spec.validation_start} and {spec.train_end}",
                 "test": f"{spec.test_start} and {spec.test_end or 'the end of the data'}",
             }[split]
-            raise CharlieError(f"the {split} split is empty: no record dated between {window}.")
+            purged = (dropped or Counter()).get(f"purged_{split}", 0)
+            why = (
+                f" is kept ({purged} were purged: their {spec.purge_window}-day forward windows "
+                "reach the next split; lengthen validation_days or use auto)"
+                if purged
+                else ""
+            )
+            raise CharlieError(
+                f"the {split} split is empty: no record dated between {window}{why}."
+            )
 
 
 def build_rows(
@@ -270,7 +343,8 @@ def build_rows(
         drop_outside: Drop records outside every split (counted) instead of failing.
 
     Returns:
-        Rows per split, the bar date each snapshot used (by uid), and drop counts.
+        Rows per split, the bar date each snapshot used (by uid), and drop counts
+        (``embargo``, ``outside``, ``purged_train``, ``purged_validation``).
 
     Raises:
         CharlieError: Records outside every split when ``drop_outside`` is false.
@@ -280,7 +354,7 @@ def build_rows(
     outside = []
     for record in records:
         split = assign_split(dt.date.fromisoformat(record["as_of_date"]), spec)
-        if split in ("embargo", "outside"):
+        if split not in SPLITS:
             dropped[split] += 1
             if split == "outside":
                 outside.append(record)

@@ -51,13 +51,18 @@ Memory per GPU (GiB = 2^30 bytes)
         DeepSeek).
     trainable parameters: full fine-tuning trains everything. LoRA/QLoRA train r x (in + out)
         per targeted linear; ``all-linear`` targets every linear layer except lm_head, MoE
-        experts and the indexer included (as PEFT does when experts are ``nn.Linear``); a list
+        experts and the indexer included (as PEFT does when experts are ``nn.Linear``, and for
+        deepseek_v3/v32's fused experts through its ``target_parameters`` remap, whose router
+        adapters are not counted); a list
         matches module names or dotted suffixes, a regex string is matched against
         ``<layers path>.<first layer of each kind>.<module path>`` (``model.layers`` for the
         families counted by arithmetic). Fused expert parameters are never targets: PEFT's
-        target_modules wrap modules. When special tokens are added (``charlie tokenize`` always
-        adds the thesis tokens) embed_tokens and lm_head are trained whole, as
-        ``modules_to_save``.
+        target_modules wrap modules. ``auto`` is the list :mod:`charlie.training.targets` chooses
+        for the config's model_type (``all-linear`` for one it does not know). When special
+        tokens are added (``charlie tokenize`` always adds the thesis tokens) embed_tokens and
+        lm_head are trained whole, as ``modules_to_save``: the table shows their share (weight
+        copy, gradient and AdamW state), which PEFT's ``trainable_token_indices`` (only the new
+        tokens' rows) would all but remove.
     gradients + optimizer: 16 bytes per trainable parameter in all, AdamW mixed precision as in
         the ZeRO paper: with 16-bit weights, 2 (weight, above) + 2 (gradient) + 12 (fp32 master
         copy and two fp32 moments); in fp32, 4 + 4 + 8. This is an upper bound for a plain
@@ -111,6 +116,7 @@ import yaml
 from charlie.errors import CharlieError
 from charlie.io import read_json_object
 from charlie.training.config import REPORT, context_length, read_tokenize_report
+from charlie.training.targets import AUTO, resolve_targets
 
 if TYPE_CHECKING:
     from charlie.training.config import TrainConfig
@@ -677,6 +683,20 @@ class MemoryPlan:
         """Checkpoints + layer activations + logits."""
         return self.checkpoints + self.layer_activations + self.logits
 
+    @property
+    def embedding_state(self) -> float:
+        """Per-GPU bytes of the whole embed_tokens/lm_head training (``modules_to_save``): the
+        trainable copy, its gradient and AdamW state, sharded as the rest (within weights,
+        gradients and optimizer)."""
+        s = self.setup
+        wbytes = 2 if s.half_precision or s.method == "qlora" else 4
+        n, stage = s.world_size, s.zero_stage
+        return self.embedding_params * (
+            wbytes / (n if stage >= 3 else 1)
+            + wbytes / (n if stage >= 2 else 1)
+            + (TRAINABLE_BYTES - 2 * wbytes) / (n if stage >= 1 else 1)
+        )
+
     def min_gpus_zero3(self) -> int | None:
         """The fewest GPUs of this type that would fit with ZeRO-3, or None if none would.
 
@@ -861,6 +881,13 @@ def _header(plan: MemoryPlan) -> list[str]:
         f"{s.max_length}{f', {s.max_length_source}' if s.max_length_source else ''}), "
         f"gradient checkpointing {checkpointing}",
     ]
+    if plan.embedding_params:
+        lines.append(
+            f"embed_tokens/lm_head trained whole (modules_to_save, new tokens added): "
+            f"{_count(plan.embedding_params)} parameters, {_gib(plan.embedding_state)} GiB per GPU "
+            "with gradients and AdamW state; PEFT's trainable_token_indices would train only the "
+            "new tokens' rows"
+        )
     if plan.config_source:
         lines.append(f"config.json: {plan.config_source}")
     return lines
@@ -872,6 +899,10 @@ def _rows(plan: MemoryPlan) -> list[tuple[str, float]]:
         ("weights", plan.weights),
         ("gradients", plan.gradients),
         ("optimizer", plan.optimizer),
+    ]
+    if plan.embedding_params:
+        rows.append(("  embed_tokens/lm_head in the three above", plan.embedding_state))
+    rows += [
         ("activations", plan.activations),
         ("  checkpoints (a hidden state per layer)", plan.checkpoints),
         ("  layer activations" + (" (largest layer)" if s.gradient_checkpointing else ""),
@@ -952,6 +983,17 @@ def verdict(plan: MemoryPlan) -> str:
 
 
 def _advice(plan: MemoryPlan) -> str:
+    """What to change when the plan does not fit (ending with the cheaper embeddings option)."""
+    advice = _scale_advice(plan)
+    if plan.embedding_params:
+        advice += (
+            f"; training only the new tokens' rows (PEFT's trainable_token_indices) instead of "
+            f"embed_tokens/lm_head whole would save about {_gib(plan.embedding_state)} GiB per GPU"
+        )
+    return advice
+
+
+def _scale_advice(plan: MemoryPlan) -> str:
     s = plan.setup
     need = plan.min_gpus_zero3()
     if need is None:
@@ -1222,6 +1264,8 @@ def training_setup(
     max_length, source = planned_max_length(cfg, model_config)
     sft = cfg.sft_args
     targets = cfg.lora_target_modules
+    if targets == AUTO:  # the list `charlie train` will use (all-linear for unknown types)
+        targets = resolve_targets(targets, model_config, warn=False)
     checkpointing = sft.get("activation_checkpointing", sft.get("gradient_checkpointing"))
     bf16 = sft.get("bf16")  # TRL: None means bf16 unless fp16 is set
     half = bool(sft.get("fp16")) or (bf16 if bf16 is not None else True)

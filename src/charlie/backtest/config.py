@@ -55,6 +55,13 @@ class BacktestConfig(Section):
     fixed_pct_value: float = Field(0.02, gt=0, le=1, description="Equity per unit (fixed_pct).")
     allow_shorts: bool = Field(False, description="Without it, negative units are flat.")
     action_units: ActionUnits = ActionUnits()
+    rebalance_band: float | None = Field(
+        0.05,
+        ge=0,
+        description="Trade a ticker only when its target changes or its weight drifts from "
+        "the target by more than this fraction of the target (0.05: a 4 % target is traded "
+        "back outside 3.8 %..4.2 %); 0 trades any drift, null rebalances every day.",
+    )
     price_basis: Literal["adjusted", "raw"] = Field(
         "adjusted",
         description="adjusted: open and close scaled by adj_close/close, so dividends and "
@@ -69,6 +76,9 @@ class BacktestConfig(Section):
         le=1,
         description="Refuse (exit 2) predictions with a smaller share of parsed actions, or "
         "with none at all, unless --force.",
+    )
+    sharpe_confidence: float = Field(
+        0.95, gt=0, lt=1, description="Two-sided confidence level of the Sharpe ratio's interval."
     )
     cost_sensitivity_bps: list[float] = Field(
         [0.0, 5.0, 10.0, 25.0, 50.0],

@@ -1,9 +1,12 @@
 """The backtest itself: a :class:`~charlie.backtest.panel.Panel` simulated, named and measured.
 
 :func:`run_backtest` is the pure core (frames in, a :class:`BacktestResult` out): the
-strategy and the equal-weight buy-and-hold benchmark through ``charlie.backtest.engine``,
-their daily tables and trades, the metrics (``charlie.backtest.metrics``), the cost
-sensitivity, per-ticker P&L, and every convention in words (:func:`conventions`).
+strategy (traded inside the config's ``rebalance_band``) and the equal-weight buy-and-hold
+benchmark through ``charlie.backtest.engine``, their daily tables and trades, the metrics
+(``charlie.backtest.metrics``), the exposure-matched benchmark (:func:`exposure_matched`) and
+the strategy against both benchmarks (beta, alpha, information ratio), the Sharpe ratio's
+interval, PSR and deflated Sharpe over the cost-sensitivity trials, the cost sensitivity,
+per-ticker P&L, and every convention in words (:func:`conventions`).
 :func:`headline` picks the numbers runs are compared on. Writing it all is
 ``charlie.backtest.report``'s job.
 """
@@ -28,6 +31,15 @@ DAILY_COLUMNS = (
 )  # fmt: skip
 HEADLINE = ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "turnover", "n_trades")
 """The metrics :func:`headline` reports for the strategy and the benchmark."""
+HEADLINE_MATCHED = ("total_return", "sharpe", "max_drawdown", "exposure")
+"""The exposure-matched benchmark's metrics in :func:`headline`."""
+HEADLINE_RELATIVE = ("total_return", "beta", "alpha", "alpha_t", "information_ratio")
+"""The strategy against the exposure-matched benchmark, in :func:`headline`."""
+HEADLINE_SHARPE = (
+    "standard_error", "ci_low", "ci_high", "probabilistic_sharpe_vs_benchmark", "n_trials",
+    "expected_max_sharpe", "deflated_sharpe",
+)  # fmt: skip
+"""The strategy's Sharpe inference in :func:`headline`."""
 
 
 @dataclass
@@ -80,6 +92,7 @@ def run_backtest(
         return engine.simulate(
             panel.open, panel.close, weights, initial_cash=config.initial_cash,
             commission_bps=commission_bps, slippage_bps=slippage_bps,
+            rebalance_band=config.rebalance_band,
         )  # fmt: skip
 
     bench_weights = np.full(weights.shape, 1.0 / n_tickers)
@@ -95,13 +108,43 @@ def run_backtest(
     sim, bench = strategy(*costs), benchmark(*costs)
     daily, bench_daily = daily_frame(panel.dates, sim), daily_frame(panel.dates, bench)
     rf = config.risk_free_per_period
+    s_ret, b_ret = daily["returns"].to_numpy(), bench_daily["returns"].to_numpy()
+    m_ret = exposure_matched(daily, bench_daily)
+    matched = metrics.summary(
+        m_ret,
+        gross_exposure=np.nan_to_num(daily["gross_exposure"]) * bench_daily["gross_exposure"],
+        risk_free=rf,
+    )
+    matched["turnover"] = matched["n_trades"] = math.nan  # a scaled series: nothing is traded
     result_metrics: dict[str, Any] = {
         "strategy": _summary(daily, sim, rf),
         "benchmark": _summary(bench_daily, bench, rf),
+        "benchmark_exposure_matched": matched,
     }
-    result_metrics["strategy_minus_benchmark"] = {
-        k: result_metrics["strategy"][k] - result_metrics["benchmark"][k]
-        for k in ("total_return", "cagr", "sharpe", "max_drawdown")
+    result_metrics["strategy_minus_benchmark"] = _versus(
+        result_metrics["strategy"], result_metrics["benchmark"]
+    )  # the seed's key: the same numbers as versus_full_benchmark's differences
+    result_metrics["versus_full_benchmark"] = {
+        **_versus(result_metrics["strategy"], result_metrics["benchmark"]),
+        **metrics.relative(s_ret, b_ret, rf),
+    }
+    result_metrics["versus_exposure_matched_benchmark"] = {
+        **_versus(result_metrics["strategy"], matched),
+        **metrics.relative(s_ret, m_ret, rf),
+    }
+    n_days = len(daily)
+    result_metrics["annualisation"] = {
+        "annualised": metrics.annualised(n_days),
+        "days": n_days,
+        "min_days": metrics.PERIODS,
+        "note": (
+            "CAGR and Calmar cover at least a year of returns."
+            if metrics.annualised(n_days)
+            else f"CAGR and Calmar are null: {n_days} days is under a year "
+            f"({metrics.PERIODS} days), and compounding it to one would extrapolate."
+        )
+        + " Volatility, Sharpe and Sortino are annualised rates (mean x 252, standard "
+        "deviation x sqrt(252)), reported for any length.",
     }
     result_metrics["costs"] = {
         name: {
@@ -122,6 +165,25 @@ def run_backtest(
             runs[key] = (strategy(*key), benchmark(*key))
         table.append(_cost_row(panel.dates, key, *runs[key], rf))
     result_metrics["cost_sensitivity"] = table
+    trial_sharpes = [
+        metrics.sharpe_ratio(daily_frame(panel.dates, s)["returns"], rf) for s, _ in runs.values()
+    ]
+    result_metrics["sharpe_inference"] = {
+        "strategy": metrics.sharpe_inference(
+            s_ret,
+            benchmark_sharpe=result_metrics["benchmark"]["sharpe"],
+            trial_sharpes=trial_sharpes,
+            risk_free=rf,
+            confidence=config.sharpe_confidence,
+        ),
+        "benchmark": metrics.sharpe_inference(
+            b_ret, risk_free=rf, confidence=config.sharpe_confidence
+        ),
+        "trials": [
+            {"commission_bps": key[0], "slippage_bps": key[1], "sharpe": sharpe}
+            for key, sharpe in zip(runs, trial_sharpes, strict=True)
+        ],
+    }
     result_metrics["per_ticker"] = _per_ticker(panel, sim)
     result_metrics["inputs"] = {**_inputs(predictions, panel), "forced": forced}
     result_metrics["conventions"] = conventions(config, n_tickers)
@@ -143,17 +205,37 @@ def _cost_row(
     bench: engine.Simulation,
     rf: float,
 ) -> dict[str, float]:
-    s_ret, b_ret = daily_frame(dates, sim)["returns"], daily_frame(dates, bench)["returns"]
+    daily, bench_daily = daily_frame(dates, sim), daily_frame(dates, bench)
+    s_ret, b_ret = daily["returns"], bench_daily["returns"]
+    s_total, b_total = metrics.total_return(s_ret), metrics.total_return(b_ret)
+    m_total = metrics.total_return(exposure_matched(daily, bench_daily))
     return {
         "commission_bps": key[0],
         "slippage_bps": key[1],
-        "strategy_total_return": metrics.total_return(s_ret),
-        "strategy_cagr": metrics.cagr(s_ret),
+        "strategy_total_return": s_total,
+        "strategy_cagr": metrics.cagr(s_ret) if metrics.annualised(len(s_ret)) else math.nan,
         "strategy_sharpe": metrics.sharpe_ratio(s_ret, rf),
         "strategy_costs": float(sim.costs.sum()),
-        "benchmark_total_return": metrics.total_return(b_ret),
+        "benchmark_total_return": b_total,
         "benchmark_sharpe": metrics.sharpe_ratio(b_ret, rf),
-        "excess_total_return": metrics.total_return(s_ret) - metrics.total_return(b_ret),
+        "exposure_matched_total_return": m_total,
+        "versus_exposure_matched_total_return": s_total - m_total,
+        "versus_full_benchmark_total_return": s_total - b_total,
+        "excess_total_return": s_total - b_total,  # the seed's key, = versus_full_benchmark_...
+    }
+
+
+def exposure_matched(daily: pd.DataFrame, benchmark_daily: pd.DataFrame) -> np.ndarray:
+    """The benchmark scaled to the strategy's exposure: each day's benchmark return x the
+    strategy's gross exposure at that day's close (0 where undefined), the rest in cash at 0.
+    """
+    exposure = np.nan_to_num(daily["gross_exposure"].to_numpy(dtype=np.float64))
+    return np.clip(exposure * benchmark_daily["returns"].to_numpy(dtype=np.float64), -1.0, None)
+
+
+def _versus(strategy: dict[str, Any], benchmark: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: strategy[k] - benchmark[k] for k in ("total_return", "cagr", "sharpe", "max_drawdown")
     }
 
 
@@ -275,6 +357,28 @@ def conventions(config: BacktestConfig, n_tickers: int) -> dict[str, str]:
         f"{config.max_units():g} max units) = {unit:.4%}, so a book where every ticker holds "
         "the most units is fully invested"
     )
+    band = config.rebalance_band
+    trade = (
+        "target shares = weight x equity at the fill (positions valued at that day's fill "
+        "prices) / fill reference price; fractional shares; trades under 1e-12 of equity are "
+        "skipped"
+    )
+    if band is None:
+        rebalancing = f"Every ticker is rebalanced daily toward its target weight: {trade}."
+    else:
+        example = (
+            f", e.g. a 4 % target is left alone within {0.04 * (1 - band):.2%}.."
+            f"{0.04 * (1 + band):.2%}"
+            if band > 0
+            else "; 0 trades any drift"
+        )
+        rebalancing = (
+            f"rebalance_band {band:g}: a ticker is traded when its target weight changes "
+            "(retried until it has a price) or when its weight at the fill has drifted from "
+            f"the target by more than {band:g} x |target| (relative drift{example}); "
+            "otherwise the position drifts with prices, so HOLD keeps the shares. A trade: "
+            f"{trade}."
+        )
     return {
         "timing": "A prediction for as_of_date is decided after that day's close and filled at "
         "the next trading day's open (at its close when it has no open); a prediction dated on "
@@ -286,9 +390,7 @@ def conventions(config: BacktestConfig, n_tickers: int) -> dict[str, str]:
         "keeps the current target; everyone starts flat."
         + ("" if config.allow_shorts else " Shorts are off, so negative units are flat."),
         "sizing": f"Target weight = units x unit size; {sizing}.",
-        "rebalancing": "Every ticker is rebalanced daily toward its target weight: target "
-        "shares = weight x equity at the fill (positions valued at that day's fill prices) / "
-        "fill reference price; fractional shares; trades under 1e-12 of equity are skipped.",
+        "rebalancing": rebalancing,
         "slippage": f"Fill price = reference x (1 + {config.slippage_bps:g} bps) for buys and x "
         f"(1 - {config.slippage_bps:g} bps) for sells.",
         "commission": f"{config.transaction_cost_bps:g} bps of |shares x fill price| per fill; "
@@ -308,13 +410,38 @@ def conventions(config: BacktestConfig, n_tickers: int) -> dict[str, str]:
         "benchmark": "Equal-weight buy-and-hold of the same tickers under the same costs: each "
         f"ticker bought once with 1/{n_tickers} of equity at its first fill after the first "
         "decision (later listings when they list), then held without rebalancing.",
+        "exposure_matched_benchmark": "The benchmark scaled to the strategy's exposure: each "
+        "day's benchmark return x the strategy's gross exposure at that day's close (daily, "
+        "not the mean exposure), the rest in cash at 0 %; a scaled series, so it has no "
+        "trades, turnover or costs of its own. Strategy-minus-benchmark differences are "
+        "against it (versus_exposure_matched_benchmark); those against the fully invested "
+        "benchmark are kept as versus_full_benchmark (strategy_minus_benchmark, "
+        "excess_total_return).",
+        "relative": "beta and alpha from OLS of the strategy's daily excess returns on the "
+        f"benchmark's; alpha = intercept x {metrics.PERIODS} (arithmetic), alpha_t = intercept "
+        "/ its OLS standard error; tracking error = std(strategy - benchmark) x "
+        f"sqrt({metrics.PERIODS}); information ratio = mean(strategy - benchmark) x "
+        f"{metrics.PERIODS} / tracking error.",
         "metrics": f"empyrical's conventions: {metrics.PERIODS} periods a year; sample standard "
         f"deviation (ddof=1); risk-free {config.risk_free_per_period:g} per period; downside "
         "deviation over all observations; drawdown measured from initial equity; CAGR = "
-        f"prod(1 + r) ^ ({metrics.PERIODS} / n) - 1.",
+        f"prod(1 + r) ^ ({metrics.PERIODS} / n) - 1, reported only for a period of at least "
+        f"{metrics.PERIODS} days (so is Calmar); volatility, Sharpe and Sortino are annualised "
+        f"rates (mean x {metrics.PERIODS}, std x sqrt({metrics.PERIODS})) at any length.",
+        "sharpe_inference": "Computed on the per-period Sharpe SR, the returns' skewness g3 and "
+        "kurtosis g4 (population moments, normal = 3): standard error sqrt((1 - g3 SR + (g4 - "
+        f"1) / 4 SR^2) / (n - 1)) (Mertens 2002), annualised x sqrt({metrics.PERIODS}); a "
+        f"normal {config.sharpe_confidence:.0%} interval; the probabilistic Sharpe ratio "
+        "PSR = Phi((SR - SR*) sqrt(n - 1) / sqrt(1 - g3 SR + (g4 - 1) / 4 SR^2)) with SR* the "
+        "full benchmark's Sharpe (Bailey & Lopez de Prado 2012); the deflated Sharpe ratio is "
+        "the PSR with SR* the expected maximum Sharpe of the trials (the configured costs and "
+        "every distinct cost-sensitivity rerun, n_trials in all) given the variance of their "
+        "Sharpe ratios (Bailey & Lopez de Prado 2014), null with one trial.",
         "undefined": "Sharpe and Sortino are NaN (null in JSON) with fewer than 2 days or "
         "zero-variance returns; Sortino also without a return below 0; Calmar without a "
-        "drawdown; every metric of an empty period.",
+        f"drawdown; CAGR and Calmar for a period under {metrics.PERIODS} days (the report says "
+        "n/a (under a year)); alpha_t and the information ratio without variation; every "
+        "metric of an empty period.",
         "turnover_exposure": "turnover = mean daily traded notional (buys + sells) / previous "
         f"equity x {metrics.PERIODS}; exposure = mean daily gross exposure (sum |position "
         "value| / equity); n_trades counts fills.",
@@ -324,8 +451,18 @@ def conventions(config: BacktestConfig, n_tickers: int) -> dict[str, str]:
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The numbers runs are compared on: strategy and benchmark risk/return, and costs paid."""
+    """The numbers runs are compared on: strategy and benchmark risk/return, and costs paid.
+
+    Also the exposure-matched benchmark, the strategy against it (``versus_matched``) and the
+    strategy's Sharpe inference (``sharpe``: interval, PSR, trials, DSR); NaN stays NaN, for
+    the KFP publisher to drop.
+    """
+    versus = metrics["versus_exposure_matched_benchmark"]
+    inference = metrics["sharpe_inference"]["strategy"]
     return {
         **{side: {k: metrics[side][k] for k in HEADLINE} for side in ("strategy", "benchmark")},
         "costs_paid": metrics["costs"]["strategy"]["total"],
+        "matched": {k: metrics["benchmark_exposure_matched"][k] for k in HEADLINE_MATCHED},
+        "versus_matched": {k: versus[k] for k in HEADLINE_RELATIVE},
+        "sharpe": {k: inference[k] for k in HEADLINE_SHARPE},
     }

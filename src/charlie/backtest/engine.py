@@ -12,6 +12,9 @@ Execution (DESIGN.md, "Backtest execution"):
   either price that day is not traded (its target is retried the next day it has a price);
 * target shares = target weight x equity at the fill / reference price, where the equity
   values each position at today's reference price (the last mark when it has none);
+* with a rebalance band, a ticker is traded only when its target weight changed since the
+  last time it was traded toward, or when its weight at the fill has drifted from the target
+  by more than ``band x |target|`` (relative drift); without one, every day;
 * slippage moves the fill price against the trade: ``ref x (1 + s)`` for buys,
   ``ref x (1 - s)`` for sells; the commission is ``c x |shares| x fill price``;
 * positions are marked at the close (a day without a close keeps the day's open, else the
@@ -21,6 +24,7 @@ Execution (DESIGN.md, "Backtest execution"):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,6 +148,7 @@ def simulate(
     commission_bps: float = 0.0,
     slippage_bps: float = 0.0,
     rebalance: np.ndarray | None = None,
+    rebalance_band: float | None = None,
 ) -> Simulation:
     """Trade toward target weights at the next day's open and mark at the close, day by day.
 
@@ -160,6 +165,10 @@ def simulate(
         slippage_bps: Fill price moved this many bps against the trade.
         rebalance: Optional (T, N) bool: which decisions are traded; ``None`` trades every
             ticker every day toward its target. Undecided positions drift with prices.
+        rebalance_band: Optional relative drift band (>= 0): a ticker whose target weight is
+            the one it was last traded toward is traded only when its weight at the fill is
+            off that target by more than ``band x |target|``; a changed target is always
+            traded (retried while the ticker has no price). ``None`` trades every day.
 
     Returns:
         The :class:`Simulation`.
@@ -168,6 +177,8 @@ def simulate(
     close = np.asarray(close, dtype=np.float64)
     weights = np.asarray(target_weights, dtype=np.float64)
     _check(open_, close, weights)
+    if rebalance_band is not None and not (math.isfinite(rebalance_band) and rebalance_band >= 0):
+        raise ValueError(f"rebalance_band must be a finite number >= 0, got {rebalance_band!r}")
     n_rows, n_cols = close.shape
     ref = reference_prices(open_, close)
     has_ref = ~np.isnan(ref)
@@ -188,14 +199,20 @@ def simulate(
     slippage = np.zeros((n_rows, n_cols))
     shares = np.zeros(n_cols)
     cash = float(initial_cash)
+    traded_toward = np.zeros(n_cols)  # the target each ticker was last traded toward (flat)
     if n_rows:
         equity[0] = cash_out[0] = cash
 
     for t in range(1, n_rows):
         ok = trade_ok[t]
         budget = max(cash + float(shares @ value_price[t]), 0.0)  # a wiped-out book only exits
+        target = weights[t - 1]
+        if rebalance_band is not None and budget > 0:
+            drift = np.abs(shares * value_price[t] / budget - target)
+            ok = ok & ((target != traded_toward) | (drift > rebalance_band * np.abs(target)))
         with np.errstate(invalid="ignore"):
-            delta = np.where(ok, weights[t - 1] * budget / ref[t] - shares, 0.0)
+            delta = np.where(ok, target * budget / ref[t] - shares, 0.0)
+        traded_toward = np.where(ok, target, traded_toward)
         delta[np.abs(delta) * value_price[t] <= DUST * budget] = 0.0
         traded_now = np.flatnonzero(delta)
         if traded_now.size:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from charlie.config import Section
+from charlie.config import Section, auto_or_count
 
 
 class EvalConfig(Section):
@@ -56,16 +56,32 @@ class EvalConfig(Section):
         "an action (0 turns the gate off).",
     )
     bootstrap_samples: int = Field(
-        1000, ge=100, description="Resamples behind the baselines' 95% intervals."
+        1000,
+        ge=100,
+        description="Resamples of the block bootstrap behind every 95% interval (the model's, "
+        "the baselines' and the paired differences').",
     )
-    seed: int = Field(0, description="Seed of the bootstrap and the random baseline.")
+    block_length: int | Literal["auto"] = Field(
+        "auto",
+        description="Mean block length, in distinct record dates, of the stationary block "
+        "bootstrap over dates (all tickers of a date resampled together), or auto: the longest "
+        "forward window. Overlapping forward windows and same-day correlation across tickers "
+        "make row-level intervals too narrow; 1 resamples dates independently.",
+    )
+    permutations: int = Field(
+        500,
+        ge=20,
+        description="Permutations per null (the model's predictions shuffled across dates "
+        "within each ticker, and rotated in time within each ticker) behind the p-values.",
+    )
+    seed: int = Field(0, description="Seed of the bootstrap and the permutations.")
+
+    @field_validator("block_length", mode="before")
+    @classmethod
+    def _auto_or_days(cls, value: object) -> object:
+        return auto_or_count(value, "block_length", "dates")
 
     @field_validator("max_new_tokens", mode="before")
     @classmethod
     def _auto_or_positive(cls, value: object) -> object:
-        text = str(value).strip()
-        if text == "auto":
-            return "auto"
-        if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
-            raise ValueError("max_new_tokens must be auto or a whole number of tokens >= 1")
-        return int(text)
+        return auto_or_count(value, "max_new_tokens", "tokens")

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from charlie.evaluation import metrics as m
+from charlie.evaluation import uncertainty as u
 from charlie.evaluation.config import EvalConfig
 from charlie.evaluation.returns import forward_returns, momentum_sign
 
@@ -36,8 +37,35 @@ CONVENTIONS = [
     "Sharpe-style ratio: mean / std (ddof=1) of signed forward returns, per window, not annualised "
     "(overlapping multi-day windows make sqrt(252) scaling wrong).",
     "Baselines act on exactly the model's rows; the majority class is the training split's.",
-    "Intervals: 95% percentile bootstrap over rows, seeded.",
+    "Truncated rows (generation cut by the budget) hold no position and count as wrong in "
+    "every interval and test, and stay in place, flat, in the permutation nulls; their count is "
+    "reported apart.",
 ]
+RANDOM = "random at the model's frequencies"
+
+
+def conventions(block_length: int) -> list[str]:
+    """The conventions stated in every report, the bootstrap's block length among them."""
+    return [
+        *CONVENTIONS,
+        f"Intervals: 95% percentile, stationary block bootstrap over dates, seeded: whole record "
+        f"dates (all tickers of a date together) resampled in runs of consecutive dates of mean "
+        f"length {block_length}, since overlapping forward windows and same-day correlation "
+        f"across tickers make row-level intervals too narrow.",
+        "Nulls: the model's own predictions (a) shuffled across dates within each ticker and "
+        "(b) each ticker's sequence rotated in time by a random offset (its pattern of actions "
+        "kept); the p-value is (1 + #{null >= observed}) / (1 + permutations where the statistic "
+        "is defined), the probability "
+        "that random actions at the model's own frequencies do as well. The random baseline row "
+        "is the shuffle null's mean and central 95%.",
+        "Paired tests against the strongest naive baseline (majority, always BUY, momentum; best "
+        "accuracy, and best mean signed return per window): McNemar's exact test on the "
+        "discordant rows for accuracy (it assumes independent rows), and the paired block "
+        "bootstrap interval of the difference; an edge is distinguishable from zero only when "
+        "that interval excludes 0 (and, for accuracy, McNemar p < 0.05).",
+    ]
+
+
 HISTORY = dt.timedelta(days=40)  # calendar days before the first record: the 20-day momentum
 
 
@@ -116,7 +144,8 @@ def compute_metrics(
     """Every metric of the report, as a JSON-ready dict (``eval_metrics.json``'s content).
 
     Args:
-        cfg: The windows, the split's name, the bootstrap's size and seed.
+        cfg: The windows, the split's name, the bootstrap's size, block length and seed, the
+            number of permutations.
         frame: The per-sample frame with its forward returns (:func:`attach_forward_returns`).
         momentum: The momentum sign per row, for the momentum baseline.
         train_labels: The training split's actions, for the majority baseline (empty: the
@@ -127,33 +156,57 @@ def compute_metrics(
     truth, pred = list(frame["true_action"]), list(frame["pred_action"])
     windows = cfg.forward_windows
     fwd = {h: frame[f"fwd_ret_{h}"].to_numpy(dtype="float64") for h in windows}
-    first = fwd[windows[0]]
+    truncated = (
+        [bool(t) for t in frame["truncated"]] if "truncated" in frame else [False] * len(frame)
+    )
+    strategies = m.baselines(truth, pred, list(train_labels) or truth, momentum)
+    block = u.effective_block_length(cfg.block_length, windows)
+    edge = u.assess(truth, strategies, m.SIGN, fwd, list(frame["as_of_date"]),
+                    list(frame["ticker"]), truncated, candidates=m.naive(strategies),
+                    block_length=block, samples=cfg.bootstrap_samples,
+                    permutations=cfg.permutations, seed=cfg.seed)  # fmt: skip
     compare = {}
-    for name, actions in m.baselines(
-        truth, pred, list(train_labels) or truth, momentum, seed=cfg.seed
-    ).items():
-        ci = m.bootstrap(truth, actions, first, samples=cfg.bootstrap_samples, seed=cfg.seed)
+    for name, actions in strategies.items():
+        ci = edge["intervals"][name]
         compare[name] = {
             "accuracy": float(np.mean([a == t for a, t in zip(actions, truth, strict=True)])),
             "accuracy_ci95": ci["accuracy"],
-            f"mean_signed_return_{windows[0]}d": m.mean_signed(actions, first),
-            f"mean_signed_return_{windows[0]}d_ci95": ci["mean_signed_return"],
-            **{f"mean_signed_return_{h}d": m.mean_signed(actions, fwd[h]) for h in windows[1:]},
         }
-    truncated = list(frame["truncated"]) if "truncated" in frame else None
+        for h in windows:
+            compare[name][f"mean_signed_return_{h}d"] = m.mean_signed(actions, fwd[h])
+            compare[name][f"mean_signed_return_{h}d_ci95"] = ci[f"mean_signed_return_{h}d"]
+    # random actions at the model's frequencies: the within-ticker shuffle null, not one draw
+    shuffle = edge["null"]["shuffle_within_ticker"]
+    compare[RANDOM] = {"accuracy": shuffle["accuracy"]["null_mean"],
+                       "accuracy_ci95": shuffle["accuracy"]["null_ci95"],
+                       "interval": "central 95% of the within-ticker shuffle null"}  # fmt: skip
+    for h in windows:
+        null = shuffle[f"mean_signed_return_{h}d"]
+        compare[RANDOM][f"mean_signed_return_{h}d"] = null["null_mean"]
+        compare[RANDOM][f"mean_signed_return_{h}d_ci95"] = null["null_ci95"]
+    financial = m.financial(pred, fwd)
+    for h in windows:
+        financial[f"{h}d"]["mean_signed_return_ci95"] = edge["intervals"]["model"][
+            f"mean_signed_return_{h}d"
+        ]
     return {
         "split": cfg.split,
         "rows": len(frame),
         "generation": dict(generation or {}),
         "classification": m.classification(truth, pred, truncated),
-        "financial": m.financial(pred, fwd),
+        "financial": financial,
         "baselines": compare,
-        "conventions": CONVENTIONS,
+        "bootstrap": edge["bootstrap"],
+        "null": edge["null"],
+        "paired": edge["paired"],
+        "conventions": conventions(block),
     }
 
 
 def headline(info: dict[str, Any]) -> dict[str, Any]:
-    """The numbers runs are compared on: classification, trading per window, baselines' accuracy."""
+    """The numbers runs are compared on: classification, trading per window, baselines' accuracy,
+    the block length, the nulls' p-values and the paired tests' differences (None where a
+    statistic is undefined; the KFP metrics keep the finite numbers)."""
     c = info["classification"]
     out: dict[str, Any] = {
         k: c[k] for k in ("n", "accuracy", "macro_f1", "parse_rate", "unparseable", "truncated")
@@ -169,6 +222,18 @@ def headline(info: dict[str, Any]) -> dict[str, Any]:
         if name != "model":
             slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
             out[f"baseline_{slug}_accuracy"] = baseline["accuracy"]
+    if "bootstrap" in info:
+        out["block_length"] = info["bootstrap"]["block_length"]
+    for scheme, short in (("shuffle_within_ticker", "shuffle"), ("rotate_within_ticker", "rotate")):
+        for key, stat in info.get("null", {}).get(scheme, {}).items():
+            out[f"p_{short}_{key}"] = stat["p_value"]
+    for key, test in info.get("paired", {}).items():
+        out[f"paired_{key}_difference"] = test["difference"]
+        if len(test["difference_ci95"]) == 2:
+            out[f"paired_{key}_difference_ci95_lo"] = test["difference_ci95"][0]
+            out[f"paired_{key}_difference_ci95_hi"] = test["difference_ci95"][1]
+        if "mcnemar_p" in test:
+            out[f"paired_{key}_mcnemar_p"] = test["mcnemar_p"]
     return out
 
 

@@ -5,8 +5,8 @@ and SELL/STRONG_SELL short (-1); the signed return is that sign times the forwar
 Sharpe-style ratio is mean / std (ddof=1) of signed returns per window, NOT annualised, since
 overlapping multi-day windows make sqrt(252) scaling wrong; HOLD and UNPARSEABLE rows take no
 position and are reported separately. NaN forward returns (the window runs past the data) are
-counted and left out of the means, never silently dropped from the rows. Intervals are
-percentile bootstraps (seeded) over rows.
+counted and left out of the means, never silently dropped from the rows. Intervals, nulls
+and paired tests are in :mod:`charlie.evaluation.uncertainty`.
 """
 
 from __future__ import annotations
@@ -92,31 +92,10 @@ def financial(pred: Sequence[str], fwd: dict[int, np.ndarray]) -> dict[str, Any]
 
 
 def mean_signed(pred: Sequence[str], ret: np.ndarray) -> float:
+    """Mean signed return over the directional rows whose return is known (NaN: none)."""
     sign = np.array([SIGN[p] for p in pred], dtype="float64")
     keep = ~np.isnan(ret) & (sign != 0)
     return float((sign[keep] * ret[keep]).mean()) if keep.any() else float("nan")
-
-
-def bootstrap(
-    truth: Sequence[str], pred: Sequence[str], ret: np.ndarray, *, samples: int, seed: int
-) -> dict[str, list[float]]:
-    """95% percentile intervals for accuracy and for the mean signed return."""
-    rng = np.random.default_rng(seed)
-    t, p = np.array(truth), np.array(pred)
-    sign = np.array([SIGN[x] for x in pred], dtype="float64")
-    n = len(t)
-    idx = rng.integers(0, n, size=(samples, n))
-    acc = (t[idx] == p[idx]).mean(axis=1)
-    signed = sign[idx] * ret[idx]
-    active = (sign[idx] != 0) & ~np.isnan(ret[idx])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(active, signed, 0.0).sum(axis=1) / active.sum(axis=1)
-    means = means[~np.isnan(means)]
-
-    def interval(x: np.ndarray) -> list[float]:
-        return [float(np.percentile(x, 2.5)), float(np.percentile(x, 97.5))] if x.size else []
-
-    return {"accuracy": interval(acc), "mean_signed_return": interval(means)}
 
 
 def baselines(
@@ -124,21 +103,22 @@ def baselines(
     model_pred: Sequence[str],
     train_labels: Sequence[str],
     momentum: np.ndarray,
-    *,
-    seed: int,
 ) -> dict[str, list[str]]:
-    """The baselines' actions on exactly the model's rows."""
+    """The model's and the baselines' actions on exactly the model's rows.
+
+    Random actions at the model's frequencies are not one draw here: they are the permutation
+    nulls of :func:`charlie.evaluation.uncertainty.assess`.
+    """
     majority = Counter(train_labels).most_common(1)[0][0]
-    freq = Counter(model_pred)
-    rng = np.random.default_rng(seed)
-    choices = list(freq)
-    weights = np.array([freq[c] for c in choices], dtype="float64")
-    random_actions = list(rng.choice(choices, size=len(truth), p=weights / weights.sum()))
     return {
         "model": list(model_pred),
         f"majority ({majority})": [majority] * len(truth),
         "always BUY": ["BUY"] * len(truth),
         "teacher (thesis labels)": list(truth),
         "momentum 20d sign": ["BUY" if m > 0 else "SELL" if m < 0 else "HOLD" for m in momentum],
-        "random at the model's frequencies": [str(a) for a in random_actions],
     }
+
+
+def naive(strategies: dict[str, list[str]]) -> list[str]:
+    """The baselines a paired test may pick: all but the model and the teacher's labels."""
+    return [name for name in strategies if name not in ("model", "teacher (thesis labels)")]

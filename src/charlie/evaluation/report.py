@@ -40,7 +40,7 @@ def summary_markdown(info: dict[str, Any], windows: Sequence[int]) -> str:
               "|---|---|---|---|---|---|---|"]  # fmt: skip
 
     def fmt(x: float | None, spec: str = ".4f") -> str:
-        return "-" if x is None else format(x, spec)
+        return "-" if x is None or x != x else format(x, spec)  # None or NaN: undefined
 
     for h in windows:
         f = info["financial"][f"{h}d"]
@@ -49,18 +49,67 @@ def summary_markdown(info: dict[str, Any], windows: Sequence[int]) -> str:
             f"{fmt(f['std_signed_return'])} | {fmt(f['sharpe_like'], '.3f')} | {f['missing_returns']} |"
         )
     h0 = windows[0]
-    lines += ["", f"## Against baselines (same rows; 95% bootstrap intervals; returns over {h0}d)", "",
+    lines += ["", f"## Against baselines (same rows; 95% block-bootstrap intervals over dates; returns over {h0}d)", "",
               "| strategy | accuracy | 95% CI | mean signed return | 95% CI |", "|---|---|---|---|---|"]  # fmt: skip
     for name, b in info["baselines"].items():
         acc_ci = b["accuracy_ci95"]
         ret_ci = b[f"mean_signed_return_{h0}d_ci95"]
         lines.append(
-            f"| {name} | {b['accuracy']:.3f} | {acc_ci[0]:.3f} .. {acc_ci[1]:.3f} | "
-            f"{b[f'mean_signed_return_{h0}d']:.5f} | "
+            f"| {name} | {fmt(b['accuracy'], '.3f')} | "
+            + (f"{acc_ci[0]:.3f} .. {acc_ci[1]:.3f} | " if acc_ci else "- | ")
+            + f"{fmt(b[f'mean_signed_return_{h0}d'], '.5f')} | "
             + (f"{ret_ci[0]:.5f} .. {ret_ci[1]:.5f} |" if ret_ci else "- |")
         )
+    if RANDOM_NOTE in info["baselines"].get("random at the model's frequencies", {}).get(
+        "interval", ""
+    ):
+        lines += ["", f"The random row is the {RANDOM_NOTE}: its range is where chance lands."]
+    lines += _edge_lines(info, windows)
     lines += ["", "## Conventions", "", *[f"- {c}" for c in info["conventions"]], ""]
     return "\n".join(lines)
+
+
+RANDOM_NOTE = "central 95% of the within-ticker shuffle null"
+
+
+def _edge_lines(info: dict[str, Any], windows: Sequence[int]) -> list[str]:
+    """Is the edge real: the bootstrap's settings, the nulls' p-values, the paired tests."""
+    if "null" not in info:
+        return []
+    b, null = info["bootstrap"], info["null"]
+
+    def p(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    lines = ["", "## Is the edge real?", "",
+             f"Intervals: stationary block bootstrap over {b['dates']} dates (whole dates, every "
+             f"ticker of a date together), mean block length **{b['block_length']}** dates, "
+             f"{b['samples']} resamples; {b['truncated_rows_flat']} truncated rows hold no "
+             f"position and count as wrong in every interval and test.", "",
+             f"Nulls: the model's own predictions shuffled across dates within each ticker, and "
+             f"rotated in time within each ticker, {null['permutations']} permutations each "
+             f"(truncated rows kept in place, flat). p = the probability that random actions at "
+             f"the model's own frequencies do as well.", "",
+             "| statistic | model | shuffle null mean | p (shuffle) | rotation null mean | p (rotation) |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    if b["dates"] < 4 * b["block_length"]:
+        lines[5:5] = [f"Only {b['dates']} dates for blocks of mean length {b['block_length']}: "
+                      f"few independent blocks, so the intervals are rough.", ""]  # fmt: skip
+    keys = ["accuracy", *[f"mean_signed_return_{h}d" for h in windows]]
+    shuffle, rotate = null["shuffle_within_ticker"], null["rotate_within_ticker"]
+    for key in keys:
+        s, r = shuffle[key], rotate[key]
+        obs = "-" if s["observed"] is None else f"{s['observed']:.4g}"
+        s_mean = "-" if s["null_mean"] is None else f"{s['null_mean']:.4g}"
+        r_mean = "-" if r["null_mean"] is None else f"{r['null_mean']:.4g}"
+        lines.append(f"| {key} | {obs} | {s_mean} | {p(s['p_value'])} | {r_mean} | "
+                     f"{p(r['p_value'])} |")  # fmt: skip
+    lines += ["", "Against the strongest naive baseline (paired, same resamples):", ""]
+    paired = info.get("paired", {})
+    lines += [f"- {paired[k]['sentence']}" for k in keys if k in paired]
+    if not paired:
+        lines.append("- No baseline had a defined statistic to compare against.")
+    return lines
 
 
 def _generation_lines(g: dict[str, Any]) -> list[str]:

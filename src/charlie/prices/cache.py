@@ -1,7 +1,7 @@
 """A parquet cache per ticker in front of a network provider.
 
-``<cache_dir>/<provider>/<TICKER>.parquet`` holds the bars and, in the file's metadata, the date
-ranges already asked for (including days that had no bar, such as holidays), so a later run
+``<cache_dir>/<provider>[-v<cache_version>]/<TICKER>.parquet`` holds the bars and, in the
+file's metadata, the date ranges already asked for (including days that had no bar, such as holidays), so a later run
 fetches only the ranges it lacks and a full hit needs no network and no key. Writes are
 atomic; a file that cannot be read back is reported, deleted and refetched.
 """
@@ -79,7 +79,10 @@ class CachedProvider:
     ) -> None:
         self.inner = inner
         self.name = inner.name
-        self.directory = Path(directory) / inner.name
+        # A provider whose answers change meaning (yfinance: raw closes since version 2, where
+        # version 1 cached split-adjusted ones) bumps its cache_version: old files are not read.
+        version = int(getattr(inner, "cache_version", 1))
+        self.directory = Path(directory) / (inner.name + (f"-v{version}" if version > 1 else ""))
         self.today = today or dt.date.today()
         self.last = CacheStats()
 

@@ -6,6 +6,13 @@ returns an empty frame. This provider therefore takes the records yfinance logs 
 thread off that logger while it runs, classifies them (rate limit or network → TransientError,
 anything else → NotAvailable) and re-emits them on this module's logger at WARNING or below.
 
+Yahoo's ``Close`` (with ``auto_adjust=False``) is split-adjusted, though not dividend-adjusted:
+every level before a split is divided by its ratio, so a past snapshot's quoted prices would
+change after each later split. This provider undoes that: it asks for the bars from ``start``
+through today with the split events (``Stock Splits``), multiplies open, high, low and close
+before each split by the product of the ratios of every split after that bar, divides the
+volume by it, and then keeps ``start`` to ``end``. ``adj_close`` stays Yahoo's Adj Close.
+
 yfinance is imported inside :meth:`YFinanceProvider.fetch`: importing it takes about a second and
 the CLI must start fast.
 """
@@ -145,14 +152,36 @@ def _single_ticker_columns(frame: pd.DataFrame, ticker: str) -> pd.DataFrame:
     return flat
 
 
+def _undo_splits(frame: pd.DataFrame) -> pd.DataFrame:
+    """Raw traded prices from Yahoo's split-adjusted ones, using the ``Stock Splits`` column.
+
+    A bar is multiplied (its volume divided) by the product of the ratios of the splits dated
+    after it; a split's own bar is already post-split. Without the column nothing changes.
+    """
+    if "Stock Splits" not in frame.columns:
+        return frame
+    frame = frame.sort_index()
+    ratios = pd.to_numeric(frame["Stock Splits"], errors="coerce").fillna(0.0)
+    ratios = ratios.where(ratios > 0, 1.0).to_numpy()
+    after = pd.Series(ratios[::-1].cumprod()[::-1], index=frame.index).shift(-1, fill_value=1.0)
+    frame = frame.copy()
+    for column in ("Open", "High", "Low", "Close"):
+        if column in frame.columns:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce") * after
+    if "Volume" in frame.columns:
+        frame["Volume"] = pd.to_numeric(frame["Volume"], errors="coerce") / after
+    return frame
+
+
 def _to_price_frame(raw: pd.DataFrame | None, ticker: str) -> pd.DataFrame:
-    """yfinance's frame (DatetimeIndex, capitalised columns) → base.py's column names."""
+    """yfinance's frame (DatetimeIndex, capitalised columns) → base.py's, splits undone."""
     empty = pd.DataFrame(columns=list(PRICE_COLUMNS))
     if raw is None or raw.empty:
         return empty
     frame = _single_ticker_columns(raw, ticker)
     if "Close" not in frame.columns:
         return empty
+    frame = _undo_splits(frame)
     index = pd.DatetimeIndex(frame.index)
     if index.tz is not None:
         # Daily bars are stamped at the exchange's local midnight: dropping the zone keeps that
@@ -170,15 +199,19 @@ def from_params(params: Any, env: Mapping[str, str]) -> CachedProvider:
 
 
 class YFinanceProvider:
-    """Daily bars from Yahoo through yfinance: raw OHLC plus Yahoo's split/dividend adj_close."""
+    """Daily bars from Yahoo through yfinance: raw (split-undone) OHLCV, Yahoo's adj_close."""
 
     name = "yfinance"
+    cache_version = 2  # raw closes; the version-1 cache held Yahoo's split-adjusted ones
 
     def __init__(self, *, timeout_s: float = 10.0) -> None:
         self.timeout_s = timeout_s
 
     def fetch(self, ticker: str, start: dt.date, end: dt.date) -> pd.DataFrame:
-        """Daily bars for ``ticker`` dated ``start`` to ``end`` inclusive (see PriceProvider)."""
+        """Daily bars for ``ticker`` dated ``start`` to ``end`` inclusive (see PriceProvider).
+
+        The request runs through today: the splits after ``end`` adjust Yahoo's closes too.
+        """
         try:
             import yfinance as yf
         except ImportError:
@@ -189,10 +222,10 @@ class YFinanceProvider:
                 raw = yf.download(
                     ticker,
                     start=start,
-                    end=end + dt.timedelta(days=1),  # yfinance's end is exclusive, ours inclusive
+                    end=None,  # through today, for every later split; cut to `end` below
                     interval="1d",
-                    auto_adjust=False,  # raw OHLC, and "Adj Close" as its own column
-                    actions=False,
+                    auto_adjust=False,  # split-adjusted OHLC, and "Adj Close" as its own column
+                    actions=True,  # the "Stock Splits" column, to undo the split adjustment
                     repair=False,
                     keepna=False,
                     ignore_tz=False,  # keep the exchange zone; _to_price_frame drops it

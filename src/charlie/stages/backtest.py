@@ -133,9 +133,16 @@ def _summary(m: dict) -> None:
         "  ".join(f"{a} {n}" for a, n in inputs["by_action"].items()),
     )
     log.info(f"{'':<12}{'return':>9}{'CAGR':>9}{'Sharpe':>8}{'max DD':>9}{'trades':>8}")
-    for name in ("strategy", "benchmark"):
-        s = m[name]
+    for name, key in (("strategy", "strategy"), ("matched", "benchmark_exposure_matched"),
+                      ("benchmark", "benchmark")):  # fmt: skip
+        s = m.get(key)
+        if not s:
+            continue
+        cagr = (
+            "n/a" if s.get("cagr") is None else f"{s['cagr']:.2%}"
+        )  # under a year: not annualised
+        trades = "" if s.get("n_trades") is None else s["n_trades"]
         log.info(
-            f"{name:<12}{s['total_return']:>9.2%}{s['cagr']:>9.2%}{s['sharpe']:>8.2f}"
-            f"{s['max_drawdown']:>9.2%}{s['n_trades']:>8}"
+            f"{name:<12}{s['total_return']:>9.2%}{cagr:>9}{s['sharpe']:>8.2f}"
+            f"{s['max_drawdown']:>9.2%}{trades:>8}"
         )

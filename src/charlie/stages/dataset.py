@@ -6,10 +6,13 @@ of its date (bars on or before it only), and the completion
 <reasoning>...</reasoning><support>...</support><action><BUY></action>. Splits are strictly
 chronological (params.yaml `dataset`, or the seed's TRAIN_START_DATE, TRAIN_END_DATE,
 TEST_START_DATE, TEST_END_DATE): train, then validation (the last validation_days of the
-training period), then test; embargo_days drops records just before each later split.
+training period; auto: the last 2 x (longest forward window + embargo_days) trading days),
+then test; embargo_days drops records just before each later split, and the purge drops every
+train (validation) record whose longest forward window (configs/eval_config.yaml
+forward_windows) ends in that embargo or in the validation (test) period.
 
-A leakage audit stops the stage if any date or uid is in two splits, splits overlap, or a
-snapshot used a later bar. Writes a DatasetDict (save_to_disk) and a dataset card (JSON, a
+A leakage audit stops the stage if any date or uid is in two splits, splits overlap, a
+snapshot used a later bar, or a kept record's longest forward window reaches the next split. Writes a DatasetDict (save_to_disk) and a dataset card (JSON, a
 DVC metric, and Markdown). Nothing is written unless everything succeeded.
 
 Price flags (they override params.yaml's `prices` section; absent, it decides):
@@ -63,14 +66,17 @@ def run(args: argparse.Namespace) -> int:
     """Build, audit and write the dataset; returns the exit code."""
     params = load_params(args)
     cfg = params.dataset
-    # The audit counts validation records whose longest forward window reaches the test period:
-    # the windows are the evaluation's, so they are read from its config, not declared twice.
+    # The purge and the audit use the longest forward window: the windows are the evaluation's,
+    # so they are read from its config, not declared twice.
     horizon = max(load_config(params.evaluate.config, EvalConfig).forward_windows)
     log_file = setup_logging("dataset")
     log.debug("dataset: %s prices: %s", cfg.model_dump_json(), params.prices.model_dump_json())
+    validation_days = core.validation_days_for(
+        cfg.validation_days, cfg.train_end, horizon, cfg.embargo_days
+    )
     spec = core.SplitSpec(
-        cfg.train_start, cfg.train_end, cfg.validation_days, cfg.test_start, cfg.test_end,
-        cfg.embargo_days,
+        cfg.train_start, cfg.train_end, validation_days, cfg.test_start, cfg.test_end,
+        cfg.embargo_days, purge_window=horizon,
     )  # fmt: skip
 
     records = read_records(cfg.records)
@@ -81,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     rows, bar_dates, dropped = core.build_rows(
         records, prices.frames, spec, drop_outside=cfg.outside_splits == "drop"
     )
-    core.check_splits(rows, spec)
+    core.check_splits(rows, spec, dropped)
     findings = core.audit(rows, bar_dates, spec, horizon)
     if findings.problems:
         raise CharlieError(
@@ -111,13 +117,13 @@ def run(args: argparse.Namespace) -> int:
 
     counts = info["records"]
     log.info(
-        "dataset: train %d, validation %d, test %d (dropped: %d embargo, %d outside); "
-        "%d validation records reach the test period within %d days",
+        "dataset: train %d, validation %d, test %d (dropped: %d embargo, %d outside; "
+        "purged for the %d-day window: %d train, %d validation)",
         counts["train"], counts["validation"], counts["test"], info["dropped"]["embargo"],
-        info["dropped"]["outside_splits"], findings.validation_reaching_test,
-        horizon,
+        info["dropped"]["outside_splits"], horizon, info["purged"]["train"],
+        info["purged"]["validation"],
     )  # fmt: skip
     log.info("wrote %s, %s and %s (log: %s)", cfg.out, cfg.card, card_md, log_file)
     kfp_executor.publish(args.kfp_executor_input, markdown=card_md,
-            metrics={k: info[k] for k in ("records", "dropped", "validation_reaching_test")})  # fmt: skip
+            metrics={k: info[k] for k in ("records", "dropped", "purged")})  # fmt: skip
     return 0

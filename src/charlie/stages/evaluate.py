@@ -9,7 +9,9 @@ counted, never dropped), and writes beside --out:
   eval_generations.jsonl the generated text per row (with new_tokens and truncated)
   eval_metrics.json      accuracy, macro-F1, per-class report, confusion matrix, parse rate;
                          per forward window: hit rate, mean/std and ratio of signed returns;
-                         baselines on the same rows with bootstrap 95% intervals (a DVC metric)
+                         baselines on the same rows; 95% intervals by a block bootstrap
+                         over dates; permutation p-values (shuffled and rotated within
+                         ticker); paired tests against the strongest baseline (a DVC metric)
   eval_summary.md        the same for people, with every convention stated
   confusion_matrix.png
 Forward returns are adj_close(t+h)/adj_close(t) - 1 over the ticker's trading days, NaN past the

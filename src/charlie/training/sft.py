@@ -49,6 +49,7 @@ from charlie.io import load_dataset_dir
 from charlie.plan import load_model_config, model_shape
 from charlie.training.config import REPORT, TrainConfig, tokenized_max_length
 from charlie.training.manifest import node_of_world, write_loss_curve, write_manifest
+from charlie.training.targets import AUTO, resolve_targets
 
 log = logging.getLogger("charlie.train")
 TRAINABLE_MODULES = ["embed_tokens", "lm_head"]  # the new special tokens must be learnable
@@ -56,17 +57,33 @@ CPU_PROBE_LIMIT = 200_000_000  # probe weights (~0.8 GB in fp32) above which a C
 FULL_MERGE = "--merge applies to LoRA and QLoRA adapters; a full fine-tune is already whole."
 
 
-def get_peft_config(cfg: TrainConfig) -> Any:
-    """The LoRA config, or None for full fine-tuning."""
+def get_peft_config(cfg: TrainConfig, model_config: dict[str, Any] | None = None) -> Any:
+    """The LoRA config, or None for full fine-tuning.
+
+    ``lora_target_modules: auto`` is resolved by the base model's ``model_type``
+    (:mod:`charlie.training.targets`), read from ``model_config`` or, when that is None, from
+    the base model's config.json (:func:`charlie.plan.load_model_config`); an unknown type or an
+    unreadable config.json falls back to ``all-linear`` with a warning.
+    """
     if cfg.method == "full":
         return None
     from peft import LoraConfig
 
+    targets = cfg.lora_target_modules
+    if targets == AUTO:
+        if model_config is None:
+            try:
+                model_config = load_model_config(cfg.base_model)
+            except CharlieError as exc:
+                log.warning("lora_target_modules: auto cannot read the base model's config: %s",
+                            exc)  # fmt: skip
+        targets = resolve_targets(targets, model_config)
+        log.info("lora_target_modules: auto -> %s", targets)
     return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
-        target_modules=cfg.lora_target_modules,
+        target_modules=targets,
         modules_to_save=TRAINABLE_MODULES,
         task_type="CAUSAL_LM",
     )
@@ -621,7 +638,7 @@ def train(
         train_dataset=dataset["train"].remove_columns(columns),
         eval_dataset=dataset["validation"].remove_columns(columns),
         processing_class=tokenizer,
-        peft_config=get_peft_config(cfg),
+        peft_config=get_peft_config(cfg, model.config.to_dict()),  # auto: from the loaded model
     )
     saved = None  # the last checkpoint's state, when a max_steps run resumes
     if resume_from and args.max_steps > 0 and not args.deepspeed:
