@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from charlie import UNPARSEABLE
+from charlie.backtest.config import BacktestConfig
 from charlie.errors import CharlieError, QualityGateError
 from charlie.evaluation import budget, core
 from charlie.evaluation import metrics as m
@@ -21,9 +22,12 @@ from charlie.evaluation.config import EvalConfig
 from charlie.evaluation.report import summary_markdown
 from charlie.evaluation.returns import forward_returns, momentum_sign
 from charlie.inference import STOP_TOKEN, extract_prediction, generate, stop_token_ids
+from charlie.strategy import load_strategy, row_units
 
 BARS = pd.DataFrame({
     "date": pd.to_datetime(["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05", "2024-01-08"]),
+    "open": [99.0, 105.0, 120.0, 130.0, 70.0],
+    "close": [100.0, 110.0, 121.0, 133.1, 66.55],
     "adj_close": [100.0, 110.0, 121.0, 133.1, 66.55],
 })  # fmt: skip
 
@@ -60,7 +64,10 @@ def test_attach_forward_returns_per_ticker_leaves_the_input_alone():
     other = BARS.assign(adj_close=[50.0, 40.0, 60.0, 30.0, 45.0])
     out, momentum = core.attach_forward_returns(frame, {"AAA": BARS, "BBB": other}, [1, 2])
     assert list(frame.columns) == ["ticker", "as_of_date"]
-    assert list(out.columns) == ["ticker", "as_of_date", "fwd_ret_1", "fwd_ret_2"]
+    assert list(out.columns) == ["ticker", "as_of_date", "fwd_ret_1", "fwd_ret_2", "exec_ret_1",
+                                 "exec_ret_2"]  # fmt: skip
+    assert out["exec_ret_1"][0] == pytest.approx(110 / 105 - 1)  # the next open to its close
+    assert out["exec_ret_2"][1] == pytest.approx(30 / (120 * 60 / 121) - 1)  # adjusted open
     assert out["fwd_ret_1"].tolist()[:2] == [pytest.approx(0.10), pytest.approx(0.5)]
     assert out["fwd_ret_2"][1] == pytest.approx(-0.25) and np.isnan(out["fwd_ret_1"][2])
     assert momentum.tolist() == [0.0, 0.0, 0.0]  # fewer than 20 bars behind every date
@@ -111,6 +118,78 @@ def test_baselines_act_on_the_same_rows():
     assert m.naive(b) == ["majority (HOLD)", "always BUY", "momentum 20d sign"]
 
 
+def test_the_strategy_is_the_backtests_mapping_with_hold_flat_per_row():
+    assert EvalConfig().strategy_config == Path("configs/backtest_config.yaml")
+    assert load_strategy(REPO / "configs/backtest_config.yaml") == BacktestConfig()
+    assert row_units(BacktestConfig()) == {"STRONG_BUY": 2.0, "BUY": 1.0, "HOLD": 0.0,
+                                           "SELL": 0.0, "STRONG_SELL": 0.0, UNPARSEABLE: 0.0}  # fmt: skip
+    shorts = BacktestConfig(allow_shorts=True, action_units={"HOLD": 0.5})
+    assert row_units(shorts) == {"STRONG_BUY": 2.0, "BUY": 1.0, "HOLD": 0.5, "SELL": -1.0,
+                                 "STRONG_SELL": -2.0, UNPARSEABLE: 0.0}  # fmt: skip
+
+
+def test_trade_metrics_hold_the_backtests_units_on_executable_returns():
+    pred = ["STRONG_BUY", "BUY", "SELL", "HOLD", "STRONG_SELL", UNPARSEABLE, "BUY"]
+    fwd = np.array([0.04, -0.02, -0.05, 0.01, -0.03, 0.02, 0.01])  # close to close
+    exe = np.array([0.03, -0.01, -0.04, 0.02, -0.02, 0.01, np.nan])  # next open to close
+    f = m.financial(pred, {1: fwd}, {1: exe}, row_units(BacktestConfig()))["1d"]
+    trade = np.array([2 * 0.03, -0.01])  # long-only: SELL, STRONG_SELL flat; the last BUY unknown
+    assert (f["long_trades"], f["short_trades"], f["trades"]) == (3, 0, 2)
+    assert f["missing_executable_returns"] == 1
+    assert f["mean_trade_return"] == pytest.approx(trade.mean())
+    assert f["trade_hit_rate"] == 0.5
+    assert f["sharpe_like_trade"] == pytest.approx(trade.mean() / trade.std(ddof=1))
+    assert f["rows_with_return"] == 6 and f["mean_row_return"] == pytest.approx(trade.sum() / 6)
+    c2c = np.array([2 * 0.04, -0.02, 0.01])
+    assert f["mean_trade_return_close_to_close"] == pytest.approx(c2c.mean())
+    assert f["mean_row_return_close_to_close"] == pytest.approx(c2c.sum() / 7)
+    # the sign view keeps its meaning: shorts counted, STRONG_BUY as BUY, close to close
+    signed = np.array([0.04, -0.02, 0.05, 0.03, 0.01])
+    assert f["mean_signed_return"] == pytest.approx(signed.mean()) and f["directional"] == 5
+    assert f["per_action"]["BUY"]["mean_executable_return"] == -0.01
+    shorts = BacktestConfig(allow_shorts=True)
+    g = m.financial(pred, {1: fwd}, {1: exe}, row_units(shorts))["1d"]
+    assert g["short_trades"] == 2 and g["mean_trade_return"] == pytest.approx(
+        np.mean([0.06, -0.01, 0.04, 0.04])
+    )
+
+
+def test_baselines_and_the_model_are_scored_with_the_same_strategy():
+    frame = panel(days=30, tickers=3, seed=6, skill=0.1)
+    frame["exec_ret_1"] = frame["fwd_ret_1"] * 0.5  # executable differs from close to close
+    cfg = EvalConfig(forward_windows=[1, 5], permutations=50, bootstrap_samples=100)
+    info = core.compute_metrics(cfg, frame, np.sign(frame["fwd_ret_1"].to_numpy()), [])
+    json.dumps(info, allow_nan=False)
+    exe = frame["exec_ret_1"].to_numpy()
+    buy = info["baselines"]["always BUY"]
+    assert buy["mean_trade_return_1d"] == pytest.approx(exe.mean())
+    assert buy["mean_row_return_1d"] == pytest.approx(exe.mean())
+    momentum = info["baselines"]["momentum 20d sign"]  # SELL is flat: long-only by default
+    up = frame["fwd_ret_1"].to_numpy() > 0
+    assert momentum["mean_trade_return_1d"] == pytest.approx(exe[up].mean())
+    assert momentum["mean_row_return_1d"] == pytest.approx(exe[up].sum() / len(exe))
+    model = frame["pred_action"] == "BUY"
+    assert info["financial"]["1d"]["mean_trade_return"] == pytest.approx(exe[model].mean())
+    assert info["baselines"]["model"]["mean_trade_return_1d"] == pytest.approx(exe[model].mean())
+    assert info["strategy"]["units"]["SELL"] == 0.0 and info["strategy"]["allow_shorts"] is False
+    assert len(info["financial"]["1d"]["mean_trade_return_ci95"]) == 2
+    assert info["conventions"][0].startswith("Strategy (the headline trade metrics")
+    summary = summary_markdown(info, [1, 5])
+    assert "STRONG_BUY +2, BUY +1, HOLD 0, SELL 0, STRONG_SELL 0 units (long-only" in summary
+    assert "per trade, close to close" in summary and "Sign view (its old meaning)" in summary
+    shorts = core.compute_metrics(cfg, frame, np.sign(frame["fwd_ret_1"].to_numpy()), [],
+                                  strategy=BacktestConfig(allow_shorts=True))  # fmt: skip
+    signed = np.where(up, 1, -1) * exe
+    assert shorts["baselines"]["momentum 20d sign"]["mean_trade_return_1d"] == pytest.approx(
+        signed.mean()
+    )
+    with pytest.raises(CharlieError, match=r"^the per-sample frame has no exec_ret_5 column"):
+        core.compute_metrics(cfg, frame.drop(columns="exec_ret_5"), np.zeros(len(frame)), [])
+    with pytest.raises(CharlieError, match=r"^the prices of AAA have no open column"):
+        core.attach_forward_returns(frame.assign(ticker="AAA"), {"AAA": BARS.drop(columns="open")},
+                                    [1])  # fmt: skip
+
+
 # ------------------------------------------------------------------- is the edge real
 
 
@@ -136,14 +215,19 @@ def panel(days=80, tickers=4, seed=1, skill=0.0, truncate=0):
     frame = core.prediction_frame(table, pred, cut)
     for h in (1, 5):
         frame[f"fwd_ret_{h}"] = table[f"fwd_ret_{h}"]
+    for h in (1, 5):
+        frame[f"exec_ret_{h}"] = table[f"fwd_ret_{h}"]  # the same moves: no overnight gap here
     return frame
 
 
-def assess(frame, strategies, windows=(1, 5), **kw):
+def assess(frame, strategies, windows=(1, 5), measures=None, **kw):
     settings = {"candidates": [s for s in strategies if s != "model"], "block_length": 5,
                 "samples": 500, "permutations": 50, "seed": 0, **kw}  # fmt: skip
-    return u.assess(frame["true_action"], strategies, m.SIGN,
-                    {h: frame[f"fwd_ret_{h}"].to_numpy() for h in windows},
+    measures = measures or {
+        f"mean_signed_return_{h}d": (m.SIGN, frame[f"fwd_ret_{h}"].to_numpy(), True)
+        for h in windows
+    }
+    return u.assess(frame["true_action"], strategies, measures,
                     list(frame["as_of_date"]), list(frame["ticker"]), list(frame["truncated"]),
                     **settings)  # fmt: skip
 
@@ -226,7 +310,8 @@ def test_the_paired_test_says_plainly_when_the_edge_is_not_distinguishable_from_
     assert test["sentence"].endswith("is not distinguishable from zero.")
     summary = summary_markdown(info, [1, 5])
     assert f"- {test['sentence']}" in summary
-    assert "mean signed return over 5 trading days" in summary
+    assert "mean close-to-close signed return (sign view) over 5 trading days" in summary
+    assert "mean executable return per trade over 5 trading days" in summary
     frame = panel(days=60, seed=7, skill=0.45)
     skilled = core.compute_metrics(EvalConfig(forward_windows=[1], permutations=50), frame,
                                    np.zeros(len(frame)), ["SELL"])  # fmt: skip
@@ -299,7 +384,10 @@ def test_compute_metrics_keeps_its_keys_and_adds_the_edge_for_json_and_kfp():
     summary = summary_markdown(info, [1, 5])
     assert "## Is the edge real?" in summary and "mean block length **5** dates" in summary
     assert "| accuracy |" in summary and "p (rotation)" in summary
-    assert summary.count("- The model's edge in ") == 3  # accuracy and each window
+    assert summary.count("- The model's edge in ") == 7  # accuracy, 3 statistics per window
+    assert {"mean_trade_return_1d", "trade_hit_rate_5d", "mean_row_return_5d", "trades_1d",
+            "mean_trade_return_close_to_close_5d", "p_shuffle_mean_trade_return_5d",
+            "paired_mean_row_return_1d_difference", "hit_rate_1d", "sharpe_like_1d"} <= set(top)  # fmt: skip
     assert "few independent blocks" not in summary
     rough = core.compute_metrics(cfg.model_copy(update={"block_length": 20}), frame,
                                  np.zeros(len(frame)), [])  # fmt: skip
@@ -314,9 +402,16 @@ def test_the_block_bootstrap_and_the_nulls_stay_fast():
     frame = panel(days=90, tickers=5, seed=3, skill=0.1, truncate=10)  # 450 rows
     strategies = m.baselines(list(frame["true_action"]), list(frame["pred_action"]), ["BUY"],
                              np.sign(frame["fwd_ret_1"].to_numpy()))  # fmt: skip
+    units = row_units(BacktestConfig())
+    measures = {}
+    for h in (1, 5):  # what compute_metrics assesses: per trade, per row, the sign view
+        exe, fwd = frame[f"exec_ret_{h}"].to_numpy(), frame[f"fwd_ret_{h}"].to_numpy()
+        measures.update({f"mean_trade_return_{h}d": (units, exe, True),
+                         f"mean_row_return_{h}d": (units, exe, False),
+                         f"mean_signed_return_{h}d": (m.SIGN, fwd, True)})  # fmt: skip
     start = time.perf_counter()
     assess(frame, strategies, candidates=m.naive(strategies), block_length=30, samples=1000,
-           permutations=500)  # fmt: skip
+           permutations=500, measures=measures)  # fmt: skip
     assert time.perf_counter() - start < 1.0
 
 
@@ -491,7 +586,8 @@ def trained(tmp_path_factory):
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = ["uid", "ticker", "as_of_date", "true_action", "pred_action", "correct", "truncated",
-           "fwd_ret_1", "fwd_ret_5", "fwd_ret_10", "fwd_ret_30"]  # fmt: skip
+           "fwd_ret_1", "fwd_ret_5", "fwd_ret_10", "fwd_ret_30",
+           "exec_ret_1", "exec_ret_5", "exec_ret_10", "exec_ret_30"]  # fmt: skip
 
 
 def stage_argv(tmp: Path, **kw) -> list[str]:

@@ -75,6 +75,12 @@ class EvalConfig(Section):
         "within each ticker, and rotated in time within each ticker) behind the p-values.",
     )
     seed: int = Field(0, description="Seed of the bootstrap and the permutations.")
+    strategy_config: Path = Field(
+        Path("configs/backtest_config.yaml"),
+        description="The backtest config whose action_units and allow_shorts define the "
+        "traded position per action (HOLD and UNPARSEABLE: 0 units per row), so the trade "
+        "metrics score the strategy the backtest simulates.",
+    )
 
     @field_validator("block_length", mode="before")
     @classmethod

@@ -15,16 +15,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from charlie.backtest.config import BacktestConfig
+from charlie.errors import CharlieError
 from charlie.evaluation import metrics as m
 from charlie.evaluation import uncertainty as u
 from charlie.evaluation.config import EvalConfig
-from charlie.evaluation.returns import forward_returns, momentum_sign
+from charlie.evaluation.returns import executable_returns, forward_returns, momentum_sign
+from charlie.strategy import describe, load_strategy, row_units
 
 CONVENTIONS = [
-    "Forward return over h trading days: adj_close(t+h) / adj_close(t) - 1, t being the last bar "
-    "on or before the record's date; NaN when the window runs past the data (counted, not dropped).",
-    "Directional predictions: BUY/STRONG_BUY long (+1), SELL/STRONG_SELL short (-1); HOLD and "
-    "UNPARSEABLE take no position and are reported apart.",
+    "Forward returns over h trading days, t being the last bar on or before the record's date "
+    "(decided at its close): executable = adj_close(t+h) / adj_open(t+1) - 1, the fill at the "
+    "next open as in the backtest (adj_open = open x adj_close / close; h = 1 is the next "
+    "day's open to close), and close to close = adj_close(t+h) / adj_close(t) - 1; NaN when "
+    "the window runs past the data (counted, not dropped).",
+    "Sign view (hit rate, mean signed, mean/std in the sign table; the mean_signed_return "
+    "statistics): BUY/STRONG_BUY +1, SELL/STRONG_SELL -1 (shorts, whatever the backtest "
+    "allows) times the close-to-close return; HOLD and UNPARSEABLE take no position and are "
+    "reported apart.",
     "Actions: the action special token first, else the last action word of the generation; "
     "'unparseable' counts every row without an action, 'truncated' the subset that reached "
     "max_new_tokens before any action token (their action is UNPARSEABLE even when the cut-off "
@@ -34,8 +42,8 @@ CONVENTIONS = [
     "report's splits, the margin shrunk (never below the max) so the longest prompt fits the "
     "context; prompts that still do not fit lose whole snapshot sections, least important "
     "first, as in training (counted as prompts_trimmed).",
-    "Sharpe-style ratio: mean / std (ddof=1) of signed forward returns, per window, not annualised "
-    "(overlapping multi-day windows make sqrt(252) scaling wrong).",
+    "Sharpe-style ratios: mean / std (ddof=1) of the per-trade, per-row or signed returns, per "
+    "window, not annualised (overlapping multi-day windows make sqrt(252) scaling wrong).",
     "Baselines act on exactly the model's rows; the majority class is the training split's.",
     "Truncated rows (generation cut by the budget) hold no position and count as wrong in "
     "every interval and test, and stay in place, flat, in the permutation nulls; their count is "
@@ -44,9 +52,22 @@ CONVENTIONS = [
 RANDOM = "random at the model's frequencies"
 
 
-def conventions(block_length: int) -> list[str]:
-    """The conventions stated in every report, the bootstrap's block length among them."""
+def conventions(block_length: int, strategy: str | None = None) -> list[str]:
+    """The conventions stated in every report, the strategy and the block length among them.
+
+    Args:
+        block_length: The bootstrap's mean block length, in dates.
+        strategy: Where the strategy comes from and its units per action
+            (:func:`charlie.strategy.describe`).
+    """
     return [
+        "Strategy (the headline trade metrics, and every baseline's): the backtest config's "
+        f"action_units and allow_shorts{f' ({strategy})' if strategy else ''}, one row at a "
+        "time; HOLD and UNPARSEABLE hold 0 units per row (the backtest keeps the previous "
+        "target instead, which one row does not know). A row's trade return is units x its "
+        "executable forward return; 'per trade' means over the rows with a nonzero position, "
+        "'per row' over every row with a known return, flat rows 0. The same means over "
+        "close-to-close returns are the labelled second figure.",
         *CONVENTIONS,
         f"Intervals: 95% percentile, stationary block bootstrap over dates, seeded: whole record "
         f"dates (all tickers of a date together) resampled in runs of consecutive dates of mean "
@@ -58,8 +79,8 @@ def conventions(block_length: int) -> list[str]:
         "is defined), the probability "
         "that random actions at the model's own frequencies do as well. The random baseline row "
         "is the shuffle null's mean and central 95%.",
-        "Paired tests against the strongest naive baseline (majority, always BUY, momentum; best "
-        "accuracy, and best mean signed return per window): McNemar's exact test on the "
+        "Paired tests against the strongest naive baseline (majority, always BUY, momentum; the "
+        "best per statistic: accuracy, and per window the mean per trade, per row and signed): McNemar's exact test on the "
         "discordant rows for accuracy (it assumes independent rows), and the paired block "
         "bootstrap interval of the difference; an edge is distinguishable from zero only when "
         "that interval excludes 0 (and, for accuracy, McNemar p < 0.05).",
@@ -111,26 +132,43 @@ def price_window(
 def attach_forward_returns(
     frame: pd.DataFrame, prices: Mapping[str, pd.DataFrame], forward_windows: Sequence[int]
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """``frame`` with a ``fwd_ret_<h>`` column per window, and the 20-day momentum sign per row.
+    """``frame`` with ``fwd_ret_<h>`` (close to close) and ``exec_ret_<h>`` (next open to
+    close) columns per window, and the 20-day momentum sign per row.
 
     Args:
         frame: The per-sample frame (:func:`prediction_frame`); it is not modified.
-        prices: Daily bars per ticker (``date``, ``adj_close``), covering :func:`price_window`.
+        prices: Daily bars per ticker (``date``, ``open``, ``close``, ``adj_close``), covering
+            :func:`price_window`.
         forward_windows: The windows h, in trading days.
 
     Returns:
         A copy of ``frame`` with the returns (NaN past the data), and +1/-1/0 per row.
+
+    Raises:
+        CharlieError: A ticker's bars lack a column the returns need.
     """
     out = frame.copy()
     momentum = np.zeros(len(out))
     returns = {h: np.full(len(out), np.nan) for h in forward_windows}
+    executable = {h: np.full(len(out), np.nan) for h in forward_windows}
     for ticker, pos in out.groupby("ticker").indices.items():
+        bars = prices[ticker]
+        missing = [c for c in ("date", "open", "close", "adj_close") if c not in bars.columns]
+        if missing:
+            raise CharlieError(
+                f"the prices of {ticker} have no {', '.join(missing)} column, which the forward "
+                "returns need."
+            )
         dates = list(out["as_of_date"].iloc[pos])
-        for h, values in forward_returns(prices[ticker], dates, forward_windows).items():
+        for h, values in forward_returns(bars, dates, forward_windows).items():
             returns[h][pos] = values
-        momentum[pos] = momentum_sign(prices[ticker], dates)
+        for h, values in executable_returns(bars, dates, forward_windows).items():
+            executable[h][pos] = values
+        momentum[pos] = momentum_sign(bars, dates)
     for h in forward_windows:
         out[f"fwd_ret_{h}"] = returns[h]
+    for h in forward_windows:
+        out[f"exec_ret_{h}"] = executable[h]
     return out, momentum
 
 
@@ -140,28 +178,50 @@ def compute_metrics(
     momentum: np.ndarray,
     train_labels: Sequence[str],
     generation: Mapping[str, Any] | None = None,
+    strategy: BacktestConfig | None = None,
 ) -> dict[str, Any]:
     """Every metric of the report, as a JSON-ready dict (``eval_metrics.json``'s content).
 
     Args:
         cfg: The windows, the split's name, the bootstrap's size, block length and seed, the
-            number of permutations.
+            number of permutations, the strategy's config file.
         frame: The per-sample frame with its forward returns (:func:`attach_forward_returns`).
         momentum: The momentum sign per row, for the momentum baseline.
         train_labels: The training split's actions, for the majority baseline (empty: the
             evaluated rows' own labels).
         generation: How the rows were generated (the budget, its source, prompts trimmed,
             stop tokens), recorded as ``generation``.
+        strategy: The backtest config whose units the trades hold (default: loaded from
+            ``cfg.strategy_config``).
+
+    Raises:
+        CharlieError: ``frame`` lacks a window's return column.
+        ConfigError: The strategy config is missing or invalid.
     """
     truth, pred = list(frame["true_action"]), list(frame["pred_action"])
     windows = cfg.forward_windows
+    missing = [c for h in windows for c in (f"fwd_ret_{h}", f"exec_ret_{h}") if c not in frame]
+    if missing:
+        raise CharlieError(
+            f"the per-sample frame has no {', '.join(missing)} column (attach_forward_returns "
+            "adds them)."
+        )
+    if strategy is None:
+        strategy = load_strategy(cfg.strategy_config)
+    units = row_units(strategy)
     fwd = {h: frame[f"fwd_ret_{h}"].to_numpy(dtype="float64") for h in windows}
+    exe = {h: frame[f"exec_ret_{h}"].to_numpy(dtype="float64") for h in windows}
+    measures: dict[str, u.Measure] = {}
+    for h in windows:
+        measures[f"mean_trade_return_{h}d"] = (units, exe[h], True)
+        measures[f"mean_row_return_{h}d"] = (units, exe[h], False)
+        measures[f"mean_signed_return_{h}d"] = (m.SIGN, fwd[h], True)
     truncated = (
         [bool(t) for t in frame["truncated"]] if "truncated" in frame else [False] * len(frame)
     )
     strategies = m.baselines(truth, pred, list(train_labels) or truth, momentum)
     block = u.effective_block_length(cfg.block_length, windows)
-    edge = u.assess(truth, strategies, m.SIGN, fwd, list(frame["as_of_date"]),
+    edge = u.assess(truth, strategies, measures, list(frame["as_of_date"]),
                     list(frame["ticker"]), truncated, candidates=m.naive(strategies),
                     block_length=block, samples=cfg.bootstrap_samples,
                     permutations=cfg.permutations, seed=cfg.seed)  # fmt: skip
@@ -173,6 +233,10 @@ def compute_metrics(
             "accuracy_ci95": ci["accuracy"],
         }
         for h in windows:
+            for key in (f"mean_trade_return_{h}d", f"mean_row_return_{h}d"):
+                value = edge["point"][name][key]
+                compare[name][key] = value if np.isfinite(value) else None
+                compare[name][f"{key}_ci95"] = ci[key]
             compare[name][f"mean_signed_return_{h}d"] = m.mean_signed(actions, fwd[h])
             compare[name][f"mean_signed_return_{h}d_ci95"] = ci[f"mean_signed_return_{h}d"]
     # random actions at the model's frequencies: the within-ticker shuffle null, not one draw
@@ -180,26 +244,32 @@ def compute_metrics(
     compare[RANDOM] = {"accuracy": shuffle["accuracy"]["null_mean"],
                        "accuracy_ci95": shuffle["accuracy"]["null_ci95"],
                        "interval": "central 95% of the within-ticker shuffle null"}  # fmt: skip
+    for key in measures:
+        compare[RANDOM][key] = shuffle[key]["null_mean"]
+        compare[RANDOM][f"{key}_ci95"] = shuffle[key]["null_ci95"]
+    financial = m.financial(pred, fwd, exe, units)
     for h in windows:
-        null = shuffle[f"mean_signed_return_{h}d"]
-        compare[RANDOM][f"mean_signed_return_{h}d"] = null["null_mean"]
-        compare[RANDOM][f"mean_signed_return_{h}d_ci95"] = null["null_ci95"]
-    financial = m.financial(pred, fwd)
-    for h in windows:
-        financial[f"{h}d"]["mean_signed_return_ci95"] = edge["intervals"]["model"][
-            f"mean_signed_return_{h}d"
-        ]
+        ci = edge["intervals"]["model"]
+        for key in ("mean_trade_return", "mean_row_return", "mean_signed_return"):
+            financial[f"{h}d"][f"{key}_ci95"] = ci[f"{key}_{h}d"]
     return {
         "split": cfg.split,
         "rows": len(frame),
         "generation": dict(generation or {}),
+        "strategy": {
+            "config": str(cfg.strategy_config),
+            "allow_shorts": strategy.allow_shorts,
+            "units": units,
+            "hold": "0 units per row (the backtest keeps the previous target)",
+            "return": "executable: adj_close(t+h) / adj_open(t+1) - 1",
+        },
         "classification": m.classification(truth, pred, truncated),
         "financial": financial,
         "baselines": compare,
         "bootstrap": edge["bootstrap"],
         "null": edge["null"],
         "paired": edge["paired"],
-        "conventions": conventions(block),
+        "conventions": conventions(block, f"{cfg.strategy_config}: {describe(strategy)}"),
     }
 
 
@@ -214,10 +284,11 @@ def headline(info: dict[str, Any]) -> dict[str, Any]:
     for k in ("max_new_tokens", "prompts_trimmed"):
         if k in info.get("generation", {}):
             out[k] = info["generation"][k]
+    keys = ("hit_rate", "mean_signed_return", "sharpe_like", "trades", "trade_hit_rate",
+            "mean_trade_return", "sharpe_like_trade", "mean_row_return", "sharpe_like_row",
+            "mean_trade_return_close_to_close", "mean_row_return_close_to_close")  # fmt: skip
     for h, window in info["financial"].items():
-        out.update(
-            {f"{k}_{h}": window[k] for k in ("hit_rate", "mean_signed_return", "sharpe_like")}
-        )
+        out.update({f"{k}_{h}": window[k] for k in keys if k in window})
     for name, baseline in info["baselines"].items():
         if name != "model":
             slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")

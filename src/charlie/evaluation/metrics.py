@@ -1,18 +1,24 @@
 """Classification and financial metrics for predicted actions, and the baselines they face.
 
-Conventions (stated in every report): directional predictions are BUY/STRONG_BUY long (+1)
-and SELL/STRONG_SELL short (-1); the signed return is that sign times the forward return; the
-Sharpe-style ratio is mean / std (ddof=1) of signed returns per window, NOT annualised, since
-overlapping multi-day windows make sqrt(252) scaling wrong; HOLD and UNPARSEABLE rows take no
-position and are reported separately. NaN forward returns (the window runs past the data) are
-counted and left out of the means, never silently dropped from the rows. Intervals, nulls
-and paired tests are in :mod:`charlie.evaluation.uncertainty`.
+Conventions (stated in every report). The strategy is the backtest's
+(:mod:`charlie.strategy`): each action holds the backtest config's ``action_units`` (shorts
+flat unless ``allow_shorts``), HOLD and UNPARSEABLE 0 units per row; a row's trade return is
+units x the executable forward return (next open to the close h days on,
+:mod:`charlie.evaluation.returns`). Two means per window: per trade (rows with a nonzero
+position) and per row (flat rows 0). The same means over close-to-close returns are a second,
+labelled figure. The sign view (``directional``, ``hit_rate``, ``mean_signed_return``,
+``sharpe_like``) keeps its old meaning: BUY/STRONG_BUY +1, SELL/STRONG_SELL -1 (shorts, whatever
+the backtest allows), times the close-to-close return. Sharpe-style ratios are mean / std
+(ddof=1) per window, NOT annualised, since overlapping multi-day windows make sqrt(252)
+scaling wrong. NaN returns (the window runs past the data) are counted and left out of the
+means, never silently dropped from the rows. Intervals, nulls and paired tests are in
+:mod:`charlie.evaluation.uncertainty`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -61,8 +67,59 @@ def classification(
     }
 
 
-def financial(pred: Sequence[str], fwd: dict[int, np.ndarray]) -> dict[str, Any]:
-    """Per window: hit rate, mean/std/ratio of signed returns, per-action means, HOLD apart."""
+def _ratio(x: np.ndarray) -> tuple[float | None, float | None]:
+    """(std with ddof=1, mean / std) of ``x``; None where undefined."""
+    if x.size < 2:
+        return None, None
+    std = float(np.std(x, ddof=1))
+    return std, float(x.mean() / std) if std > 0 else None
+
+
+def trades(pred: Sequence[str], ret: np.ndarray, units: Mapping[str, float]) -> dict[str, Any]:
+    """One window's strategy figures: units x ``ret`` per trade and per row (flat rows 0).
+
+    Keys: ``trades`` (rows with a nonzero position and a known
+    return), ``trade_hit_rate``, ``mean_trade_return``, ``std_trade_return``,
+    ``sharpe_like_trade``, ``rows_with_return``, ``mean_row_return``, ``std_row_return``,
+    ``sharpe_like_row`` (None where undefined).
+    """
+    pos = np.array([units[p] for p in pred], dtype="float64")
+    known = ~np.isnan(ret)
+    trade = pos[known & (pos != 0)] * ret[known & (pos != 0)]
+    row = pos[known] * ret[known]
+    trade_std, trade_ratio = _ratio(trade)
+    row_std, row_ratio = _ratio(row)
+    return {
+        "trades": int(trade.size),
+        "trade_hit_rate": float((trade > 0).mean()) if trade.size else None,
+        "mean_trade_return": float(trade.mean()) if trade.size else None,
+        "std_trade_return": trade_std,
+        "sharpe_like_trade": trade_ratio,
+        "rows_with_return": int(row.size),
+        "mean_row_return": float(row.mean()) if row.size else None,
+        "std_row_return": row_std,
+        "sharpe_like_row": row_ratio,
+    }
+
+
+def financial(
+    pred: Sequence[str],
+    fwd: dict[int, np.ndarray],
+    executable: dict[int, np.ndarray] | None = None,
+    units: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """Per window: the strategy's trades, and the sign view; per-action means, HOLD apart.
+
+    Args:
+        pred: The predicted action per row.
+        fwd: Close-to-close forward returns per window.
+        executable: Next-open-to-close returns per window (the strategy's headline figures).
+        units: The strategy's units per action (:func:`charlie.strategy.row_units`).
+
+    With ``executable`` and ``units``, each window adds ``long_trades``, ``short_trades``,
+    ``missing_executable_returns``, :func:`trades` over the executable returns, and the same
+    over close-to-close returns with the suffix ``_close_to_close``.
+    """
     sign = np.array([SIGN[p] for p in pred], dtype="float64")
     actions = np.array(pred)
     out: dict[str, Any] = {}
@@ -78,7 +135,24 @@ def financial(pred: Sequence[str], fwd: dict[int, np.ndarray]) -> dict[str, Any]
                 "count": int((actions == action).sum()),
                 "mean_fwd_return": float(ret[rows].mean()) if rows.any() else None,
             }
+        window: dict[str, Any] = {}
+        if executable is not None and units is not None:
+            pos = np.array([units[p] for p in pred], dtype="float64")
+            exe = executable[h]
+            window = {
+                "long_trades": int((pos > 0).sum()),
+                "short_trades": int((pos < 0).sum()),
+                "missing_executable_returns": int(np.isnan(exe).sum()),
+                **trades(pred, exe, units),
+                **{f"{k}_close_to_close": v for k, v in trades(pred, ret, units).items()},
+            }
+            for action in LABELS:
+                rows = ~np.isnan(exe) & (actions == action)
+                per_action[action]["mean_executable_return"] = (
+                    float(exe[rows].mean()) if rows.any() else None
+                )
         out[f"{h}d"] = {
+            **window,
             "directional": int(directional.sum()),
             "missing_returns": int((~known).sum()),
             "hit_rate": float((signed > 0).mean()) if signed.size else None,
@@ -92,7 +166,8 @@ def financial(pred: Sequence[str], fwd: dict[int, np.ndarray]) -> dict[str, Any]
 
 
 def mean_signed(pred: Sequence[str], ret: np.ndarray) -> float:
-    """Mean signed return over the directional rows whose return is known (NaN: none)."""
+    """The sign view: mean sign x return over the directional rows whose return is known
+    (NaN: none)."""
     sign = np.array([SIGN[p] for p in pred], dtype="float64")
     keep = ~np.isnan(ret) & (sign != 0)
     return float((sign[keep] * ret[keep]).mean()) if keep.any() else float("nan")

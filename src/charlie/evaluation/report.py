@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from charlie import UNPARSEABLE
 from charlie.io import atomic_outputs
 
 
@@ -35,13 +36,36 @@ def summary_markdown(info: dict[str, Any], windows: Sequence[int]) -> str:
         lines.append(
             f"| {action} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |"
         )
+    strategy = info.get("strategy", {})
+    units = strategy.get("units", {})
     lines += ["", "## Trades implied by the actions", "",
-              "| window | directional | hit rate | mean signed | std | mean/std | missing |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+              f"The backtest's strategy (`{strategy.get('config', '?')}`): "
+              + ", ".join(f"{a} {v:+g}" if v else f"{a} 0" for a, v in units.items() if a != UNPARSEABLE)
+              + f" units ({'shorts allowed' if strategy.get('allow_shorts') else 'long-only'}; "
+              "HOLD and UNPARSEABLE 0 per row). Returns are executable: from the next open to "
+              "the close h days on, as the backtest fills; close to close is the second figure.",
+              "",
+              "| window | trades | hit rate | mean per trade | mean/std | mean per row | "
+              "per trade, close to close | per row, close to close | missing |",
+              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
 
     def fmt(x: float | None, spec: str = ".4f") -> str:
         return "-" if x is None or x != x else format(x, spec)  # None or NaN: undefined
 
+    for h in windows:
+        f = info["financial"][f"{h}d"]
+        if "mean_trade_return" not in f:
+            continue
+        lines.append(
+            f"| {h}d | {f['trades']} | {fmt(f['trade_hit_rate'], '.3f')} | "
+            f"{fmt(f['mean_trade_return'])} | {fmt(f['sharpe_like_trade'], '.3f')} | "
+            f"{fmt(f['mean_row_return'])} | {fmt(f['mean_trade_return_close_to_close'])} | "
+            f"{fmt(f['mean_row_return_close_to_close'])} | {f['missing_executable_returns']} |"
+        )
+    lines += ["", "Sign view (its old meaning): BUY/STRONG_BUY +1, SELL/STRONG_SELL -1 whatever "
+              "the backtest allows, times the close-to-close return.", "",
+              "| window | directional | hit rate | mean signed | std | mean/std | missing |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for h in windows:
         f = info["financial"][f"{h}d"]
         lines.append(
@@ -49,17 +73,22 @@ def summary_markdown(info: dict[str, Any], windows: Sequence[int]) -> str:
             f"{fmt(f['std_signed_return'])} | {fmt(f['sharpe_like'], '.3f')} | {f['missing_returns']} |"
         )
     h0 = windows[0]
-    lines += ["", f"## Against baselines (same rows; 95% block-bootstrap intervals over dates; returns over {h0}d)", "",
-              "| strategy | accuracy | 95% CI | mean signed return | 95% CI |", "|---|---|---|---|---|"]  # fmt: skip
+    trade_key = f"mean_trade_return_{h0}d"
+    lines += ["", f"## Against baselines (same rows, same strategy; 95% block-bootstrap intervals over dates; returns over {h0}d)", "",
+              "| strategy | accuracy | 95% CI | mean per trade (executable) | 95% CI | mean signed (sign view) | 95% CI |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+
+    def span(ci: list[float], spec: str) -> str:
+        return f"{ci[0]:{spec}} .. {ci[1]:{spec}} |" if ci else "- |"
+
     for name, b in info["baselines"].items():
-        acc_ci = b["accuracy_ci95"]
         ret_ci = b[f"mean_signed_return_{h0}d_ci95"]
         lines.append(
-            f"| {name} | {fmt(b['accuracy'], '.3f')} | "
-            + (f"{acc_ci[0]:.3f} .. {acc_ci[1]:.3f} | " if acc_ci else "- | ")
-            + f"{fmt(b[f'mean_signed_return_{h0}d'], '.5f')} | "
-            + (f"{ret_ci[0]:.5f} .. {ret_ci[1]:.5f} |" if ret_ci else "- |")
-        )
+            f"| {name} | {fmt(b['accuracy'], '.3f')} | {span(b['accuracy_ci95'], '.3f')} "
+            + (f"{fmt(b[trade_key], '.5f')} | {span(b[f'{trade_key}_ci95'], '.5f')} "
+               if trade_key in b else "- | - | ")
+            + f"{fmt(b[f'mean_signed_return_{h0}d'], '.5f')} | {span(ret_ci, '.5f')}"
+        )  # fmt: skip
     if RANDOM_NOTE in info["baselines"].get("random at the model's frequencies", {}).get(
         "interval", ""
     ):
@@ -95,8 +124,10 @@ def _edge_lines(info: dict[str, Any], windows: Sequence[int]) -> list[str]:
     if b["dates"] < 4 * b["block_length"]:
         lines[5:5] = [f"Only {b['dates']} dates for blocks of mean length {b['block_length']}: "
                       f"few independent blocks, so the intervals are rough.", ""]  # fmt: skip
-    keys = ["accuracy", *[f"mean_signed_return_{h}d" for h in windows]]
+    keys = ["accuracy", *[f"{stat}_{h}d" for h in windows
+                          for stat in ("mean_trade_return", "mean_row_return", "mean_signed_return")]]  # fmt: skip
     shuffle, rotate = null["shuffle_within_ticker"], null["rotate_within_ticker"]
+    keys = [k for k in keys if k in shuffle]
     for key in keys:
         s, r = shuffle[key], rotate[key]
         obs = "-" if s["observed"] is None else f"{s['observed']:.4g}"

@@ -1,9 +1,15 @@
-"""Forward returns as DESIGN.md fixes them.
+"""Forward returns as DESIGN.md fixes them, and the executable return the backtest can earn.
 
-The forward return over h trading days from a record dated t is adj_close(t+h) / adj_close(t)
-- 1, counted in the ticker's own bars, where t's bar is the last bar dated on or before the
-record's date. It is NaN when the window runs past the data (never a partial window) and when
-the ticker has no bar at or before t.
+A record dated t is decided at t's close, where t's bar is the ticker's last bar dated on or
+before the record's date. Two returns over h trading days, counted in the ticker's own bars:
+
+- close to close (DESIGN.md's forward return): adj_close(t+h) / adj_close(t) - 1;
+- executable (what a fill at the next open earns, as in the backtest): adj_close(t+h) /
+  adj_open(t+1) - 1, where adj_open = open x adj_close / close (the backtest's adjusted
+  price basis), so h = 1 is the next day's open-to-close return.
+
+Either is NaN when the window runs past the data (never a partial window) and when the
+ticker has no bar at or before t.
 """
 
 from __future__ import annotations
@@ -14,13 +20,18 @@ import numpy as np
 import pandas as pd
 
 
+def _positions(bars: pd.DataFrame, dates: Sequence[str]) -> np.ndarray:
+    """Per record date, the index of the last bar dated on or before it (-1: none)."""
+    days = bars["date"].to_numpy(dtype="datetime64[D]")
+    return np.searchsorted(days, np.array(dates, dtype="datetime64[D]"), side="right") - 1
+
+
 def forward_returns(
     bars: pd.DataFrame, dates: Sequence[str], windows: Sequence[int]
 ) -> dict[int, np.ndarray]:
-    """Forward returns for each record date of one ticker, per window."""
+    """Close-to-close forward returns for each record date of one ticker, per window."""
     adj = bars["adj_close"].to_numpy(dtype="float64")
-    days = bars["date"].to_numpy(dtype="datetime64[D]")
-    pos = np.searchsorted(days, np.array(dates, dtype="datetime64[D]"), side="right") - 1
+    pos = _positions(bars, dates)
     out = {}
     for h in windows:
         ahead = pos + h
@@ -31,11 +42,35 @@ def forward_returns(
     return out
 
 
+def executable_returns(
+    bars: pd.DataFrame, dates: Sequence[str], windows: Sequence[int]
+) -> dict[int, np.ndarray]:
+    """Next-open-to-close forward returns for each record date of one ticker, per window.
+
+    Raises:
+        KeyError: ``bars`` has no ``open`` or ``close`` column.
+    """
+    adj = bars["adj_close"].to_numpy(dtype="float64")
+    close = bars["close"].to_numpy(dtype="float64")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        adj_open = bars["open"].to_numpy(dtype="float64") * adj / close
+    pos = _positions(bars, dates)
+    out = {}
+    for h in windows:
+        ahead = pos + h
+        valid = (pos >= 0) & (ahead < len(adj))
+        result = np.full(len(pos), np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            result[valid] = adj[ahead[valid]] / adj_open[pos[valid] + 1] - 1.0
+        result[~np.isfinite(result)] = np.nan
+        out[h] = result
+    return out
+
+
 def momentum_sign(bars: pd.DataFrame, dates: Sequence[str], lookback: int = 20) -> np.ndarray:
     """+1 / -1 for the sign of the trailing ``lookback``-day return as of each date (0: unknown)."""
     adj = bars["adj_close"].to_numpy(dtype="float64")
-    days = bars["date"].to_numpy(dtype="datetime64[D]")
-    pos = np.searchsorted(days, np.array(dates, dtype="datetime64[D]"), side="right") - 1
+    pos = _positions(bars, dates)
     back = pos - lookback
     valid = (pos >= 0) & (back >= 0)
     sign = np.zeros(len(pos))

@@ -75,21 +75,34 @@ def interval(samples: np.ndarray) -> list[float]:
     return [float(np.percentile(x, 100 * Z / 2)), float(np.percentile(x, 100 * (1 - Z / 2)))]
 
 
-def row_stats(
-    correct: np.ndarray, sign: np.ndarray, fwd: Mapping[int, np.ndarray]
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(numerator, denominator) per row of accuracy and of each window's mean signed return.
+Measure = tuple[Mapping[str, float], np.ndarray, bool]
+"""A return statistic: (units per action, the return per row, per trade?). Per trade, the
+mean of units x return is over the rows with a nonzero position; otherwise over every row,
+a flat one counting 0. Rows whose return is unknown (NaN) are left out of either."""
 
-    ``sign`` is +1 / -1 / 0 per row (0: no position, truncated rows included); a window's mean
-    is over the directional rows whose return is known.
+
+def positions(actions: np.ndarray, units: Mapping[str, float]) -> np.ndarray:
+    """The units each action (an array of any shape) holds."""
+    keys = np.array(list(units), dtype=str)
+    values = np.array([units[k] for k in keys], dtype="float64")
+    order = np.argsort(keys)
+    idx = np.searchsorted(keys[order], actions)
+    return values[order][np.clip(idx, 0, len(keys) - 1)]
+
+
+def row_stats(
+    correct: np.ndarray, legs: Mapping[str, tuple[np.ndarray, np.ndarray, bool]]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(numerator, denominator) per row of accuracy and of each return statistic.
+
+    ``legs`` maps a statistic to (position per row, return per row, per trade?) (position 0:
+    flat, truncated rows included); see :data:`Measure`.
     """
     out = {"accuracy": (correct.astype("float64"), np.ones(correct.shape))}
-    for h, ret in fwd.items():
-        active = (sign != 0) & ~np.isnan(ret)
-        out[f"mean_signed_return_{h}d"] = (
-            np.where(active, sign * np.nan_to_num(ret), 0.0),
-            active.astype("float64"),
-        )
+    for key, (pos, ret, per_trade) in legs.items():
+        known = ~np.isnan(ret)
+        active = known & (pos != 0) if per_trade else known & np.ones(pos.shape, dtype=bool)
+        out[key] = (np.where(active, pos * np.nan_to_num(ret), 0.0), active.astype("float64"))
     return out
 
 
@@ -129,26 +142,27 @@ def rotate_sources(groups: np.ndarray, dates: np.ndarray, n: int, seed: int) -> 
 def permutation_null(
     truth: np.ndarray,
     pred: np.ndarray,
-    sign_of: Mapping[str, int],
-    fwd: Mapping[int, np.ndarray],
+    measures: Mapping[str, Measure],
     sources: np.ndarray,
 ) -> dict[str, dict[str, Any]]:
     """Per statistic: the observed value, the null's mean and central 95%, and the p-value.
 
     Args:
         truth, pred: Actions per row.
-        sign_of: Action to +1 / -1 / 0.
-        fwd: Forward returns per window.
+        measures: The return statistics (:data:`Measure`) by name.
         sources: (n, rows) from :func:`shuffle_sources` or :func:`rotate_sources`.
 
     The p-value is (1 + #{null >= observed}) / (1 + n), n counting the permutations where the
     statistic is defined: the probability that the model's own actions, placed at random, do as
     well; None when the observed value (or every permuted one) is undefined.
     """
-    sign = np.array([sign_of[p] for p in pred], dtype="float64")
-    observed = row_stats(truth == pred, sign, fwd)
+    pos = {k: positions(pred, units) for k, (units, _, _) in measures.items()}
+    observed = row_stats(
+        truth == pred, {k: (pos[k], ret, trade) for k, (_, ret, trade) in measures.items()}
+    )
     shuffled = row_stats(
-        truth[None, :] == pred[sources], sign[sources], {h: r[None, :] for h, r in fwd.items()}
+        truth[None, :] == pred[sources],
+        {k: (pos[k][sources], ret[None, :], trade) for k, (_, ret, trade) in measures.items()},
     )
     out = {}
     for key, (num, den) in shuffled.items():
@@ -206,8 +220,7 @@ def effective_block_length(setting: int | str, windows: Sequence[int]) -> int:
 def assess(
     truth: Sequence[str],
     strategies: Mapping[str, Sequence[str]],
-    sign_of: Mapping[str, int],
-    fwd: Mapping[int, np.ndarray],
+    measures: Mapping[str, Measure],
     dates: Sequence[str],
     tickers: Sequence[str],
     truncated: Sequence[bool],
@@ -224,20 +237,20 @@ def assess(
     Args:
         truth: The thesis labels per row.
         strategies: Actions per row per strategy, ``model`` among them.
-        sign_of: Action to +1 / -1 / 0.
-        fwd: Forward returns per window (NaN: unknown).
+        measures: The return statistics (:data:`Measure`) by name, each strategy's actions
+            scored with the same units (NaN returns: unknown).
         dates, tickers: Each row's date (ISO) and ticker.
         truncated: Per row, whether the budget cut the generation: the model holds no position
             there (and is wrong) in every resample, and those rows stay put in the nulls.
-        candidates: The baselines the paired tests may pick (best accuracy; best mean signed
-            return per window).
+        candidates: The baselines the paired tests may pick (the best per statistic).
         block_length: Mean block length of the stationary bootstrap, in distinct dates.
         samples: Bootstrap resamples.
         permutations: Permutations per null.
         seed: Seeds the resamples and the permutations.
 
     Returns:
-        ``intervals`` (strategy -> statistic -> [lo, hi]), ``bootstrap`` and ``null`` (their
+        ``intervals`` (strategy -> statistic -> [lo, hi]), ``point`` (strategy -> statistic
+        -> value on the rows, NaN where undefined), ``bootstrap`` and ``null`` (their
         settings and, for the null, per scheme and statistic the observed value, null mean and
         central 95%, p-value), ``paired`` (per statistic: the baseline, the difference, its
         interval, McNemar's exact p for accuracy, distinguishable, sentence).
@@ -250,11 +263,16 @@ def assess(
     point: dict[str, dict[str, float]] = {}
     for name, actions in strategies.items():
         a = np.asarray(actions, dtype=str)
-        sign = np.array([sign_of[x] for x in a], dtype="float64")
         correct = t == a
+        legs = {}
+        for key, (units, ret, trade) in measures.items():
+            pos = positions(a, units)
+            if name == "model":
+                pos[cut] = 0.0
+            legs[key] = (pos, ret, trade)
         if name == "model":
-            sign[cut], correct = 0.0, correct & ~cut
-        rows = row_stats(correct, sign, fwd)
+            correct = correct & ~cut
+        rows = row_stats(correct, legs)
         stats[name] = {
             k: ratio_samples(counts, per_date(codes, n_dates, num), per_date(codes, n_dates, den))
             for k, (num, den) in rows.items()
@@ -274,10 +292,10 @@ def assess(
         "permutations": permutations,
         "truncated_rows_kept_flat": int(cut.sum()),
         "shuffle_within_ticker": permutation_null(
-            t, flat, sign_of, fwd, shuffle_sources(groups, permutations, seed)
+            t, flat, measures, shuffle_sources(groups, permutations, seed)
         ),
         "rotate_within_ticker": permutation_null(
-            t, flat, sign_of, fwd, rotate_sources(groups, codes, permutations, seed)
+            t, flat, measures, rotate_sources(groups, codes, permutations, seed)
         ),
     }
 
@@ -318,14 +336,24 @@ def assess(
             "truncated_rows_flat": int(cut.sum()),
         },
         "intervals": intervals,
+        "point": point,
         "null": null,
         "paired": paired,
     }
 
 
+DESCRIBE = {
+    "mean_trade_return": "mean executable return per trade",
+    "mean_row_return": "mean executable return per row (flat rows 0)",
+    "mean_signed_return": "mean close-to-close signed return (sign view)",
+}
+
+
 def _describe(key: str) -> str:
-    """``mean_signed_return_5d`` -> ``mean signed return over 5 trading days``."""
+    """``mean_trade_return_5d`` -> ``mean executable return per trade over 5 trading days``."""
     if key == "accuracy":
         return key
-    days = int(key.rsplit("_", 1)[1][:-1])
-    return f"mean signed return over {days} trading day{'s' if days != 1 else ''}"
+    stem, window = key.rsplit("_", 1)
+    days = int(window[:-1])
+    what = DESCRIBE.get(stem, stem.replace("_", " "))
+    return f"{what} over {days} trading day{'s' if days != 1 else ''}"

@@ -5,17 +5,23 @@ from an adapter directory or a merged model, stopping each row at </action>, ext
 (the action special token first, then a tolerant text fallback; none found = UNPARSEABLE,
 counted, never dropped), and writes beside --out:
   eval_results.csv       uid, ticker, as_of_date, true_action, pred_action, correct, truncated,
-                         fwd_ret_<h>
+                         fwd_ret_<h>, exec_ret_<h>
   eval_generations.jsonl the generated text per row (with new_tokens and truncated)
   eval_metrics.json      accuracy, macro-F1, per-class report, confusion matrix, parse rate;
-                         per forward window: hit rate, mean/std and ratio of signed returns;
-                         baselines on the same rows; 95% intervals by a block bootstrap
-                         over dates; permutation p-values (shuffled and rotated within
-                         ticker); paired tests against the strongest baseline (a DVC metric)
+                         per forward window the backtest's own strategy: trades, hit rate,
+                         mean return per trade and per row (HOLD as 0); the ±1 sign view
+                         apart; baselines on the same rows and mapping; 95% intervals by a
+                         block bootstrap over dates; permutation p-values (shuffled and
+                         rotated within ticker); paired tests against the strongest baseline
+                         (a DVC metric)
   eval_summary.md        the same for people, with every convention stated
   confusion_matrix.png
-Forward returns are adj_close(t+h)/adj_close(t) - 1 over the ticker's trading days, NaN past the
-data (counted). Prices come from params.yaml's `prices` section.
+The strategy is the backtest's (the eval config's strategy_config, configs/backtest_config.yaml
+by default): each action's units from its action_units (shorts only with allow_shorts; HOLD and
+UNPARSEABLE 0 units per row). The headline return is executable: decided at the close of t,
+bought at the next open, adj_close(t+h)/adj_open(t+1) - 1 (exec_ret_<h>); close-to-close
+adj_close(t+h)/adj_close(t) - 1 (fwd_ret_<h>) is reported beside it. Both run over the ticker's
+trading days, NaN past the data (counted). Prices come from params.yaml's `prices` section.
 
 max_new_tokens: auto (the default) takes the completion lengths of tokenize_report.json in
 --model-dir (or its parent for <output_dir>/merged): max(ceil(p99 x (1 + margin)), max), capped
