@@ -26,20 +26,29 @@ def _positions(bars: pd.DataFrame, dates: Sequence[str]) -> np.ndarray:
     return np.searchsorted(days, np.array(dates, dtype="datetime64[D]"), side="right") - 1
 
 
+def _window_returns(
+    end: np.ndarray, start: np.ndarray, pos: np.ndarray, windows: Sequence[int], offset: int
+) -> dict[int, np.ndarray]:
+    """``end[pos + h] / start[pos + offset] - 1`` per window; NaN before the first bar, past the
+    data, or where a price is missing or zero."""
+    out = {}
+    for h in windows:
+        ahead = pos + h
+        valid = (pos >= 0) & (ahead < len(end))
+        result = np.full(len(pos), np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            result[valid] = end[ahead[valid]] / start[pos[valid] + offset] - 1.0
+        result[~np.isfinite(result)] = np.nan
+        out[h] = result
+    return out
+
+
 def forward_returns(
     bars: pd.DataFrame, dates: Sequence[str], windows: Sequence[int]
 ) -> dict[int, np.ndarray]:
     """Close-to-close forward returns for each record date of one ticker, per window."""
     adj = bars["adj_close"].to_numpy(dtype="float64")
-    pos = _positions(bars, dates)
-    out = {}
-    for h in windows:
-        ahead = pos + h
-        valid = (pos >= 0) & (ahead < len(adj))
-        result = np.full(len(pos), np.nan)
-        result[valid] = adj[ahead[valid]] / adj[pos[valid]] - 1.0
-        out[h] = result
-    return out
+    return _window_returns(adj, adj, _positions(bars, dates), windows, offset=0)
 
 
 def executable_returns(
@@ -54,17 +63,7 @@ def executable_returns(
     close = bars["close"].to_numpy(dtype="float64")
     with np.errstate(invalid="ignore", divide="ignore"):
         adj_open = bars["open"].to_numpy(dtype="float64") * adj / close
-    pos = _positions(bars, dates)
-    out = {}
-    for h in windows:
-        ahead = pos + h
-        valid = (pos >= 0) & (ahead < len(adj))
-        result = np.full(len(pos), np.nan)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            result[valid] = adj[ahead[valid]] / adj_open[pos[valid] + 1] - 1.0
-        result[~np.isfinite(result)] = np.nan
-        out[h] = result
-    return out
+    return _window_returns(adj, adj_open, _positions(bars, dates), windows, offset=1)
 
 
 def momentum_sign(bars: pd.DataFrame, dates: Sequence[str], lookback: int = 20) -> np.ndarray:
