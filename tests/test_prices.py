@@ -108,7 +108,7 @@ def test_a_providers_new_cache_version_never_reads_the_old_answers(server, tmp_p
     class Reanswered(EodhdProvider):
         cache_version = 2
 
-    new = CachedProvider(Reanswered("KEY", base_url=server.url), tmp_path, today=D(2025, 1, 1))
+    new = CachedProvider(Reanswered(KEY, base_url=server.url), tmp_path, today=D(2025, 1, 1))
     assert new.path("ACME") == tmp_path / "eodhd-v2" / "ACME.parquet"
     new.fetch("ACME", D(2024, 1, 2), D(2024, 1, 10))
     assert len(server.requests) == 2  # asked again: the old file is not its answer
