@@ -7,7 +7,7 @@ completions), built as ``charlie dataset`` builds it from params.yaml; the token
 tiny Llama are built as ``charlie init-model`` builds them (params.yaml's ``init_model``
 section), and the rows are tokenized as ``charlie tokenize`` does (chat template, thesis
 tokens, completion mask). Every trainer is TRL's SFTTrainer with the arguments from
-``charlie.training.sft.sft_arguments`` for configs/sft_tiny_lora_cpu.yaml (batch 16, max_length
+``charlie.training.sft.sft_arguments`` for configs/sft_tiny_lora_cpu.yaml (batch 8, max_length
 512, LoRA r16 on all linear layers with trainable embeddings and head, fp32 on the CPU), with
 only the batching keys changed per strategy:
 

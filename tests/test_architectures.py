@@ -193,7 +193,10 @@ def test_tiny_deepseek_v32_smoke_trains_merges_and_generates(tiny_v32, tmp_path,
 
 
 def test_plan_shows_the_whole_embeddings_and_offers_trainable_token_indices():
-    plan = plan_for(load_train_config(CONFIGS / "sft_config.yaml"), configs_dir=CONFIGS)
+    shipped = load_train_config(CONFIGS / "sft_config.yaml")
+    assert shipped.trainable_embeddings == "new_tokens"  # the shipped DeepSeek configs' choice
+    whole = shipped.model_copy(update={"trainable_embeddings": "whole"})
+    plan = plan_for(whole, configs_dir=CONFIGS)
     assert plan.embedding_params == 2 * 129_280 * 7_168  # ~1.85B, trained whole
     assert plan.embedding_state == pytest.approx(plan.embedding_params * 16)  # bf16 + AdamW
     table = render_table(plan)
@@ -202,4 +205,9 @@ def test_plan_shows_the_whole_embeddings_and_offers_trainable_token_indices():
     assert row in table
     assert "q_a_proj" in table and "wq_b" not in table
     sentence = verdict(plan)
-    assert "PEFT's trainable_token_indices" in sentence and sentence.endswith("GiB per GPU.")
+    assert "(trainable_embeddings: new_tokens)" in sentence and sentence.endswith("GiB per GPU.")
+    cheaper = plan_for(shipped, configs_dir=CONFIGS)
+    assert cheaper.embedding_params == 129_280 * 7_168  # lm_head alone stays whole
+    assert plan.embedding_saving == pytest.approx(plan.embedding_state / 2)
+    assert cheaper.total == pytest.approx(plan.total - plan.embedding_saving, rel=0.01)
+    assert "embed_tokens in the new tokens' rows only" in render_table(cheaper)

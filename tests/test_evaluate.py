@@ -71,6 +71,9 @@ def test_attach_forward_returns_per_ticker_leaves_the_input_alone():
     assert out["fwd_ret_1"].tolist()[:2] == [pytest.approx(0.10), pytest.approx(0.5)]
     assert out["fwd_ret_2"][1] == pytest.approx(-0.25) and np.isnan(out["fwd_ret_1"][2])
     assert momentum.tolist() == [0.0, 0.0, 0.0]  # fewer than 20 bars behind every date
+    raw, _ = core.attach_forward_returns(frame, {"AAA": BARS, "BBB": other}, [1, 2], "raw")
+    assert raw["exec_ret_2"][1] == pytest.approx(other["close"][3] / other["open"][2] - 1)
+    assert raw["fwd_ret_2"][1] == out["fwd_ret_2"][1]  # close to close stays adjusted
 
 
 def test_classification_against_hand_counts():

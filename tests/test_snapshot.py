@@ -107,11 +107,16 @@ def test_snapshot_numbers_agree_with_the_sample_theses():
     by_ticker = {}
     for record in records:
         by_ticker.setdefault(record["ticker"], []).append(record)
-    pairs = [  # (pattern in the thesis support, pattern in the snapshot, last-place unit)
-        (r"vs SMA20 (\d+\.\d\d)", r"SMA20 (\d+\.\d\d)", 0.01),
-        (r"RSI14 (\d+\.\d)", r"RSI14 (\d+\.\d)", 0.1),
+    pairs = [  # (pattern in the thesis, pattern in the snapshot, last-place unit)
+        (r"closed at (\d+\.\d\d)", r"close (\d+\.\d\d), volume", 0.01),
+        (
+            r"(\d+\.\d)% (?:above|below) its 20-day SMA",
+            r"close (\d+\.\d)% (?:above|below) SMA20",
+            0.1,
+        ),
+        (r"RSI14: \w+ \((\d+\.\d)\)", r"RSI14 (\d+\.\d)", 0.1),
         (r"5d ([+-]\d+\.\d)%", r"5-day ([+-]\d+\.\d)%", 0.1),
-        (r"20d ([+-]\d+\.\d)%", r"20-day ([+-]\d+\.\d)%", 0.1),
+        (r"\((\d+\.\d\d)× average\)", r"(\d+\.\d\d)x its 20-day average", 0.01),
     ]
     checked = exact = 0
     for ticker, group in by_ticker.items():
@@ -119,7 +124,7 @@ def test_snapshot_numbers_agree_with_the_sample_theses():
         dates = [dt.date.fromisoformat(r["as_of_date"]) for r in group]
         for record, snap in zip(group, snapshots_for_ticker(ticker, bars, dates), strict=True):
             for in_thesis, in_snapshot, unit in pairs:
-                if m := re.search(in_thesis, record["support"]):
+                if m := re.search(in_thesis, record["reasoning"] + "\n" + record["support"]):
                     got = re.search(in_snapshot, snap.text)
                     assert got, (record["uid"], in_snapshot)
                     a, b = float(m.group(1)), float(got.group(1))

@@ -193,20 +193,7 @@ def test_resume_false_starts_over(tiny, tmp_path):
     assert history[1] == pytest.approx(first[1])  # same seed, same start, same first loss
 
 
-@pytest.fixture
-def torch_settings():
-    """Restore what a deterministic run sets process-wide (threads, deterministic algorithms)."""
-    import torch
-
-    threads, strict = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(strict)
-
-
-def test_the_same_seed_gives_the_same_losses_and_adapter_and_another_seed_does_not(
-    tiny, tmp_path, torch_settings
-):
+def test_the_same_seed_gives_the_same_losses_and_adapter_and_another_seed_does_not(tiny, tmp_path):
     """The resized rows of the new tokens are drawn after seeding: two runs are bit-identical."""
     import torch
     from safetensors.torch import load_file
@@ -229,7 +216,12 @@ def test_the_same_seed_gives_the_same_losses_and_adapter_and_another_seed_does_n
             manifest,
         )
 
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+              torch.utils.deterministic.fill_uninitialized_memory)  # fmt: skip
     losses, weights, manifest = run("a", 0)
+    # In-process callers keep their settings (left on, deterministic mode slowed later tests 2x).
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+            torch.utils.deterministic.fill_uninitialized_memory) == before  # fmt: skip
     again, weights_again, _ = run("b", 0)
     assert again == losses and len(losses) == 10  # every logged step, exactly
     assert weights.keys() == weights_again.keys()
@@ -237,11 +229,36 @@ def test_the_same_seed_gives_the_same_losses_and_adapter_and_another_seed_does_n
     assert any("embed_tokens" in k for k in weights)  # the new tokens' rows are trained too
     assert manifest["determinism"] == {
         "seed": 0, "data_seed": None, "full_determinism": True,
-        "deterministic_algorithms": True, "cudnn_deterministic": True,
-        "num_threads": 2, "num_threads_setting": 2,
+        "deterministic_algorithms": True, "fill_uninitialized_memory": False,
+        "cudnn_deterministic": True, "num_threads": 2, "num_threads_setting": 2,
     }  # fmt: skip
     other, _, _ = run("c", 1)
     assert other != losses  # the seed, not luck, makes them equal
+
+
+def test_new_tokens_only_trains_the_added_rows_and_merges(tiny, tmp_path):
+    """trainable_embeddings: new_tokens: the adapter carries embed_tokens' 11 new rows only."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from charlie.training.sft import train
+
+    out = tmp_path / "rows"
+    cfg = _config(tiny, out, max_steps=3, save_strategy="no", trainable_embeddings="new_tokens",
+                  merge=True)  # fmt: skip
+    train(cfg)
+    adapter = load_file(out / "adapter_model.safetensors")
+    # PEFT also saves the resized table (the frozen base of the new rows); what trained is the
+    # delta of the 11 added rows.
+    deltas = [v for k, v in adapter.items() if "embed_tokens" in k and "delta" in k]
+    assert len(deltas) == 1 and deltas[0].shape[0] == 11, sorted(adapter)
+    assert not any("embed_tokens.modules_to_save" in k for k in adapter)
+    assert any("lm_head" in k for k in adapter)  # whole (TRL's fused head reads its weight)
+    base = AutoModelForCausalLM.from_pretrained(tiny["base"]).get_input_embeddings().weight
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged").get_input_embeddings().weight
+    assert merged.shape[0] == base.shape[0] + 11
+    assert (merged[: base.shape[0]] == base).all()  # the pretrained rows are untouched
+    assert merged[base.shape[0] :].abs().sum() > 0
 
 
 # ----------------------------------------------------------------------------------------- QLoRA

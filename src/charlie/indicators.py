@@ -134,6 +134,16 @@ class RollingIndicators:
 # The conventional words printed beside each number, shared by theses and snapshots.
 
 
+def trend_reading(close: float, sma20: float) -> str:
+    """uptrend when the close is >= 1.01 x SMA20, downtrend when <= 0.99 x, else flat."""
+    return "uptrend" if close >= 1.01 * sma20 else "downtrend" if close <= 0.99 * sma20 else "flat"
+
+
+def move_reading(ret5: float) -> str:
+    """rising when the 5-day return is >= +2%, falling when <= -2%, else steady."""
+    return "rising" if ret5 >= 0.02 else "falling" if ret5 <= -0.02 else "steady"
+
+
 def rsi_reading(rsi: float) -> str:
     """overbought >= 70, firm >= 55, neutral, soft <= 45, oversold <= 30."""
     if rsi >= 70:
@@ -147,9 +157,18 @@ def rsi_reading(rsi: float) -> str:
     return "neutral"
 
 
-def volume_reading(ratio: float) -> str:
-    """heavy >= 1.5x the 20-day average, quiet < 0.8x, else normal."""
-    return "heavy" if ratio >= 1.5 else "quiet" if ratio < 0.8 else "normal"
+def volume_reading(ratio: float, ret1: float | None = None) -> str:
+    """heavy >= 1.5x the 20-day average, quiet < 0.8x, else normal.
+
+    With the day's return, heavy volume also says which way the day went: heavy buying on an
+    up day, heavy selling on a down day (volume confirms a move, so the direction is what it
+    signals); plain heavy on an unchanged day or without the return.
+    """
+    if ratio < 1.5:
+        return "quiet" if ratio < 0.8 else "normal"
+    if ret1 is None or math.isnan(ret1) or ret1 == 0:
+        return "heavy"
+    return "heavy buying" if ret1 > 0 else "heavy selling"
 
 
 def volatility_reading(annualised: float) -> str:

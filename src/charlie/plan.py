@@ -634,6 +634,7 @@ class TrainingSetup:
     lora_target_modules: str | tuple[str, ...] = "all-linear"
     lora_dropout: float = 0.05
     train_embeddings: bool = True  # special tokens added: embed_tokens/lm_head in modules_to_save
+    embedding_rows_only: bool = False  # trainable_embeddings: new_tokens (lm_head still whole)
     half_precision: bool = True  # bf16 or fp16 (TRL's default: bf16)
     gradient_checkpointing: bool = True  # TRL's default
     zero_stage: int = 0
@@ -658,6 +659,7 @@ class MemoryPlan:
     trainable_params: int
     lora_params: int
     embedding_params: int  # trained whole (modules_to_save), within trainable_params
+    savable_embedding_params: int  # of those, what trainable_embeddings: new_tokens would spare
     weights: float
     gathered: float  # ZeRO-3: the largest unit gathered whole
     gradients: float
@@ -696,6 +698,13 @@ class MemoryPlan:
             + wbytes / (n if stage >= 2 else 1)
             + (TRAINABLE_BYTES - 2 * wbytes) / (n if stage >= 1 else 1)
         )
+
+    @property
+    def embedding_saving(self) -> float:
+        """Per-GPU bytes that ``trainable_embeddings: new_tokens`` would spare."""
+        if not self.embedding_params:
+            return 0.0
+        return self.embedding_state * self.savable_embedding_params / self.embedding_params
 
     def min_gpus_zero3(self) -> int | None:
         """The fewest GPUs of this type that would fit with ZeRO-3, or None if none would.
@@ -747,11 +756,16 @@ def estimate(shape: ModelShape, setup: TrainingSetup, gpu: Gpu) -> MemoryPlan:
     wbytes = 2 if half else 4
 
     # ---- trainable parameters
+    savable = 0  # embed_tokens trained whole, where only its new rows could be
     if setup.method == "full":
         adapters, embeddings, trainable = 0, 0, total
     else:
         adapters = lora_params(shape, setup.lora_r, setup.lora_target_modules)
-        embeddings = shape.embed_params + shape.lm_head_params if setup.train_embeddings else 0
+        embeddings = 0
+        if setup.train_embeddings:
+            rows_only = setup.embedding_rows_only and shape.lm_head_params > 0  # untied head
+            embeddings = shape.lm_head_params + (0 if rows_only else shape.embed_params)
+            savable = 0 if rows_only or not shape.lm_head_params else shape.embed_params
         trainable = adapters + embeddings
 
     # ---- weights (unsharded): the base model as stored, plus trainable copies
@@ -809,6 +823,7 @@ def estimate(shape: ModelShape, setup: TrainingSetup, gpu: Gpu) -> MemoryPlan:
         trainable_params=trainable,
         lora_params=adapters,
         embedding_params=embeddings,
+        savable_embedding_params=savable,
         weights=per_gpu_weights,
         gathered=gathered,
         gradients=per_gpu_gradients,
@@ -882,11 +897,20 @@ def _header(plan: MemoryPlan) -> list[str]:
         f"gradient checkpointing {checkpointing}",
     ]
     if plan.embedding_params:
+        which = (
+            "embed_tokens/lm_head trained whole (modules_to_save, new tokens added)"
+            if plan.savable_embedding_params or not s.embedding_rows_only
+            else "lm_head trained whole, embed_tokens in the new tokens' rows only"
+        )
         lines.append(
-            f"embed_tokens/lm_head trained whole (modules_to_save, new tokens added): "
-            f"{_count(plan.embedding_params)} parameters, {_gib(plan.embedding_state)} GiB per GPU "
-            "with gradients and AdamW state; PEFT's trainable_token_indices would train only the "
-            "new tokens' rows"
+            f"{which}: {_count(plan.embedding_params)} parameters, "
+            f"{_gib(plan.embedding_state)} GiB per GPU with gradients and AdamW state"
+            + (
+                "; trainable_embeddings: new_tokens (PEFT's trainable_token_indices) would train "
+                f"only embed_tokens' new rows ({_gib(plan.embedding_saving)} GiB less)"
+                if plan.savable_embedding_params
+                else ""
+            )
         )
     if plan.config_source:
         lines.append(f"config.json: {plan.config_source}")
@@ -985,10 +1009,10 @@ def verdict(plan: MemoryPlan) -> str:
 def _advice(plan: MemoryPlan) -> str:
     """What to change when the plan does not fit (ending with the cheaper embeddings option)."""
     advice = _scale_advice(plan)
-    if plan.embedding_params:
+    if plan.savable_embedding_params:
         advice += (
-            f"; training only the new tokens' rows (PEFT's trainable_token_indices) instead of "
-            f"embed_tokens/lm_head whole would save about {_gib(plan.embedding_state)} GiB per GPU"
+            f"; training only embed_tokens' new rows (trainable_embeddings: new_tokens) instead "
+            f"of the whole table would save about {_gib(plan.embedding_saving)} GiB per GPU"
         )
     return advice
 
@@ -1278,8 +1302,9 @@ def training_setup(
         lora_target_modules=targets if isinstance(targets, str) else tuple(targets),
         lora_dropout=cfg.lora_dropout,
         # charlie tokenize adds the thesis tokens to any base tokenizer, so the embeddings grow
-        # and are trained whole.
+        # and are trained whole (embed_tokens only in the new rows with new_tokens).
         train_embeddings=True,
+        embedding_rows_only=cfg.trainable_embeddings == "new_tokens",
         half_precision=half,
         gradient_checkpointing=True if checkpointing is None else bool(checkpointing),
         zero_stage=cfg.zero_stage(),

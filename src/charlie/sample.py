@@ -9,15 +9,18 @@ The action rule, for the thesis on day t, from bars dated on or before t (raw cl
 see :mod:`charlie.indicators` for the indicator conventions):
 
 ========  ===========================================================================
-trend     +1 if close >= 1.01 x SMA20, -1 if close <= 0.99 x SMA20, else 0
-momentum  +1 if the 5-day return >= +2%, -1 if it is <= -2%, else 0
+trend     +1 if close >= 1.01 x SMA20 (uptrend), -1 if <= 0.99 x SMA20 (downtrend), else 0
+momentum  +1 if the 5-day return >= +2% (rising), -1 if <= -2% (falling), else 0
 RSI       -1 if RSI14 >= 70 (overbought), +1 if RSI14 <= 30 (oversold), else 0
-volume    the sign of the day's return if volume >= 1.5 x its 20-day average, else 0
+volume    the sign of the day's return if volume >= 1.5 x its 20-day average (heavy), else 0
 ========  ===========================================================================
 
+The words in brackets are the readings the market snapshot prints beside each number, so the
+prompt states every input of the rule; the model has to learn which readings count, and how.
 An indicator without enough history counts 0. The score is the sum: >= 2 STRONG_BUY, 1 BUY,
-0 HOLD, -1 SELL, <= -2 STRONG_SELL (roughly a fifth of theses each, HOLD a little rarer). With probability ``label_noise`` the written action is
-moved one notch up or down (clamped), as a human analyst's judgement would wander.
+0 HOLD, -1 SELL, <= -2 STRONG_SELL (roughly a fifth of theses each, HOLD a little rarer). With
+probability ``label_noise`` the written action is moved one notch up or down (clamped), as a
+human analyst's judgement would wander.
 
 The edge: day t+1's total return is ``edge_bps`` x position + noise, where position is the
 rule's (noise-free) action at t: STRONG_BUY +2, BUY +1, HOLD 0, SELL -1, STRONG_SELL -2. The
@@ -43,7 +46,14 @@ from xml.sax.saxutils import escape, quoteattr
 
 from charlie import ACTIONS
 from charlie.calendar import shift_trading_days, trading_days
-from charlie.indicators import RollingIndicators, Snapshot, rsi_reading
+from charlie.indicators import (
+    RollingIndicators,
+    Snapshot,
+    move_reading,
+    rsi_reading,
+    trend_reading,
+    volume_reading,
+)
 
 TICKER_NAMES = (
     "ACME", "BOLT", "CRUX", "DYNA", "EONX", "FLUX", "GRIT", "HALO", "IRIS", "JOLT",
@@ -52,6 +62,9 @@ TICKER_NAMES = (
 SECTORS = ("software", "semiconductors", "industrials", "consumer staples", "biotech",
            "energy", "payments", "logistics", "media", "utilities")  # fmt: skip
 POSITION = {"STRONG_BUY": 2, "BUY": 1, "HOLD": 0, "SELL": -1, "STRONG_SELL": -2}
+# Log-normal spread of daily volume around its level: 0.5 makes about 15% of days heavy
+# (>= 1.5x the 20-day average; 6% at 0.25), enough for a small model to learn the volume signal.
+VOLUME_NOISE = 0.5
 WARMUP_SESSIONS = 260  # a year of history before the first thesis (52-week high/low)
 TAIL_SESSIONS = 45  # prices after the last thesis, so 30-day forward returns exist
 GENERATED_BY = "charlie-sample"
@@ -132,19 +145,22 @@ class SampleSpec:
 
 
 def rule_components(snap: Snapshot) -> dict[str, int]:
-    """The four signed components of the action rule (0 where history is missing)."""
+    """The four signed components of the action rule (0 where history is missing).
+
+    Each is read off the word the snapshot prints beside its number (:mod:`charlie.indicators`'
+    readings), so the prompt states every input of the rule.
+    """
     trend = momentum = rsi = volume = 0
     if snap.sma20 is not None:
-        if snap.close >= 1.01 * snap.sma20:
-            trend = 1
-        elif snap.close <= 0.99 * snap.sma20:
-            trend = -1
+        trend = {"uptrend": 1, "downtrend": -1}.get(trend_reading(snap.close, snap.sma20), 0)
     if snap.ret5 is not None:
-        momentum = 1 if snap.ret5 >= 0.02 else -1 if snap.ret5 <= -0.02 else 0
+        momentum = {"rising": 1, "falling": -1}.get(move_reading(snap.ret5), 0)
     if snap.rsi14 is not None:
-        rsi = -1 if snap.rsi14 >= 70 else 1 if snap.rsi14 <= 30 else 0
-    if snap.volume_ratio is not None and snap.ret1 is not None and snap.volume_ratio >= 1.5:
-        volume = 1 if snap.ret1 > 0 else -1 if snap.ret1 < 0 else 0
+        rsi = {"overbought": -1, "oversold": 1}.get(rsi_reading(snap.rsi14), 0)
+    if snap.volume_ratio is not None and snap.ret1 is not None:
+        volume = {"heavy buying": 1, "heavy selling": -1}.get(
+            volume_reading(snap.volume_ratio, snap.ret1), 0
+        )
     return {"trend": trend, "momentum": momentum, "rsi": rsi, "volume": volume}
 
 
@@ -236,7 +252,7 @@ def _generate_ticker(
         spread = 0.4 * sigma
         high = max(open_, close) * (1.0 + abs(rng.gauss(0.0, spread)))
         low = min(open_, close) * (1.0 - abs(rng.gauss(0.0, spread)))
-        volume = int(base_volume * math.exp(0.25 * rng.gauss(0.0, 1.0) + 12.0 * abs(total)))
+        volume = int(base_volume * math.exp(VOLUME_NOISE * rng.gauss(0.0, 1.0) + 12.0 * abs(total)))
         open_, high, low, close = (round(x, 4) for x in (open_, high, low, close))
         raw.append((day, open_, high, low, close, volume, dividend))
 
@@ -297,9 +313,6 @@ def _adjust(raw: list[tuple[dt.date, float, float, float, float, int, float]]) -
 # ----------------------------------------------------------------------------- text
 
 
-_TREND_PHRASE = {"up": "an uptrend", "down": "a downtrend", "flat": "a flat trend"}
-
-
 def _pct(x: float) -> str:
     return f"{x * 100:+.1f}%"
 
@@ -326,60 +339,47 @@ def _reasoning(
     spec: SampleSpec,
     rng: random.Random,
 ) -> str:
-    parts = []
+    """The call first (the four signals with a running score, the net, the action), then the
+    figures behind it.
+
+    Compact: one sentence of figures with their readings; full adds the analysis paragraphs.
+    """
+    # A scorecard with the running score after each signal: the call is a sum, and writing
+    # it out one step at a time is how an analyst (and a small model) gets it right.
+    named = {"trend": "trend", "momentum": "momentum", "rsi": "RSI", "volume": "volume"}
+    card, running = [], 0
+    for key, value in components.items():
+        running += value
+        word = "positive" if value > 0 else "negative" if value < 0 else "neutral"
+        card.append(f"{named[key]} {word} ({running:+d})")
+    parts = [
+        f"Scorecard: {', '.join(card)}; net {running:+d}, which argues for "
+        f"{_action_phrase(action, rng)}."
+    ]
+    figures = [f"{ticker} closed at {snap.close:.2f} on {day.isoformat()}"]
     if snap.sma20 is None:
-        parts.append(
-            f"{ticker} closed at {snap.close:.2f} on {day.isoformat()}; with only "
-            f"{snap.sessions} sessions of history since listing, the 20-day SMA is not "
-            "available yet, so the trend cannot be judged."
-        )
+        sessions = f"{snap.sessions} session{'s' if snap.sessions > 1 else ''}"
+        figures.append(f"with only {sessions} of history the 20-day SMA is not available yet")
     else:
         gap = snap.close / snap.sma20 - 1.0
-        side = "above" if gap >= 0 else "below"
-        trend = {1: "up", -1: "down", 0: "flat"}[components["trend"]]
-        parts.append(
-            rng.choice(
-                (
-                    f"{ticker} closed at {snap.close:.2f} on {day.isoformat()}, "
-                    f"{abs(gap) * 100:.1f}% {side} its 20-day SMA of {snap.sma20:.2f}; "
-                    f"the short-term trend is {trend}.",
-                    f"On {day.isoformat()} {ticker} finished at {snap.close:.2f}, "
-                    f"{abs(gap) * 100:.1f}% {side} the 20-day moving average "
-                    f"({snap.sma20:.2f}), which reads as {_TREND_PHRASE[trend]}.",
-                )
-            )
+        figures.append(
+            f"{abs(gap) * 100:.1f}% {'above' if gap >= 0 else 'below'} its 20-day SMA "
+            f"({trend_reading(snap.close, snap.sma20)})"
         )
+    if snap.ret5 is not None:
+        figures.append(f"{_pct(snap.ret5)} over five sessions ({move_reading(snap.ret5)})")
     if snap.rsi14 is None:
-        parts.append("RSI14 needs fifteen sessions and is not available yet.")
+        figures.append("RSI14 needs fifteen sessions and is not available yet")
     else:
-        parts.append(f"RSI14 stands at {snap.rsi14:.1f} ({rsi_reading(snap.rsi14)}).")
-    if snap.ret1 is not None:
-        moves = f"The stock moved {_pct(snap.ret1)} on the day"
-        if snap.ret5 is not None:
-            moves += f" and {_pct(snap.ret5)} over five sessions"
-        if snap.ret20 is not None:
-            moves += f" ({_pct(snap.ret20)} over twenty)"
-        parts.append(moves + ".")
+        figures.append(f"RSI14 {snap.rsi14:.1f} ({rsi_reading(snap.rsi14)})")
     if snap.volume_ratio is not None:
-        ratio = snap.volume_ratio
-        tone = (
-            "a heavy session that confirms the move"
-            if ratio >= 1.5
-            else "a quiet session"
-            if ratio < 0.8
-            else "ordinary participation"
+        figures.append(
+            f"volume {snap.volume_ratio:.2f}× its 20-day average "
+            f"({volume_reading(snap.volume_ratio, snap.ret1)})"
         )
-        parts.append(f"Volume was {ratio:.2f}× its 20-day average — {tone}.")
+    parts.append(", ".join(figures) + ".")
     if spec.detail == "full":
         parts.extend(_full_paragraphs(ticker, sector, snap, rng))
-    named = {"trend": "trend", "momentum": "momentum", "rsi": "RSI", "volume": "volume"}
-    signals = ", ".join(
-        f"{named[k]} {'positive' if v > 0 else 'negative' if v < 0 else 'neutral'}"
-        for k, v in components.items()
-    )
-    parts.append(
-        f"Signals: {signals}. Taken together this argues for {_action_phrase(action, rng)}."
-    )
     return " ".join(parts)
 
 
@@ -485,22 +485,32 @@ def _full_paragraphs(ticker: str, sector: str, snap: Snapshot, rng: random.Rando
 
 
 def _support(snap: Snapshot, components: dict[str, int], detail: str) -> str:
-    lines = [f"- Close {snap.close:.2f}"]
+    """One line per signal with its reading and figure, then the net."""
+    lines = []
     if snap.sma20 is not None:
-        lines[0] += f" vs SMA20 {snap.sma20:.2f} ({_pct(snap.close / snap.sma20 - 1)})"
+        lines.append(
+            f"- Trend: {trend_reading(snap.close, snap.sma20)} "
+            f"(close {_pct(snap.close / snap.sma20 - 1)} vs SMA20)"
+        )
+    if snap.ret5 is not None:
+        lines.append(f"- Momentum: {move_reading(snap.ret5)} (5d {_pct(snap.ret5)})")
     if snap.rsi14 is not None:
-        lines.append(f"- RSI14 {snap.rsi14:.1f} ({rsi_reading(snap.rsi14)})")
-    rets = [
-        f"{label} {_pct(value)}"
-        for label, value in (("1d", snap.ret1), ("5d", snap.ret5), ("20d", snap.ret20))
-        if value is not None
-    ]
-    if rets:
-        lines.append("- Returns " + ", ".join(rets))
+        lines.append(f"- RSI14: {rsi_reading(snap.rsi14)} ({snap.rsi14:.1f})")
     if snap.volume_ratio is not None:
-        lines.append(f"- Volume {snap.volume:,.0f} ({snap.volume_ratio:.2f}× 20-day average)")
-    if detail == "full" and snap.volatility20 is not None:
-        lines.append(f"- Volatility20 {snap.volatility20 * 100:.1f}% annualised")
+        lines.append(
+            f"- Volume: {volume_reading(snap.volume_ratio, snap.ret1)} "
+            f"({snap.volume_ratio:.2f}× average)"
+        )
+    if detail == "full":
+        rets = [
+            f"{label} {_pct(value)}"
+            for label, value in (("1d", snap.ret1), ("20d", snap.ret20))
+            if value is not None
+        ]
+        if rets:
+            lines.append("- Returns " + ", ".join(rets))
+        if snap.volatility20 is not None:
+            lines.append(f"- Volatility20 {snap.volatility20 * 100:.1f}% annualised")
     lines.append(f"- Net signal {sum(components.values()):+d}")
     return "\n".join(lines)
 

@@ -22,7 +22,9 @@ from charlie.indicators import (
     SMA_WINDOW,
     VOLATILITY_WINDOW,
     VOLUME_WINDOW,
+    move_reading,
     rsi_reading,
+    trend_reading,
     volatility_reading,
     volume_reading,
 )
@@ -132,10 +134,6 @@ def _distance(close: float, level: float) -> str:
     return f"{abs(gap) * 100:.1f}% {'above' if gap >= 0 else 'below'}"
 
 
-def _trend_word(close: float, sma: float) -> str:
-    return "uptrend" if close >= 1.01 * sma else "downtrend" if close <= 0.99 * sma else "flat"
-
-
 def render(ticker: str, as_of: dt.date, row: dict | None, bar_date: dt.date | None) -> str:
     """The snapshot text for one record from its indicator row (None: no bar at all).
 
@@ -162,9 +160,14 @@ def render(ticker: str, as_of: dt.date, row: dict | None, bar_date: dt.date | No
     )
     ret1, ret5, ret20 = row["ret1"], row["ret5"], row["ret20"]
     if not isnan(ret20):  # the common case, in one format call
-        lines.append(f"Returns: 1-day {_pct(ret1)}, 5-day {_pct(ret5)}, 20-day {_pct(ret20)}.")
+        lines.append(
+            f"Returns: 1-day {_pct(ret1)}, 5-day {_pct(ret5)} ({move_reading(ret5)}), "
+            f"20-day {_pct(ret20)}."
+        )
     else:
-        rets = [f"{h}-day {_pct(v)}" for h, v in ((1, ret1), (5, ret5)) if not isnan(v)]
+        rets = [] if isnan(ret1) else [f"1-day {_pct(ret1)}"]
+        if not isnan(ret5):
+            rets.append(f"5-day {_pct(ret5)} ({move_reading(ret5)})")
         lines.append(
             "Returns: " + (", ".join(rets) if rets else f"not available ({history})") + "."
         )
@@ -175,7 +178,7 @@ def render(ticker: str, as_of: dt.date, row: dict | None, bar_date: dt.date | No
         )
     else:
         lines.append(
-            f"Trend: close {_distance(close, sma)} SMA20 {sma:.2f} ({_trend_word(close, sma)}), "
+            f"Trend: close {_distance(close, sma)} SMA20 {sma:.2f} ({trend_reading(close, sma)}), "
             f"{_distance(close, ema)} EMA20 {ema:.2f}."
         )
     rsi = row["rsi14"]
@@ -192,7 +195,7 @@ def render(ticker: str, as_of: dt.date, row: dict | None, bar_date: dt.date | No
     if isnan(ratio):
         lines.append(f"Volume: 20-day average not available ({history}).")
     else:
-        lines.append(f"Volume: {ratio:.2f}x its 20-day average ({volume_reading(ratio)}).")
+        lines.append(f"Volume: {ratio:.2f}x its 20-day average ({volume_reading(ratio, ret1)}).")
     high, low = row["high52"], row["low52"]
     if isnan(high):
         lines.append(f"52-week range: not available (need {YEAR_WINDOW} sessions; {history}).")

@@ -27,8 +27,9 @@ CONVENTIONS = [
     "Forward returns over h trading days, t being the last bar on or before the record's date "
     "(decided at its close): executable = adj_close(t+h) / adj_open(t+1) - 1, the fill at the "
     "next open as in the backtest (adj_open = open x adj_close / close; h = 1 is the next "
-    "day's open to close), and close to close = adj_close(t+h) / adj_close(t) - 1; NaN when "
-    "the window runs past the data (counted, not dropped).",
+    "day's open to close; with the backtest's price_basis: raw, close(t+h) / open(t+1) - 1), "
+    "and close to close = adj_close(t+h) / adj_close(t) - 1; NaN when the window runs past the "
+    "data (counted, not dropped).",
     "Sign view (hit rate, mean signed, mean/std in the sign table; the mean_signed_return "
     "statistics): BUY/STRONG_BUY +1, SELL/STRONG_SELL -1 (shorts, whatever the backtest "
     "allows) times the close-to-close return; HOLD and UNPARSEABLE take no position and are "
@@ -130,7 +131,10 @@ def price_window(
 
 
 def attach_forward_returns(
-    frame: pd.DataFrame, prices: Mapping[str, pd.DataFrame], forward_windows: Sequence[int]
+    frame: pd.DataFrame,
+    prices: Mapping[str, pd.DataFrame],
+    forward_windows: Sequence[int],
+    price_basis: str = "adjusted",
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """``frame`` with ``fwd_ret_<h>`` (close to close) and ``exec_ret_<h>`` (next open to
     close) columns per window, and the 20-day momentum sign per row.
@@ -140,6 +144,8 @@ def attach_forward_returns(
         prices: Daily bars per ticker (``date``, ``open``, ``close``, ``adj_close``), covering
             :func:`price_window`.
         forward_windows: The windows h, in trading days.
+        price_basis: The backtest's ``price_basis`` for the executable return (adjusted or
+            raw; :func:`executable_returns`).
 
     Returns:
         A copy of ``frame`` with the returns (NaN past the data), and +1/-1/0 per row.
@@ -162,7 +168,7 @@ def attach_forward_returns(
         dates = list(out["as_of_date"].iloc[pos])
         for h, values in forward_returns(bars, dates, forward_windows).items():
             returns[h][pos] = values
-        for h, values in executable_returns(bars, dates, forward_windows).items():
+        for h, values in executable_returns(bars, dates, forward_windows, price_basis).items():
             executable[h][pos] = values
         momentum[pos] = momentum_sign(bars, dates)
     for h in forward_windows:
@@ -261,7 +267,12 @@ def compute_metrics(
             "allow_shorts": strategy.allow_shorts,
             "units": units,
             "hold": "0 units per row (the backtest keeps the previous target)",
-            "return": "executable: adj_close(t+h) / adj_open(t+1) - 1",
+            "price_basis": strategy.price_basis,
+            "return": (
+                "executable: close(t+h) / open(t+1) - 1 (raw prices, as the backtest)"
+                if strategy.price_basis == "raw"
+                else "executable: adj_close(t+h) / adj_open(t+1) - 1"
+            ),
         },
         "classification": m.classification(truth, pred, truncated),
         "financial": financial,

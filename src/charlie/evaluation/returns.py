@@ -52,17 +52,24 @@ def forward_returns(
 
 
 def executable_returns(
-    bars: pd.DataFrame, dates: Sequence[str], windows: Sequence[int]
+    bars: pd.DataFrame, dates: Sequence[str], windows: Sequence[int], basis: str = "adjusted"
 ) -> dict[int, np.ndarray]:
     """Next-open-to-close forward returns for each record date of one ticker, per window.
+
+    ``basis`` is the backtest's ``price_basis``: adjusted (adj_close(t+h) / adj_open(t+1) - 1)
+    or raw (close(t+h) / open(t+1) - 1, what a backtest on raw prices earns: no dividends,
+    and a split inside the window shows as a move).
 
     Raises:
         KeyError: ``bars`` has no ``open`` or ``close`` column.
     """
-    adj = bars["adj_close"].to_numpy(dtype="float64")
     close = bars["close"].to_numpy(dtype="float64")
+    opens = bars["open"].to_numpy(dtype="float64")
+    if basis == "raw":
+        return _window_returns(close, opens, _positions(bars, dates), windows, offset=1)
+    adj = bars["adj_close"].to_numpy(dtype="float64")
     with np.errstate(invalid="ignore", divide="ignore"):
-        adj_open = bars["open"].to_numpy(dtype="float64") * adj / close
+        adj_open = opens * adj / close
     return _window_returns(adj, adj_open, _positions(bars, dates), windows, offset=1)
 
 

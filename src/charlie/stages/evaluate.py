@@ -53,6 +53,7 @@ from charlie.logs import setup_logging
 from charlie.models import load_for_inference
 from charlie.prices.service import load_all_prices
 from charlie.progress import progress_bar
+from charlie.strategy import load_strategy
 
 log = logging.getLogger("charlie.evaluate")
 
@@ -112,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     prices = load_all_prices(core.price_window(frame, cfg.forward_windows), params.prices).frames
 
     # ---------------------------------------------------------------- compute
-    frame, momentum = core.attach_forward_returns(frame, prices, cfg.forward_windows)
+    basis = load_strategy(cfg.strategy_config).price_basis  # the backtest's, as it will trade
+    frame, momentum = core.attach_forward_returns(frame, prices, cfg.forward_windows, basis)
     generation = {**plan.as_dict(), "stop_tokens": stops, "prompts_trimmed": sum(trimmed)}
     info = core.compute_metrics(cfg, frame, momentum, train_labels, generation)
 

@@ -27,6 +27,7 @@ logs its rank, its node and what it leaves to rank 0.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -39,7 +40,7 @@ import shutil
 import sys
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from charlie.plan import load_model_config, model_shape
 from charlie.training.config import REPORT, TrainConfig, tokenized_max_length
 from charlie.training.manifest import node_of_world, write_loss_curve, write_manifest
 from charlie.training.targets import AUTO, resolve_targets
+from charlie.training.tokens import THESIS_TOKENS
 
 log = logging.getLogger("charlie.train")
 TRAINABLE_MODULES = ["embed_tokens", "lm_head"]  # the new special tokens must be learnable
@@ -57,8 +59,16 @@ CPU_PROBE_LIMIT = 200_000_000  # probe weights (~0.8 GB in fp32) above which a C
 FULL_MERGE = "--merge applies to LoRA and QLoRA adapters; a full fine-tune is already whole."
 
 
-def get_peft_config(cfg: TrainConfig, model_config: dict[str, Any] | None = None) -> Any:
+def get_peft_config(
+    cfg: TrainConfig,
+    model_config: dict[str, Any] | None = None,
+    new_token_ids: Sequence[int] = (),
+) -> Any:
     """The LoRA config, or None for full fine-tuning.
+
+    embed_tokens and lm_head are trained whole (``modules_to_save``), or with
+    ``trainable_embeddings: new_tokens`` embed_tokens only in the rows of ``new_token_ids``
+    (``trainable_token_indices``) and lm_head whole.
 
     ``lora_target_modules: auto`` is resolved by the base model's ``model_type``
     (:mod:`charlie.training.targets`), read from ``model_config`` or, when that is None, from
@@ -79,13 +89,25 @@ def get_peft_config(cfg: TrainConfig, model_config: dict[str, Any] | None = None
                             exc)  # fmt: skip
         targets = resolve_targets(targets, model_config)
         log.info("lora_target_modules: auto -> %s", targets)
+    rows: dict[str, Any] = {"modules_to_save": TRAINABLE_MODULES}
+    if cfg.trainable_embeddings == "new_tokens":
+        if (model_config or {}).get("tie_word_embeddings"):
+            log.warning("trainable_embeddings: new_tokens needs an untied lm_head; this model "
+                        "ties it to embed_tokens, so both are trained whole")  # fmt: skip
+        elif not new_token_ids:
+            raise CharlieError("trainable_embeddings: new_tokens needs the added tokens' ids.")
+        else:
+            # lm_head stays whole: TRL's fused LM head reads lm_head.weight directly, so the row
+            # deltas of a trainable-tokens wrapper there would never reach the loss.
+            rows = {"modules_to_save": ["lm_head"],
+                    "trainable_token_indices": {"embed_tokens": sorted(set(new_token_ids))}}  # fmt: skip
     return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=targets,
-        modules_to_save=TRAINABLE_MODULES,
         task_type="CAUSAL_LM",
+        **rows,
     )
 
 
@@ -201,7 +223,29 @@ def seed_everything(cfg: TrainConfig) -> dict[str, Any]:
     set_seed(
         int(cfg.sft_args.get("seed", 42)), deterministic=bool(cfg.sft_args.get("full_determinism"))
     )
+    # Deterministic mode also fills every new tensor with NaN so that reads of uninitialised
+    # memory show; the numbers do not depend on it, and it doubled the demo's training time.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     return determinism(cfg)
+
+
+@contextlib.contextmanager
+def _process_settings_restored() -> Iterator[None]:
+    """Put back what seeding sets process-wide (threads, deterministic algorithms) afterwards.
+
+    A caller that trains in-process (a notebook, the test suite) keeps its own settings.
+    """
+    import torch
+
+    threads, strict = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(strict, warn_only=warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def determinism(cfg: TrainConfig) -> dict[str, Any]:
@@ -213,6 +257,7 @@ def determinism(cfg: TrainConfig) -> dict[str, Any]:
         "data_seed": cfg.sft_args.get("data_seed"),  # None: the seed orders the data too
         "full_determinism": bool(cfg.sft_args.get("full_determinism", False)),
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "fill_uninitialized_memory": bool(torch.utils.deterministic.fill_uninitialized_memory),
         "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
         "num_threads": torch.get_num_threads(),
         "num_threads_setting": cfg.num_threads,
@@ -541,6 +586,19 @@ def train(
     Returns:
         The final metrics.
     """
+    with _process_settings_restored():
+        return _train(cfg, smoke_test=smoke_test, resume=resume, merge=merge,
+                      config_path=config_path)  # fmt: skip
+
+
+def _train(
+    cfg: TrainConfig,
+    *,
+    smoke_test: bool,
+    resume: bool | None,
+    merge: bool | None,
+    config_path: Path | None,
+) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
     from trl import SFTTrainer
@@ -616,8 +674,13 @@ def train(
         raise CharlieError(
             f"cannot load the base model {cfg.base_model!r}: {str(exc).splitlines()[0]}"
         ) from None
+    base_rows = model.get_input_embeddings().num_embeddings
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.config.pad_token_id = tokenizer.pad_token_id
+    # The rows `charlie tokenize` added, and the thesis tokens wherever the base vocab has them.
+    new_token_ids = sorted(
+        set(range(base_rows, len(tokenizer))) | set(tokenizer.convert_tokens_to_ids(THESIS_TOKENS))
+    )
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
 
@@ -638,7 +701,7 @@ def train(
         train_dataset=dataset["train"].remove_columns(columns),
         eval_dataset=dataset["validation"].remove_columns(columns),
         processing_class=tokenizer,
-        peft_config=get_peft_config(cfg, model.config.to_dict()),  # auto: from the loaded model
+        peft_config=get_peft_config(cfg, model.config.to_dict(), new_token_ids),
     )
     saved = None  # the last checkpoint's state, when a max_steps run resumes
     if resume_from and args.max_steps > 0 and not args.deepspeed:
