@@ -205,6 +205,12 @@ def test_lora_run_saves_adapter_tokenizer_logs_and_manifest(lora_run):
         manifest["final_metrics"]["global_step"] == 4
         and manifest["started"] <= manifest["finished"]
     )
+    history = manifest["log_history"]
+    assert [h["step"] for h in history if "eval_loss" in h] == [4]  # evaluated once, not again
+    assert metrics["eval_loss"] == next(h["eval_loss"] for h in history if "eval_loss" in h)
+    logged = [h for h in history if "loss" in h]
+    assert len(logged) == 4 and all(0 <= h["mean_token_accuracy"] <= 1 for h in logged)
+    assert all(h["entropy"] > 0 for h in logged)  # TRL's metrics, from the model's own logits
     curve = (out / "loss.csv").read_text().splitlines()
     assert curve[0] == "step,loss,eval_loss"
     assert [line.split(",")[0] for line in curve[1:]] == ["1", "2", "3", "4"]
@@ -256,6 +262,50 @@ def test_the_prompt_is_masked_out_of_the_loss(tmp_path, tokenizer, rows):
         assert "Market snapshot" not in text
     masked = (batch["labels"] == -100).sum().item()
     assert masked > batch["input_ids"].shape[0] * 100  # every prompt token (and the padding)
+
+
+def test_the_models_own_loss_is_trls_fused_loss_and_keeps_its_metrics(tmp_path, tokenizer, rows):
+    """fused_lm_head: false computes the same completion-only loss, gradient and metrics."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import SFTTrainer as TRLSFTTrainer
+
+    from charlie.training.sft import sft_arguments
+    from charlie.training.trainer import SFTTrainer, use_fused_lm_head
+
+    assert use_fused_lm_head("auto", cuda=True) and not use_fused_lm_head("auto", cuda=False)
+    assert use_fused_lm_head(True, cuda=False) and not use_fused_lm_head(False, cuda=True)
+    small = {"train": rows["train"][:4], "validation": rows["validation"][:2]}
+    base = save_base_and_data(tmp_path, tokenizer, tokenized(tokenizer, small))
+    from datasets import load_from_disk
+
+    data = load_from_disk(str(tmp_path / "data"))["train"].select_columns(
+        ["input_ids", "completion_mask"]
+    )
+    cfg = TrainConfig(base_model=str(base), dataset_dir=tmp_path / "data", output_dir=tmp_path / "run",
+                      gpu_type="CPU", per_device_train_batch_size=4, max_steps=1, logging_steps=1,
+                      disable_tqdm=True)  # fmt: skip
+    results = {}
+    for name, make in {"fused": lambda **kw: TRLSFTTrainer(**kw),
+                       "model": lambda **kw: SFTTrainer(fused_lm_head=False, **kw)}.items():  # fmt: skip
+        model = AutoModelForCausalLM.from_pretrained(base)
+        trainer = make(model=model, processing_class=tokenizer, train_dataset=data,
+                       args=sft_arguments(cfg, cuda=False, smoke_test=False, report_to=["none"]))  # fmt: skip
+        batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        model.train()
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        grad = model.get_input_embeddings().weight.grad.clone()
+        metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+        if name == "model":  # its metrics wait for the log line they belong to
+            trainer.log({})
+            metrics = trainer.state.log_history[-1]
+        results[name] = loss.item(), grad, metrics
+    (fused, fused_grad, fused_metrics), (own, own_grad, own_metrics) = results.values()
+    assert own == pytest.approx(fused, rel=1e-5)
+    assert torch.allclose(own_grad, fused_grad, atol=1e-6)
+    for key in ("mean_token_accuracy", "entropy", "num_tokens"):
+        assert own_metrics[key] == pytest.approx(fused_metrics[key], rel=1e-4), key
 
 
 # ---------------------------------------------------------------- learning

@@ -50,6 +50,50 @@ def load_dataset_dir(path: Path | str) -> Any:
     return datasets.load_from_disk(str(path))
 
 
+MARKER = ".charlie-output"
+"""Written into every directory ``atomic_directory`` makes: the sign that replacing it is ours."""
+
+
+def _kind(path: Path) -> str:
+    """What is at ``path``, in words, for a refusal."""
+    import stat
+
+    mode = path.stat().st_mode
+    kinds = {stat.S_ISCHR: "character device", stat.S_ISBLK: "block device",
+             stat.S_ISFIFO: "named pipe", stat.S_ISSOCK: "socket", stat.S_ISDIR: "directory"}  # fmt: skip
+    return next((name for test, name in kinds.items() if test(mode)), "special file")
+
+
+def require_distinct(
+    outputs: dict[str, Path | str], inputs: dict[str, Path | str] | None = None
+) -> None:
+    """One sentence when two outputs are one path (or one holds the other), or an output is (or
+    holds) an input.
+
+    Args:
+        outputs: Flag or role -> path the stage writes (a file or a directory).
+        inputs: Flag or role -> path the stage reads.
+    """
+    seen: dict[Path, str] = {}
+    for name, path in outputs.items():
+        real = Path(path).resolve()
+        if real in seen:
+            raise CharlieError(f"{name} and {seen[real]} are the same path ({path}): each "
+                               "output needs its own.")  # fmt: skip
+        for other, other_name in seen.items():
+            if other in real.parents or real in other.parents:
+                inner, outer = (name, other_name) if other in real.parents else (other_name, name)
+                raise CharlieError(f"{inner} is inside {outer}, which is replaced whole: "
+                                   "choose paths apart.")  # fmt: skip
+        seen[real] = name
+    for name, path in (inputs or {}).items():
+        real = Path(path).resolve()
+        for out, output in seen.items():
+            if real == out or out in real.parents:
+                raise CharlieError(f"{output} ({out}) would overwrite the input {name} ({path}); "
+                                   "write the output elsewhere.")  # fmt: skip
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -72,6 +116,11 @@ def atomic_outputs(*paths: Path | str) -> Iterator[list[Path]]:
         One temporary path per destination, in the same order.
     """
     finals = [Path(p) for p in paths]
+    require_distinct({str(p): p for p in finals})
+    for final in finals:
+        if final.exists() and not final.is_file():
+            raise CharlieError(f"refusing to replace {final}: it is a {_kind(final)}, not a "
+                               "regular file.")  # fmt: skip
     temps: list[Path] = []
     mode = 0o666 & ~_umask()
     try:
@@ -98,14 +147,25 @@ def atomic_directory(path: Path | str) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; on success it replaces ``path`` whole.
 
     A failure removes the temporary directory and leaves any previous ``path`` as it was, so
-    a reader never sees a half-written dataset.
+    a reader never sees a half-written dataset. Only a directory this function made (it holds
+    ``MARKER``) or an empty one is replaced: anything else at ``path`` is refused, so that a
+    mistyped ``--out`` never deletes a user's files.
     """
     final = Path(path)
+    if final.exists() and not final.is_dir():
+        raise CharlieError(f"refusing to replace {final}: it is a {_kind(final)}, not a "
+                           "directory.")  # fmt: skip
+    if final.is_dir() and any(final.iterdir()) and not (final / MARKER).is_file():
+        raise CharlieError(f"refusing to replace {final}: a directory Charlie did not write "
+                           f"(no {MARKER} in it) and not empty; remove it or choose another "
+                           "output.")  # fmt: skip
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 directories; follow the umask
     old = final.parent / f".{final.name}.old"
     try:
         yield tmp
+        (tmp / MARKER).write_text("written by charlie; replaced whole on the next run\n")
         if old.exists():
             shutil.rmtree(old)
         if final.exists():

@@ -26,6 +26,8 @@ from typing import Any
 from lxml import etree
 
 from charlie import ACTIONS
+from charlie.tickers import RULE as TICKER_RULE
+from charlie.tickers import valid_ticker
 
 REASONS: dict[str, str] = {
     # one thesis
@@ -37,6 +39,9 @@ REASONS: dict[str, str] = {
     "missing_reasoning": "the thesis has no <reasoning>, or it is empty",
     "conflicting_duplicate": "another thesis for the same ticker and date says something else",
     "incomplete_thesis": "the file breaks off or turns malformed inside this thesis",
+    "nested_thesis": "the thesis is inside another thesis; only the outer one is read",
+    "namespaced_thesis": "the thesis element is in an XML namespace (<p:thesis>); Charlie reads "
+    "un-namespaced <thesis> elements only",
     # a whole file
     "forbidden_dtd": "the file declares a DTD (DOCTYPE); DTDs and entities are refused",
     "empty_file": "the file is empty",
@@ -44,6 +49,8 @@ REASONS: dict[str, str] = {
     "encoding_error": "the file's bytes do not match its declared encoding",
     "malformed_xml": "the XML is malformed; theses before the fault were kept",
     "unexpected_root": "the root element is not <stock-theses>",
+    "invalid_ticker": "the ticker (the root's ticker attribute, or the file name) is not a "
+    f"ticker: {TICKER_RULE}",
 }
 ROOT_TAG = "stock-theses"
 THESIS_TAG = "thesis"
@@ -286,6 +293,17 @@ def _classify_error(exc: etree.XMLSyntaxError, root_seen: bool, path: Path) -> s
     return "malformed_xml"
 
 
+def _drop_read(elem: Any) -> None:
+    """Free a read thesis and the siblings before it, so that memory stays flat on big files.
+
+    Siblings in its own parent: a thesis may sit in a wrapper element below the root.
+    """
+    elem.clear()
+    parent = elem.getparent()
+    while parent is not None and elem.getprevious() is not None:
+        del parent[0]
+
+
 def _file_events(
     source: Any,
     path: Path,
@@ -298,7 +316,7 @@ def _file_events(
     context = etree.iterparse(
         source,
         events=("start", "end"),
-        tag=(ROOT_TAG, THESIS_TAG),
+        tag=(ROOT_TAG, THESIS_TAG, "{*}" + THESIS_TAG),  # any namespace: reported
         resolve_entities=False,
         load_dtd=False,
         no_network=True,
@@ -307,7 +325,7 @@ def _file_events(
         remove_pis=True,
     )
     root = None
-    open_line = 0
+    open_lines: list[int] = []  # the start lines of the theses open at this point
     ticker = stats.ticker or ""
 
     def fail(reason: str, line: int, message: str) -> None:
@@ -334,23 +352,32 @@ def _file_events(
                 if not ticker:
                     ticker = Path(name).stem.upper()
                     stats.ticker_from_filename = True
+                if not valid_ticker(ticker):
+                    fail("invalid_ticker", root.sourceline or 1,
+                         f"ticker {ticker[:40]!r}: {REASONS['invalid_ticker']}")  # fmt: skip
+                    return
                 stats.ticker = ticker
-            if elem.tag != THESIS_TAG:
+            if elem.tag == ROOT_TAG:
                 continue
             if event == "start":
                 stats.theses_seen += 1
-                open_line = elem.sourceline or 0
+                open_lines.append(elem.sourceline or 0)
                 continue
-            open_line = 0
+            open_lines.pop()
+            line = elem.sourceline or 0
+            if elem.tag != THESIS_TAG or open_lines:
+                reason = "namespaced_thesis" if elem.tag != THESIS_TAG else "nested_thesis"
+                stats.rejects += 1
+                rejects.append(_reject(name, line, reason, f"<{elem.tag}> at line {line}"))
+                if not open_lines:  # a nested one goes with its outer thesis
+                    _drop_read(elem)
+                continue
             fields: dict[str, str] = {}
             for child in elem:
                 tag = child.tag
                 if tag in ("as-of-date", "reasoning", "action", "support") and tag not in fields:
                     fields[tag] = _text(child)
-            line = elem.sourceline or 0
-            elem.clear()
-            while elem.getprevious() is not None:  # keep memory flat on big files
-                del root[0]
+            _drop_read(elem)
 
             date, reason = normalize_date(fields.get("as-of-date"))
             if reason is None:
@@ -372,7 +399,7 @@ def _file_events(
         reason = _classify_error(exc, root is not None, path)
         if stats.fault is None:
             fail(reason, line, REASONS[reason] if reason == "forbidden_dtd" else str(exc.msg))
-        if open_line:
+        for open_line in open_lines:
             stats.rejects += 1
             rejects.append(
                 _reject(name, open_line, "incomplete_thesis", f"{reason} at line {line}: {exc.msg}")

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from charlie.io import atomic_outputs
 from charlie.prices.base import PRICE_COLUMNS, NotAvailable, PriceProvider, normalize_frame
+from charlie.tickers import ticker_file
 
 log = logging.getLogger("charlie.prices.cache")
 META_KEY = b"charlie.coverage"
@@ -87,7 +88,7 @@ class CachedProvider:
         self.last = CacheStats()
 
     def path(self, ticker: str) -> Path:
-        return self.directory / f"{ticker}.parquet"
+        return ticker_file(self.directory, ticker, ".parquet")
 
     def load(self, ticker: str) -> tuple[pd.DataFrame, list[Range]] | None:
         """The cached bars and covered ranges, or None when absent or unreadable."""

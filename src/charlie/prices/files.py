@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from charlie.prices.base import PRICE_COLUMNS, NotAvailable, normalize_frame
+from charlie.tickers import ticker_file
 
 log = logging.getLogger("charlie.prices.files")
 
@@ -52,7 +53,7 @@ class FileProvider:
     def fetch(self, ticker: str, start: dt.date, end: dt.date) -> pd.DataFrame:
         """Bars for ``ticker`` from its file, or ``NotAvailable`` when there is none."""
         for suffix in (".parquet", ".csv"):
-            path = self.directory / f"{ticker}{suffix}"
+            path = ticker_file(self.directory, ticker, suffix)
             if path.is_file():
                 break
         else:

@@ -21,6 +21,7 @@ from charlie.errors import CharlieError
 from charlie.prices import registry
 from charlie.prices.base import AuthError, NotAvailable, PriceProvider, TransientError
 from charlie.progress import progress_bar
+from charlie.tickers import require_tickers
 
 log = logging.getLogger("charlie.prices")
 
@@ -74,6 +75,7 @@ def fetch_prices(
     Raises:
         CharlieError: A provider refused the key (401/403); the message names the provider.
     """
+    require_tickers(list(wanted), "prices")
     result = PriceResult(frames={})
     for ticker, (start, end) in wanted.items():
         for provider in providers:

@@ -46,7 +46,7 @@ from charlie.config import (
 )
 from charlie.errors import CharlieError
 from charlie.evaluation.config import EvalConfig
-from charlie.io import atomic_directory, atomic_outputs
+from charlie.io import atomic_directory, atomic_outputs, require_distinct
 from charlie.kubeflow import executor as kfp_executor
 from charlie.logs import setup_logging
 from charlie.prices.service import load_all_prices
@@ -79,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         cfg.embargo_days, purge_window=horizon,
     )  # fmt: skip
 
+    card_md = cfg.card.with_suffix(".md")
+    require_distinct({"--out": cfg.out, "--card": cfg.card, "the card's Markdown": card_md},
+                     {"--records": cfg.records})  # fmt: skip
     records = read_records(cfg.records)
     prices = load_all_prices(
         wanted_ranges(records, params.prices.history_days, params.prices.forward_days),
@@ -109,7 +112,6 @@ def run(args: argparse.Namespace) -> int:
         datasets.disable_progress_bars()
 
     dataset = DatasetDict({split: Dataset.from_list(rows[split]) for split in core.SPLITS})
-    card_md = cfg.card.with_suffix(".md")
     with atomic_directory(cfg.out) as tmp, atomic_outputs(cfg.card, card_md) as (tj, tm):
         dataset.save_to_disk(str(tmp))
         tj.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

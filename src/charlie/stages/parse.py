@@ -44,7 +44,7 @@ import orjson
 
 from charlie.config import ParseParams, add_flags, load_params
 from charlie.errors import CharlieError
-from charlie.io import atomic_outputs
+from charlie.io import atomic_outputs, require_distinct
 from charlie.kubeflow import executor as kfp_executor
 from charlie.logs import setup_logging
 from charlie.parsing import REASONS, parse_files
@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     log.debug("parse: %s", params.model_dump_json())
 
     input_dir = params.input_dir
+    outputs = {"--out": params.out, "--rejects": params.rejects, "--report": params.report}
+    require_distinct(outputs)
     where = f"{input_dir} in {params.dvc_repo}" if params.dvc_repo else input_dir
     opened = open_source(input_dir, dvc_repo=params.dvc_repo, dvc_rev=params.dvc_rev)
     with opened as (directory, source):  # a remote source's download is removed at the end
@@ -90,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         paths = sorted(p for p in directory.glob("*.xml") if p.is_file())
         if not paths:
             raise CharlieError(f"input directory {where} holds no *.xml file.")
+        require_distinct(outputs, {p.name: p for p in paths})
         total = sum(p.stat().st_size for p in paths)
         with progress_bar(total=total, unit="B", unit_scale=True, desc="parse") as bar:
             result = parse_files(paths, opener=lambda p: _Progress(p, bar))

@@ -88,6 +88,12 @@ class TrainConfig(Section):
         "lm_head whole (TRL's fused LM head reads its weight directly): on DeepSeek-V3.2 that "
         "drops 0.93 B trained parameters and ~15 GB of AdamW state.",
     )
+    fused_lm_head: bool | Literal["auto"] = Field(
+        "auto",
+        description="Compute the loss through TRL's fused LM head (tiled, never holds the "
+        "full logits: the memory a large vocabulary needs) or through the model's own forward "
+        "(at a plain loop's speed where Triton is absent); auto: fused on CUDA only.",
+    )
     merge: bool = Field(False, description="Also write a merged model after training.")
     smoke_test_steps: int = Field(10, ge=1, description="Steps for --smoke-test (the seed: 10).")
     num_threads: int | None = Field(

@@ -601,7 +601,8 @@ def _train(
 ) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
-    from trl import SFTTrainer
+
+    from charlie.training.trainer import SFTTrainer, use_fused_lm_head
 
     started = dt.datetime.now(dt.UTC)
     cuda = torch.cuda.is_available()
@@ -702,6 +703,7 @@ def _train(
         eval_dataset=dataset["validation"].remove_columns(columns),
         processing_class=tokenizer,
         peft_config=get_peft_config(cfg, model.config.to_dict(), new_token_ids),
+        fused_lm_head=use_fused_lm_head(cfg.fused_lm_head, cuda=cuda),
     )
     saved = None  # the last checkpoint's state, when a max_steps run resumes
     if resume_from and args.max_steps > 0 and not args.deepspeed:
@@ -729,7 +731,7 @@ def _train(
     metrics = {**train_metrics, "global_step": trainer.state.global_step}
 
     # ------------------------------------------------------------------ evaluate
-    metrics.update(trainer.evaluate())  # every rank: a collective
+    metrics.update(final_eval_metrics(trainer))  # every rank alike: a collective
     if not writer:  # the merge and the manifest need no other rank: nothing left to wait for
         return metrics
     if do_merge:  # from the adapter rank 0 itself wrote above
@@ -739,6 +741,19 @@ def _train(
                    determinism(cfg))  # fmt: skip
     write_loss_curve(cfg.output_dir, trainer.state.log_history)
     return metrics
+
+
+def final_eval_metrics(trainer: Any) -> dict[str, Any]:
+    """The validation metrics of the trained model: the last logged evaluation when it ran at
+    the final step (eval_strategy epoch or steps that land there), else a fresh ``evaluate()``.
+    """
+    if trainer.args.load_best_model_at_end:  # the saved model is the best, not the last
+        return trainer.evaluate()
+    history = trainer.state.log_history
+    last = next((h for h in reversed(history) if "eval_loss" in h), None)
+    if last is not None and last.get("step") == trainer.state.global_step:
+        return {k: v for k, v in last.items() if k != "step"}
+    return trainer.evaluate()
 
 
 def _cpu_process_group(cfg: TrainConfig) -> None:

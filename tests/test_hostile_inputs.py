@@ -1,0 +1,221 @@
+"""What Charlie survives: bad input outside XML's own attacks (issue 14), one case per test.
+
+Read as a list: each test names the input an attacker or a careless user gives, and the
+behaviour Charlie ends in. The hostile-XML set (DTDs, entities, remote fetches) lives in
+test_parsing.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from charlie.cli import main
+from charlie.errors import CharlieError
+from charlie.parsing import parse_files
+from charlie.prices.base import NotAvailable
+from charlie.prices.cache import CachedProvider
+from charlie.prices.files import FileProvider
+from charlie.prices.service import fetch_prices
+from charlie.tickers import valid_ticker
+
+from .conftest import SAMPLES
+from .test_parsing import document, thesis_xml, write
+
+D = dt.date
+THESIS = thesis_xml({})
+
+
+def identity_holds(report: dict) -> bool:
+    """theses_seen = records + rejects + duplicates_collapsed, per file and in total."""
+    return report["balanced"]
+
+
+# ------------------------------------------------------------------- tickers are not paths
+
+
+@pytest.mark.parametrize("ticker", ["BRK.B", "^GSPC", "EURUSD=X", "ACME.US", "BF-B", "X_1"])
+def test_real_tickers_are_tickers(ticker):
+    assert valid_ticker(ticker)
+
+
+@pytest.mark.parametrize(
+    "ticker", ["../../../../ZZLEAK", "A/B", "..", ".", "A B", "", "X" * 21, "A\x00B", "É"]
+)
+def test_a_path_or_junk_is_not_a_ticker(ticker):
+    assert not valid_ticker(ticker)
+
+
+def test_a_ticker_attribute_that_is_a_path_rejects_the_file_and_keeps_the_others(tmp_path):
+    bad = write(tmp_path / "leak.xml", document([{}], ticker="../../../../ZZLEAK"))
+    good = write(tmp_path / "acme.xml", document([{}], ticker="ACME"))
+    result = parse_files([bad, good])
+    assert [r["ticker"] for r in result.records] == ["ACME"]
+    (fault,) = result.file_faults
+    assert fault["reason"] == "invalid_ticker" and fault["source_file"] == "leak.xml"
+    assert "ZZLEAK" in fault["excerpt"]
+
+
+def test_a_file_name_that_is_not_a_ticker_is_rejected(tmp_path):
+    path = write(tmp_path / "my theses.xml", document([{}], ticker=None))
+    result = parse_files([path])
+    assert not result.records and result.file_faults[0]["reason"] == "invalid_ticker"
+
+
+def test_prices_tickers_flag_refuses_a_path_and_writes_nothing(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"prices:\n  providers: [file]\n  file_dir: {SAMPLES / 'prices'}\n"
+                      f"  cache_dir: {tmp_path / 'cache'}\n")  # fmt: skip
+    argv = ["prices", "--params", str(params), "--tickers", "ACME,../../../ESCAPED",
+            "--start", "2024-01-02", "--end", "2024-01-19"]  # fmt: skip
+    assert main(argv) == 2  # the user's input
+    err = capsys.readouterr().err
+    assert "invalid ticker(s) '../../../ESCAPED'" in err and "Traceback" not in err
+    assert not list(tmp_path.parent.rglob("ESCAPED*"))
+
+
+def test_no_provider_builds_a_path_outside_its_directory(tmp_path):
+    """Defence in depth: the file provider and the cache check the path they build."""
+    outside = tmp_path / "OUTSIDEPRICES.csv"
+    pd.read_csv(SAMPLES / "prices" / "ACME.csv").to_csv(outside, index=False)
+    inner = tmp_path / "prices" / "deep"
+    inner.mkdir(parents=True)
+    with pytest.raises(CharlieError, match="refusing the file"):
+        FileProvider(inner).fetch("../../OUTSIDEPRICES", D(2024, 1, 2), D(2024, 1, 31))
+    cache = CachedProvider(FileProvider(SAMPLES / "prices"), tmp_path / "cache")
+    with pytest.raises(CharlieError, match="refusing the file"):
+        cache.path("../../ZZLEAK")
+    with pytest.raises(CharlieError, match="invalid ticker"):
+        fetch_prices({"../OUTSIDEPRICES": (D(2024, 1, 2), D(2024, 1, 31))}, [FileProvider(inner)])
+    with pytest.raises(NotAvailable):  # a valid ticker without a file is still just absent
+        FileProvider(inner).fetch("ZZZ", D(2024, 1, 2), D(2024, 1, 31))
+
+
+# ------------------------------------------------------------- parse: nothing lost
+
+
+def test_theses_inside_a_wrapper_element_are_parsed(tmp_path):
+    text = document([{}], ticker="ACME").replace(
+        "</stock-theses>",
+        "<group>\n" + thesis_xml({"date": "2024-01-09"}) + "<sub>\n"
+        + thesis_xml({"date": "2024-01-10"}) + "</sub></group>\n" + thesis_xml({"date": "2024-01-11"})
+        + "</stock-theses>",
+    )  # fmt: skip
+    path = write(tmp_path / "acme.xml", text)
+    other = write(tmp_path / "bolt.xml", document([{}], ticker="BOLT"))
+    result = parse_files([path, other])
+    dates = sorted(r["as_of_date"] for r in result.records if r["ticker"] == "ACME")
+    assert dates == ["2024-01-08", "2024-01-09", "2024-01-10", "2024-01-11"]
+    assert any(r["ticker"] == "BOLT" for r in result.records)
+    assert identity_holds(result.report("d")) and not result.rejects
+
+
+def test_a_thesis_nested_in_a_thesis_is_rejected_and_the_outer_one_kept(tmp_path):
+    nested = THESIS.replace("  </thesis>", thesis_xml({"date": "2024-02-01"}) + "  </thesis>", 1)
+    text = document([], ticker="ACME").replace("</stock-theses>", nested + "</stock-theses>")
+    result = parse_files([write(tmp_path / "acme.xml", text)])
+    assert [r["as_of_date"] for r in result.records] == ["2024-01-08"]
+    assert [r["reason"] for r in result.rejects] == ["nested_thesis"]
+    report = result.report("d")
+    assert report["totals"]["theses_seen"] == 2 and identity_holds(report)
+
+
+def test_a_namespaced_thesis_is_reported_not_ignored(tmp_path):
+    ns = THESIS.replace("<thesis>", "<p:thesis>").replace("</thesis>", "</p:thesis>")
+    text = (
+        document([{}], ticker="ACME")
+        .replace('<stock-theses ticker="ACME"', '<stock-theses xmlns:p="urn:x" ticker="ACME"')
+        .replace("</stock-theses>", ns + "</stock-theses>")
+    )
+    result = parse_files([write(tmp_path / "acme.xml", text)])
+    assert len(result.records) == 1 and [r["reason"] for r in result.rejects] == [
+        "namespaced_thesis"
+    ]
+    assert identity_holds(result.report("d"))
+
+
+# ------------------------------------------------------------- outputs never collide
+
+
+def parse_argv(tmp_path: Path, out: Path, rejects: Path, report: Path) -> list[str]:
+    xml = tmp_path / "xml"
+    xml.mkdir(exist_ok=True)
+    write(xml / "acme.xml", document([{}], ticker="ACME"))
+    return ["parse", "--input-dir", str(xml), "--out", str(out), "--rejects", str(rejects),
+            "--report", str(report)]  # fmt: skip
+
+
+@pytest.mark.parametrize("same", ["rejects", "report"])
+def test_parse_refuses_two_outputs_on_one_path(tmp_path, capsys, same):
+    out = tmp_path / "records.jsonl"
+    other = {"rejects": tmp_path / "r.jsonl", "report": tmp_path / "p.json"}
+    other[same] = out
+    assert main(parse_argv(tmp_path, out, other["rejects"], other["report"])) == 2
+    err = capsys.readouterr().err
+    assert "are the same path" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_parse_refuses_to_write_over_an_input(tmp_path, capsys):
+    argv = parse_argv(tmp_path, tmp_path / "xml" / "acme.xml", tmp_path / "r.jsonl",
+                      tmp_path / "p.json")  # fmt: skip
+    before = (tmp_path / "xml" / "acme.xml").read_bytes()
+    assert main(argv) == 2
+    assert "would overwrite the input acme.xml" in capsys.readouterr().err
+    assert (tmp_path / "xml" / "acme.xml").read_bytes() == before
+
+
+def test_an_output_is_never_written_over_a_device_or_a_fifo(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    argv = parse_argv(tmp_path, fifo, tmp_path / "r.jsonl", tmp_path / "p.json")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "refusing to replace" in err and "named pipe, not a regular file" in err
+    assert fifo.is_fifo()
+    from charlie.io import atomic_outputs
+
+    with (
+        pytest.raises(CharlieError, match="character device, not a regular file"),
+        atomic_outputs("/dev/null"),
+    ):
+        pass
+    assert Path("/dev/null").is_char_device()
+
+
+def test_a_directory_output_replaces_only_what_charlie_wrote(tmp_path):
+    from charlie.io import MARKER, atomic_directory
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    with (
+        pytest.raises(CharlieError, match="a directory Charlie did not write"),
+        atomic_directory(user),
+    ):
+        pass
+    assert (user / "notes.txt").read_text() == "keep me"
+    ours = tmp_path / "ours"
+    for content in ("one", "two"):  # written, then replaced whole
+        with atomic_directory(ours) as tmp:
+            (tmp / "data.txt").write_text(content)
+    assert (ours / "data.txt").read_text() == "two" and (ours / MARKER).is_file()
+    with pytest.raises(CharlieError, match="not a directory"), atomic_directory(user / "notes.txt"):
+        pass
+
+
+def test_dataset_refuses_an_output_that_holds_its_records(tmp_path, capsys):
+    parsed = tmp_path / "parsed"
+    parsed.mkdir()
+    (parsed / "records.jsonl").write_text('{"uid": "x"}\n')
+    (parsed / "unrelated.txt").write_text("keep me")
+    argv = ["dataset", "--records", str(parsed / "records.jsonl"), "--out", str(parsed),
+            "--card", str(tmp_path / "card.json")]  # fmt: skip
+    assert main(argv) == 2
+    assert "would overwrite the input --records" in capsys.readouterr().err
+    assert sorted(p.name for p in parsed.iterdir()) == ["records.jsonl", "unrelated.txt"]
