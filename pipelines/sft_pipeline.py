@@ -67,9 +67,20 @@ GPU_RESOURCE = os.environ.get("CHARLIE_GPU_RESOURCE", "nvidia.com/gpu")
 SHM_MOUNT = "/dev/shm"  # NCCL's shared memory: the container runtime's default is 64 MiB
 
 
+IMAGE_UID = 10001  # the images' `charlie` user (images/*/Dockerfile: USER 10001:10001)
+
+
+def _non_root(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    # The compiler adds the rest of the restricted profile to every container itself
+    # (allowPrivilegeEscalation false, capabilities dropped, seccomp RuntimeDefault).
+    return kubernetes.set_security_context(task, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID,
+                                           run_as_non_root=True)  # fmt: skip
+
+
 def _cpu(task: dsl.PipelineTask, cpu: str, memory: str) -> dsl.PipelineTask:
     return (
-        task.set_cpu_request(cpu)
+        _non_root(task)
+        .set_cpu_request(cpu)
         .set_cpu_limit(cpu)
         .set_memory_request(memory)
         .set_memory_limit(memory)
@@ -163,7 +174,7 @@ def sft_pipeline(
             checkpoint_root=checkpoints,
             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         ).after(planned)
-        trained.set_caching_options(False)
+        _non_root(trained).set_caching_options(False)
         trained.set_cpu_request("8").set_cpu_limit("16").set_memory_request("32Gi")
         trained.set_memory_limit("64Gi")
         trained.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpu_count)

@@ -39,7 +39,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 #: A scripted response: ``(status, headers)`` answers that status with those headers and a
 #: small JSON error body; ``(status, "csv")`` answers that status with the symbol's bars as CSV;
 #: ``(status, text)`` answers that status with ``text`` as the body; ``("slow", seconds)``
-#: sleeps that long before giving the normal answer (to outlast a client's timeout).
+#: sleeps that long before giving the normal answer (to outlast a client's timeout);
+#: ``("drip", seconds)`` sends the normal answer a byte at a time, that long apart;
+#: ``("truncate", n)`` announces the normal answer's length but sends its first n bytes only.
 Scripted = tuple[Any, Any]
 
 _PREFIX = "/api/eod/"
@@ -221,6 +223,9 @@ def _make_handler(server: FakeEodhd) -> type[BaseHTTPRequestHandler]:
                 kind, arg = scripted
                 if kind == "slow":
                     time.sleep(float(arg))
+                elif kind in ("drip", "truncate"):
+                    self._send(status, headers, body, **{kind: arg})
+                    return
                 elif isinstance(arg, Mapping):
                     status, headers = int(kind), {"Content-Type": "application/json", **arg}
                     body = json.dumps({"error": f"scripted HTTP {status}"})
@@ -231,7 +236,8 @@ def _make_handler(server: FakeEodhd) -> type[BaseHTTPRequestHandler]:
                     status, headers, body = int(kind), {"Content-Type": "text/plain"}, str(arg)
             self._send(status, headers, body)
 
-        def _send(self, status: int, headers: dict[str, str], body: str) -> None:
+        def _send(self, status: int, headers: dict[str, str], body: str, *,
+                  drip: float | None = None, truncate: int | None = None) -> None:  # fmt: skip
             data = body.encode()
             try:
                 self.send_response(status)
@@ -239,7 +245,18 @@ def _make_handler(server: FakeEodhd) -> type[BaseHTTPRequestHandler]:
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                if truncate is not None:
+                    self.wfile.write(data[:truncate])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                if drip is None:
+                    self.wfile.write(data)
+                    return
+                for i in range(len(data)):
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(drip)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (a "slow" answer past its timeout)
 

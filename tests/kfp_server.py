@@ -79,6 +79,9 @@ class FakeKfp:
         self.runs: dict[str, dict] = {}
         self.recurring_runs: dict[str, dict] = {}
         self._polls: dict[str, int] = {}
+        # (status, message) for every request: the message formatted with the request's
+        # headers, as a misconfigured proxy echoes them ("{authorization}")
+        self.fail_with: tuple[int, str] | None = None
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -110,6 +113,10 @@ class FakeKfp:
 
     def _route(self, req: Request) -> tuple[int, dict]:
         m, p, q = req.method, req.path, req.query
+        if self.fail_with is not None and not p.endswith("/healthz"):
+            status, message = self.fail_with
+            return status, {"error": message.format(**req.headers), "code": 13,
+                            "message": message.format(**req.headers)}  # fmt: skip
         if not p.startswith(API):
             return 404, {"error": "not found", "message": "not found", "code": 5}
         p = p[len(API) :]

@@ -219,3 +219,198 @@ def test_dataset_refuses_an_output_that_holds_its_records(tmp_path, capsys):
     assert main(argv) == 2
     assert "would overwrite the input --records" in capsys.readouterr().err
     assert sorted(p.name for p in parsed.iterdir()) == ["records.jsonl", "unrelated.txt"]
+
+
+# ------------------------------------------------------------------ the price API
+
+
+@pytest.fixture
+def eodhd_pair():
+    from .eodhd_server import FakeEodhd, make_bars
+
+    bars = make_bars([f"2024-01-{d:02d}" for d in (2, 3, 4, 5, 8)])
+    with FakeEodhd({"ACME.US": bars}) as api, FakeEodhd({"ACME.US": bars}) as elsewhere:
+        yield api, elsewhere
+
+
+def eodhd(server, **kw):
+    from charlie.prices.eodhd import EodhdProvider
+
+    return EodhdProvider("SECRET-KEY-123", base_url=server.url, backoff_s=0.0,
+                         sleep=lambda s: None, **kw)  # fmt: skip
+
+
+def test_a_redirect_to_another_host_never_gets_the_key(eodhd_pair):
+    api, elsewhere = eodhd_pair
+    api.script("ACME.US", (302, {"Location": f"{elsewhere.url}/api/eod/ACME.US"}))
+    with pytest.raises(NotAvailable, match="redirected to another host"):
+        eodhd(api).fetch("ACME", D(2024, 1, 2), D(2024, 1, 8))
+    assert elsewhere.requests == []  # nothing reached the other host, key or not
+
+
+def test_a_redirect_on_the_same_host_is_followed_with_the_key(eodhd_pair):
+    api, _ = eodhd_pair
+    api.script("ACME.US", (301, {"Location": "/api/eod/ACME.US"}))
+    frame = eodhd(api).fetch("ACME", D(2024, 1, 2), D(2024, 1, 8))
+    assert len(frame) == 5 and len(api.requests_for("ACME.US")) == 2
+
+
+def test_a_truncated_answer_is_retried(eodhd_pair):
+    api, _ = eodhd_pair
+    api.script("ACME.US", ("truncate", 20))
+    frame = eodhd(api).fetch("ACME", D(2024, 1, 2), D(2024, 1, 8))
+    assert len(frame) == 5 and len(api.requests_for("ACME.US")) == 2
+
+
+def test_the_timeout_bounds_the_whole_request_not_each_read(eodhd_pair):
+    import time
+
+    from charlie.prices.base import TransientError
+
+    api, _ = eodhd_pair
+    api.script("ACME.US", ("drip", 0.05))  # ~400 bytes at 20 bytes/s: 20 s to send
+    start = time.monotonic()
+    with pytest.raises(TransientError, match="timed out"):
+        eodhd(api, timeout_s=0.5, max_retries=0).fetch("ACME", D(2024, 1, 2), D(2024, 1, 8))
+    assert time.monotonic() - start < 5
+
+
+# -------------------------------------------------------------- secrets stay secret
+
+
+def test_a_server_error_echoing_the_bearer_token_is_redacted(tmp_path, monkeypatch, capsys):
+    from .kfp_server import FakeKfp
+
+    package = tmp_path / "pipeline.yaml"
+    package.write_text("pipelineInfo:\n  name: charlie-sft\n")
+    monkeypatch.setenv("KFP_TOKEN", "tok-9f8e7d6c5b4a")
+    monkeypatch.setenv("CHARLIE_LOG_DIR", str(tmp_path / "logs"))
+    with FakeKfp() as server:
+        server.fail_with = (500, "upstream failed; request had Authorization: {authorization}")
+        code = main(["submit", "--host", server.url, "--package", str(package)])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "HTTP 500" in err and "Bearer ***" in err and "tok-9f8e7d6c5b4a" not in err
+    logged = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
+    assert "tok-9f8e7d6c5b4a" not in logged
+
+
+def test_redact_catches_credentials_whatever_their_source():
+    from charlie.logs import redact
+
+    text = redact('GET /x?api_token=abc123&fmt=json "authorization": "Bearer eyJ.x-y_z" token=q1')
+    assert "abc123" not in text and "eyJ" not in text and "q1" not in text
+    assert "fmt=json" in text and text.count("***") == 3
+
+
+# ---------------------------------------------------------------- one sentence, not a traceback
+
+
+def test_a_log_level_that_is_not_one_is_one_sentence(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("CHARLIE_LOG_LEVEL", "garbage")
+    monkeypatch.setenv("CHARLIE_LOG_DIR", str(tmp_path / "logs"))
+    argv = parse_argv(tmp_path, tmp_path / "o.jsonl", tmp_path / "r.jsonl", tmp_path / "p.json")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "CHARLIE_LOG_LEVEL='garbage' is not a log level" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ pods run restricted
+
+
+def test_every_pipeline_step_runs_as_the_images_non_root_user():
+    """The compiled pipeline: every executor's securityContext (the KFP compiler adds the
+    restricted profile's other fields itself); the TrainJob pods: test_trainjob.py."""
+    import yaml
+
+    from .conftest import REPO
+
+    spec = yaml.safe_load(
+        (REPO / "pipelines" / "sft_pipeline.yaml").read_text().split("\n---\n")[1]
+    )
+    executors = spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert len(executors) >= 9
+    for name, config in executors.items():
+        assert config["securityContext"] == {"runAsNonRoot": True, "runAsUser": "10001",
+                                             "runAsGroup": "10001"}, name  # fmt: skip
+
+
+@pytest.mark.parametrize("content", [b"EODHD_API_KEY=\xff\xfe\x00bad\n", "A=1\n".encode("utf-16")])
+def test_a_dotenv_that_is_not_utf8_is_one_sentence(tmp_path, monkeypatch, capsys, content):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_bytes(content)
+    monkeypatch.setenv("CHARLIE_LOG_DIR", str(tmp_path / "logs"))
+    argv = parse_argv(tmp_path, tmp_path / "o.jsonl", tmp_path / "r.jsonl", tmp_path / "p.json")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert ".env is not UTF-8 text" in err and "Traceback" not in err
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, capsys):
+    import time
+
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    params = tmp_path / "params.yaml"
+    params.write_text("\n".join(lines) + "\n")
+    start = time.monotonic()
+    assert main(["prices", "--params", str(params), "--tickers", "ACME", "--start", "2024-01-02",
+                 "--end", "2024-01-05"]) == 2  # fmt: skip
+    assert time.monotonic() - start < 10
+    assert "YAML aliases (*name) are not allowed (alias at line 2)" in capsys.readouterr().err
+
+
+def test_an_unknown_section_from_the_environment_names_the_variable(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("CHARLIE_FOO__BAR", "1")
+    monkeypatch.setenv("CHARLIE_LOG_DIR", str(tmp_path / "logs"))
+    argv = parse_argv(tmp_path, tmp_path / "o.jsonl", tmp_path / "r.jsonl", tmp_path / "p.json")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "environment variable CHARLIE_FOO__BAR: unknown key 'foo'" in err
+
+
+@pytest.mark.parametrize("windows", ["[100000000]", "[-1, 0]", "[]"])
+def test_forward_windows_outside_a_year_of_trading_days_are_refused(tmp_path, windows):
+    from charlie.config import ConfigError, load_config
+    from charlie.evaluation.config import EvalConfig
+
+    path = tmp_path / "eval.yaml"
+    path.write_text(f"forward_windows: {windows}\n")
+    with pytest.raises(ConfigError, match="forward_windows"):
+        load_config(path, EvalConfig)
+
+
+def test_evaluate_limit_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--limit", "-3"])
+    assert exit_.value.code == 2
+    assert "--limit: expected a positive number, got -3" in capsys.readouterr().err
+
+
+def test_parse_reports_links_out_of_the_input_and_entries_that_are_not_files(tmp_path, capsys):
+    import json
+    import os
+
+    secret = tmp_path / "elsewhere" / "secret.xml"
+    secret.parent.mkdir()
+    write(secret, document([{}], ticker="SECRET"))
+    xml = tmp_path / "xml"
+    xml.mkdir()
+    write(xml / "acme.xml", document([{}], ticker="ACME"))
+    (xml / "leak.xml").symlink_to(secret)
+    (xml / "also.xml").symlink_to(xml / "acme.xml")  # a link inside the input: read
+    os.mkfifo(xml / "pipe.xml")
+    (xml / "folder.xml").mkdir()
+    (xml / "dangling.xml").symlink_to(tmp_path / "missing.xml")
+    out = tmp_path / "out"
+    argv = ["parse", "--input-dir", str(xml), "--out", str(out / "records.jsonl"),
+            "--rejects", str(out / "rejects.jsonl"), "--report", str(out / "report.json")]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    faults = {f["file"]: f.get("fault", {}).get("reason") for f in report["files"]}
+    assert faults == {"acme.xml": None, "also.xml": None, "dangling.xml": "not_regular_file",
+                      "folder.xml": "not_regular_file", "leak.xml": "outside_input",
+                      "pipe.xml": "not_regular_file"}  # fmt: skip
+    records = (out / "records.jsonl").read_text()
+    assert "SECRET" not in records and '"ACME"' in records

@@ -107,18 +107,18 @@ def _config(tiny: dict[str, Path], out: Path, **overrides) -> TrainConfig:
 @pytest.fixture
 def trainers(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     """Every SFTTrainer that ``train()`` builds, with ``callbacks`` attached to each."""
-    import trl
+    from charlie.training import trainer
 
     seen: dict[str, list] = {"made": [], "callbacks": []}
 
-    class RecordingSFTTrainer(trl.SFTTrainer):
+    class RecordingSFTTrainer(trainer.SFTTrainer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             seen["made"].append(self)
             for callback in seen["callbacks"]:
                 self.add_callback(callback)
 
-    monkeypatch.setattr(trl, "SFTTrainer", RecordingSFTTrainer)  # train() imports it late
+    monkeypatch.setattr(trainer, "SFTTrainer", RecordingSFTTrainer)  # train() imports it late
     return seen
 
 
@@ -166,6 +166,30 @@ def test_resume_continues_from_the_latest_checkpoint(tiny, tmp_path, caplog):
     steps6 = {float(s["step"]) for s in final["state"].values()}
     assert steps4 == {4.0}
     assert steps6 == {6.0}
+
+
+def test_a_half_written_checkpoint_never_blocks_a_retry(tiny, tmp_path, caplog):
+    """kill -9 while saving: an empty newest folder and a cut-short adapter are skipped (and
+    removed), the newest complete checkpoint resumed, and train_loss covers the whole run."""
+    import logging
+
+    from charlie.training.sft import train
+
+    out = tmp_path / "run"
+    train(_config(tiny, out, max_steps=4, save_total_limit=None))
+    (out / "checkpoint-6").mkdir()  # killed right after creating it
+    weights = out / "checkpoint-4" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # killed while writing the weights
+    caplog.set_level(logging.INFO, logger="charlie.train")
+    metrics = train(_config(tiny, out, max_steps=6, save_total_limit=None))
+    assert f"resuming from {out / 'checkpoint-2'}" in caplog.messages
+    warned = " ".join(m for m in caplog.messages if "half-written" in m)
+    assert "checkpoint-6" in warned and "no trainer_state.json" in warned
+    assert "checkpoint-4" in warned and "adapter_model.safetensors is cut short" in warned
+    assert metrics["global_step"] == 6
+    losses = _losses(_manifest(out)["log_history"])
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+    assert metrics["train_loss"] == pytest.approx(sum(losses.values()) / 6, rel=1e-3)
 
 
 def test_resume_true_without_a_checkpoint_is_refused(tiny, tmp_path):

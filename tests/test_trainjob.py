@@ -187,11 +187,18 @@ def test_build_trainjob_sets_every_field_and_conforms_to_the_crd():
     assert pod["volumes"] == [
         {"name": "charlie-cache", "persistentVolumeClaim": {"claimName": "charlie-cache"}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}},
+        {"name": "tmp", "emptyDir": {}},
     ]
+    # the restricted Pod Security profile, with a read-only root and a writable /tmp ($HOME)
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 10001,
+        "runAsGroup": 10001, "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
     (container,) = pod["containers"]
     assert container == {"name": "node", "volumeMounts": [
         {"name": "charlie-cache", "mountPath": "/mnt/charlie-cache"},
-        {"name": "dshm", "mountPath": "/dev/shm"}]}  # fmt: skip
+        {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                            "readOnlyRootFilesystem": True}}  # fmt: skip
+    assert env["HOME"]["value"] == "/tmp"
     assert pod["nodeSelector"] == {"cloud.google.com/gke-nodepool": "gpu"}
     assert pod["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]  # fmt: skip
@@ -205,7 +212,7 @@ def test_build_trainjob_minimal_cpu_job_conforms():
     assert validation_errors(job) == []
     trainer = job["spec"]["trainer"]
     assert "resourcesPerNode" not in trainer and trainer["numProcPerNode"] == 1
-    assert [e["name"] for e in trainer["env"]] == ["HF_HOME", "PYTHONUNBUFFERED"]
+    assert [e["name"] for e in trainer["env"]] == ["HF_HOME", "PYTHONUNBUFFERED", "HOME"]
     pod = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]
     pod = pod["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     assert "tolerations" not in pod and "nodeSelector" not in pod

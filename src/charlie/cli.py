@@ -16,6 +16,7 @@ from pathlib import Path
 
 from charlie import __version__
 from charlie.errors import CharlieError
+from charlie.logs import redact
 
 # Pipeline order. Each is charlie.stages.<name with _ for ->, defining add_arguments() and run()
 # (its docstring is the subcommand's --help); the line here is the one-line summary.
@@ -108,19 +109,24 @@ def _load_dotenv() -> None:
     if Path(".env").is_file():
         from dotenv import load_dotenv
 
-        load_dotenv(".env", override=False)
+        try:
+            load_dotenv(".env", override=False, encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise CharlieError(
+                f".env is not UTF-8 text (byte {exc.start}); save it as UTF-8."
+            ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one stage; user errors become one sentence on stderr and a non-zero exit code."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
-    _load_dotenv()
     try:
+        _load_dotenv()
         return int(args._run(args) or 0)
     except CharlieError as exc:
         logging.getLogger("charlie").debug("failed", exc_info=True)
-        print(f"charlie {args.stage}: error: {exc}", file=sys.stderr)
+        print(redact(f"charlie {args.stage}: error: {exc}"), file=sys.stderr)
         return exc.exit_code
     except OSError as exc:  # a path the user named cannot be read or written
         where = f": {exc.filename}" if exc.filename else ""

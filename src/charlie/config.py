@@ -536,6 +536,17 @@ def auto_or_count(value: object, name: str, unit: str) -> int | str:
     return int(text)
 
 
+def positive(value: str) -> int:
+    """An argparse type for a count that must be at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return number
+
+
 def switch(value: str) -> bool:
     """An argparse type for ``--flag=VALUE`` as a pipeline passes it: true/false, 1/0, yes/no."""
     lowered = value.strip().lower()
@@ -577,10 +588,28 @@ def _flag_values(
     return out
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load without aliases: ``*name`` refers back to an anchor, and nine of them nested
+    nine deep (a "billion laughs") make a document that validation walks for minutes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"alias at line {mark.line + 1}")
+        return super().compose_node(parent, index)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text.") from None
+    try:
+        loaded = yaml.load(text, Loader=_NoAliasLoader)
     except yaml.YAMLError as exc:
+        if str(exc).startswith("alias at line"):
+            raise ConfigError(f"{path}: YAML aliases (*name) are not allowed ({exc}); write "
+                              "the value out.") from None  # fmt: skip
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path} is not valid YAML{where}.") from None
@@ -628,7 +657,9 @@ def _one_sentence(
     error = exc.errors()[0]
     loc = tuple(str(part) for part in error["loc"])
     key = ".".join(loc) or "(top level)"
-    source = sources.get(loc, default_source)
+    # an unknown section is reported at its own key: the variable that set a key below it
+    below = [where for keys, where in sources.items() if keys[: len(loc)] == loc]
+    source = sources.get(loc) or (below[0] if below else default_source)
     more = len(exc.errors()) - 1
     tail = f" ({more} more problem{'s' if more > 1 else ''} after this one)" if more else ""
     if error["type"] == "extra_forbidden":

@@ -4,12 +4,55 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
+from charlie.errors import CharlieError
+
 LOG_DIR_ENV = "CHARLIE_LOG_DIR"
 LOG_LEVEL_ENV = "CHARLIE_LOG_LEVEL"
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SECRETS: set[str] = set()
+_CREDENTIALS = (
+    re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9\-._~+/]+=*"),
+    re.compile(r"(?i)\b((?:api_token|api_key|apikey|access_token|token|password)=)[^&\s\"',;]+"),
+    re.compile(r"(?i)(\"(?:authorization|api_token|access_token|token)\"\s*:\s*\")[^\"]+"),
+)
+
+
+def register_secret(secret: str | None) -> None:
+    """A value (an API key, a token) never to print or log, wherever it turns up."""
+    if secret and len(secret) >= 4:
+        _SECRETS.add(secret)
+
+
+def redact(text: str) -> str:
+    """``text`` with registered secrets and anything shaped like a credential replaced by
+    ``***``: ``Bearer <token>``, ``api_token=...``, ``"authorization": "..."``, whatever the
+    source (a server's error body echoing our headers, an exception's URL)."""
+    for secret in _SECRETS:
+        text = text.replace(secret, "***")
+    for pattern in _CREDENTIALS:
+        text = pattern.sub(r"\1***", text)
+    return text
+
+
+class RedactingFormatter(logging.Formatter):
+    """A formatter whose output (message and traceback alike) goes through :func:`redact`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def console_level() -> str:
+    """``$CHARLIE_LOG_LEVEL`` (default INFO), or one sentence naming the allowed levels."""
+    level = os.environ.get(LOG_LEVEL_ENV, "INFO").strip().upper()
+    if level not in LEVELS:
+        raise CharlieError(f"{LOG_LEVEL_ENV}={os.environ[LOG_LEVEL_ENV][:40]!r} is not a log "
+                           f"level; use one of {', '.join(LEVELS)}.")  # fmt: skip
+    return level
 
 
 def setup_logging(stage: str) -> Path:
@@ -24,6 +67,7 @@ def setup_logging(stage: str) -> Path:
     Returns:
         The path of the log file.
     """
+    level = console_level()
     log_dir = Path(os.environ.get(LOG_DIR_ENV, "logs"))
     log_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -39,13 +83,13 @@ def setup_logging(stage: str) -> Path:
     logger.propagate = False
 
     console = logging.StreamHandler(sys.stderr)
-    console.setLevel(os.environ.get(LOG_LEVEL_ENV, "INFO").upper())
-    console.setFormatter(logging.Formatter("%(message)s"))
+    console.setLevel(level)
+    console.setFormatter(RedactingFormatter("%(message)s"))
     logger.addHandler(console)
 
     file_handler = logging.FileHandler(path, encoding="utf-8")
     file_handler.setLevel(logging.DEBUG)
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    file_handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger.addHandler(file_handler)
     logger.debug("log file %s", path)
     return path

@@ -45,6 +45,10 @@ REASONS: dict[str, str] = {
     # a whole file
     "forbidden_dtd": "the file declares a DTD (DOCTYPE); DTDs and entities are refused",
     "empty_file": "the file is empty",
+    "not_regular_file": "the *.xml entry is not a regular file (a directory, a pipe, a device "
+    "or a broken link), so it was not read",
+    "outside_input": "the *.xml entry is a symbolic link to a file outside the input directory, "
+    "which parse does not follow",
     "not_xml": "the file is not XML",
     "encoding_error": "the file's bytes do not match its declared encoding",
     "malformed_xml": "the XML is malformed; theses before the fault were kept",
@@ -406,11 +410,21 @@ def _file_events(
             )
 
 
+def _refused(path: Path, root: Path | None) -> str | None:
+    """Why an input entry is not read (None: it is read)."""
+    if root is not None and path.is_symlink() and path.exists():
+        target = path.resolve()
+        if target.parent != root.resolve() and root.resolve() not in target.parents:
+            return "outside_input"
+    return None if path.is_file() else "not_regular_file"
+
+
 def parse_files(
     paths: Iterable[Path],
     *,
     names: Callable[[Path], str] = lambda p: p.name,
     opener: Callable[[Path], Any] | None = None,
+    root: Path | None = None,
 ) -> ParseResult:
     """Parse XML thesis files into records and rejects, in the given order.
 
@@ -419,6 +433,9 @@ def parse_files(
         names: How a file is named in records, rejects and the report.
         opener: Returns the source lxml reads for a path (a file object, e.g. one that
             reports progress); the default lets lxml open the path itself.
+        root: The input directory: a path that is a link to a file outside it is reported
+            (``outside_input``), not read. Entries that are not regular files are reported
+            (``not_regular_file``) either way.
 
     Returns:
         Records (duplicates collapsed, conflicts removed), rejects, and per-file statistics.
@@ -430,9 +447,12 @@ def parse_files(
     for path in paths:
         name = names(path)
         stats = files[name] = FileStats()
-        if path.stat().st_size == 0:
-            stats.fault = {"reason": "empty_file", "line": 0, "message": REASONS["empty_file"]}
-            faults.append(_reject(name, 0, "empty_file", REASONS["empty_file"], scope="file"))
+        refused = _refused(path, root)
+        if refused is None and path.stat().st_size == 0:
+            refused = "empty_file"
+        if refused is not None:
+            stats.fault = {"reason": refused, "line": 0, "message": REASONS[refused]}
+            faults.append(_reject(name, 0, refused, REASONS[refused], scope="file"))
             continue
         source = opener(path) if opener else str(path)
         try:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
 from charlie.config import Section, auto_or_count
+
+MAX_WINDOW = 260  # trading days: a year; the dataset's purge and history scale with it
 
 
 class EvalConfig(Section):
@@ -26,7 +28,7 @@ class EvalConfig(Section):
         Path("results/eval_results.csv"),
         description="The per-sample CSV; the other outputs go beside it.",
     )
-    forward_windows: list[int] = Field(
+    forward_windows: list[Annotated[int, Field(ge=1, le=MAX_WINDOW)]] = Field(
         [1, 5, 10, 30],
         min_length=1,
         description="Forward-return horizons in trading days (the dataset audit uses the longest).",

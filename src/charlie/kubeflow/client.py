@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from charlie.errors import CharlieError
+from charlie.logs import redact, register_secret
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def describe_error(exc: BaseException, host: str) -> str:
                 detail = payload.get("message") or payload.get("error") or ""
             except (ValueError, AttributeError):
                 detail = ""
-        suffix = f": {detail}" if detail else ""
+        suffix = f": {redact(str(detail))}" if detail else ""
         return f"the KFP server at {host} answered HTTP {exc.status} {reason}{suffix}."
     if isinstance(exc, TimeoutError):
         return f"the KFP server at {host} did not answer its health check."
@@ -99,6 +100,7 @@ class KfpClient:
         if namespace:
             kwargs["namespace"] = namespace
         if token:
+            register_secret(token)
             kwargs["existing_token"] = token
         self.client = self.call("connect", _make_client, kwargs)
 

@@ -58,6 +58,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = "nvidia.com/gpu"
 CACHE_PVC = "charlie-cache"
 CACHE_MOUNT = "/mnt/charlie-cache"
+TMP_VOLUME, TMP_MOUNT = "tmp", "/tmp"
+IMAGE_UID = 10001  # the images' `charlie` user (images/*/Dockerfile: USER 10001:10001)
 CACHE_VOLUME = "charlie-cache"
 SHM_MOUNT = "/dev/shm"  # NCCL's shared memory: the container runtime's default is 64 MiB
 SHM_VOLUME = "dshm"
@@ -160,6 +162,7 @@ def build_trainjob(spec: JobSpec) -> dict[str, Any]:
     env = [
         {"name": "HF_HOME", "value": f"{nodes.cache_mount}/huggingface"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},  # node 0's log streams as it is written
+        {"name": "HOME", "value": TMP_MOUNT},  # caches under ~ on the writable /tmp
     ]
     if nodes.hf_secret:
         env.append(_secret_env("HF_TOKEN", nodes.hf_secret, "token"))
@@ -178,16 +181,32 @@ def build_trainjob(spec: JobSpec) -> dict[str, Any]:
     if nodes.shm_size:
         shm["sizeLimit"] = nodes.shm_size
     pod: dict[str, Any] = {
+        # The restricted Pod Security profile; the root filesystem is read-only, so what
+        # Python, torch and Triton write outside the cache goes to an emptyDir at /tmp ($HOME).
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": IMAGE_UID,
+            "runAsGroup": IMAGE_UID,
+            "fsGroup": IMAGE_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "volumes": [
             {"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": nodes.cache_pvc}},
             {"name": SHM_VOLUME, "emptyDir": shm},
+            {"name": TMP_VOLUME, "emptyDir": {}},
         ],
         "containers": [
             {
                 "name": NODE,
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                    "readOnlyRootFilesystem": True,
+                },
                 "volumeMounts": [
                     {"name": CACHE_VOLUME, "mountPath": nodes.cache_mount},
                     {"name": SHM_VOLUME, "mountPath": SHM_MOUNT},
+                    {"name": TMP_VOLUME, "mountPath": TMP_MOUNT},
                 ],
             }
         ],

@@ -14,11 +14,13 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urljoin, urlsplit
 
 import pandas as pd
 import requests
+import urllib3
 
+from charlie.logs import register_secret
 from charlie.prices.base import AuthError, NotAvailable, TransientError, normalize_frame
 from charlie.prices.cache import CachedProvider
 
@@ -26,6 +28,7 @@ log = logging.getLogger("charlie.prices.eodhd")
 
 # urllib3 logs the request line (path and query, so the api_token) at DEBUG on these loggers.
 _URL_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry")
+MAX_REDIRECTS = 5
 _BAR_FIELDS = {"date", "open", "high", "low", "close", "volume"}  # adjusted_close is optional
 
 
@@ -52,6 +55,8 @@ _REDACTOR = _RedactSecrets()
 def _redact_in_urllib3_logs(secret: str) -> None:
     """Registers ``secret`` (raw and URL-encoded) with the one shared redacting filter."""
     _REDACTOR.secrets.update({secret, quote_plus(secret), quote(secret, safe="")})
+    for form in _REDACTOR.secrets:
+        register_secret(form)
     for name in _URL_LOGGERS:
         logger = logging.getLogger(name)
         if _REDACTOR not in logger.filters:
@@ -157,11 +162,13 @@ class EodhdProvider:
         for attempt in range(attempts):
             retry_after = None
             try:
-                response = self._session.get(url, params=params, timeout=self._timeout_s)
+                response = self._get(symbol, url, params)
             except requests.Timeout:
                 problem = "timed out"
             except requests.ConnectionError:  # its text holds the URL, hence the key: never shown
                 problem = "connection failed"
+            except requests.RequestException:  # a body cut short (IncompleteRead) or undecodable
+                problem = "truncated answer"
             else:
                 status = response.status_code
                 if status == 200:
@@ -189,6 +196,42 @@ class EodhdProvider:
             )
             self._sleep(wait)
         raise TransientError(f"eodhd {symbol}: {problem} on all {attempts} attempts.")
+
+    def _get(self, symbol: str, url: str, params: dict[str, str]) -> requests.Response:
+        """One GET, its whole answer read within ``timeout_s``, redirects on the same origin only.
+
+        The key travels in the query, so a redirect to another scheme, host or port is never
+        followed (that host's logs would get the key): it is ``NotAvailable``, with the host.
+        ``timeout_s`` bounds the whole request, not each read, so a server that drips its
+        answer a byte at a time times out like one that never answers.
+        """
+        deadline = time.monotonic() + self._timeout_s
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._session.get(url, params=params, timeout=self._timeout_s,
+                                         allow_redirects=False, stream=True)  # fmt: skip
+            if not response.is_redirect:
+                break
+            target = urljoin(url, response.headers["Location"])
+            response.close()
+            if urlsplit(target)[:2] != urlsplit(url)[:2]:
+                raise NotAvailable(f"eodhd {symbol}: redirected to another host "
+                                   f"({urlsplit(target).netloc}), where the key is never sent.")  # fmt: skip
+            url, params = target, (params if not urlsplit(target).query else {})
+        else:
+            raise NotAvailable(f"eodhd {symbol}: more than {MAX_REDIRECTS} redirects.")
+        chunks = []
+        with response:
+            try:
+                while chunk := response.raw.read1(1 << 16, decode_content=True):
+                    chunks.append(chunk)
+                    if time.monotonic() > deadline:
+                        raise requests.Timeout
+            except urllib3.exceptions.TimeoutError:
+                raise requests.Timeout from None
+            except urllib3.exceptions.HTTPError:  # IncompleteRead, a reset mid-body
+                raise requests.exceptions.ChunkedEncodingError from None
+        response._content = b"".join(chunks)  # what requests itself sets when it reads
+        return response
 
     @staticmethod
     def _frame(

@@ -41,7 +41,7 @@ import argparse
 import functools
 import logging
 
-from charlie.config import CONFIG, EvaluateParams, add_flags, load_config, load_params
+from charlie.config import CONFIG, EvaluateParams, add_flags, load_config, load_params, positive
 from charlie.errors import CharlieError, QualityGateError
 from charlie.evaluation import budget, core
 from charlie.evaluation.config import EvalConfig
@@ -62,7 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The eval config file (params.yaml's `evaluate.config`) and overrides of its keys."""
     add_flags(parser, EvaluateParams, "evaluate")
     add_flags(parser, EvalConfig, CONFIG)
-    parser.add_argument("--limit", type=int, help="evaluate the first N rows only (a quick look)")
+    parser.add_argument(
+        "--limit", type=positive, help="evaluate the first N rows only (a quick look)"
+    )
     kfp_executor.add_argument(parser)
 
 

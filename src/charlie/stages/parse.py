@@ -89,13 +89,13 @@ def run(args: argparse.Namespace) -> int:
     opened = open_source(input_dir, dvc_repo=params.dvc_repo, dvc_rev=params.dvc_rev)
     with opened as (directory, source):  # a remote source's download is removed at the end
         log.info("reading theses from %s", source.describe())
-        paths = sorted(p for p in directory.glob("*.xml") if p.is_file())
+        paths = sorted(directory.glob("*.xml"))  # every entry: what is not read is reported
         if not paths:
             raise CharlieError(f"input directory {where} holds no *.xml file.")
         require_distinct(outputs, {p.name: p for p in paths})
-        total = sum(p.stat().st_size for p in paths)
+        total = sum(p.stat().st_size for p in paths if p.is_file())
         with progress_bar(total=total, unit="B", unit_scale=True, desc="parse") as bar:
-            result = parse_files(paths, opener=lambda p: _Progress(p, bar))
+            result = parse_files(paths, opener=lambda p: _Progress(p, bar), root=directory)
     report = result.report(where)
     report = {"input_dir": report.pop("input_dir"), "source": source.as_dict(), **report}
     _summary(report, REASONS)

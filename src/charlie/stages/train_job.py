@@ -22,20 +22,13 @@ import json
 import logging
 from pathlib import Path
 
-from charlie.config import switch
+from charlie.config import positive, switch
 from charlie.errors import CharlieError
 from charlie.kubeflow import executor as kfp_executor
 from charlie.kubeflow import trainjob
 from charlie.logs import setup_logging
 
 log = logging.getLogger("charlie.train_job")
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return number
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,11 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     nodes = parser.add_argument_group("the nodes")
     nodes.add_argument("--image", required=True,
                        help="the CUDA image every node runs (components/images.py CUDA_IMAGE)")  # fmt: skip
-    nodes.add_argument("--num-nodes", type=_positive, default=2, metavar="N",
+    nodes.add_argument("--num-nodes", type=positive, default=2, metavar="N",
                        help="training nodes (default: 2)")  # fmt: skip
     nodes.add_argument("--gpus-per-node", type=int, default=1, metavar="N",
                        help="GPUs each node requests (default: 1; 0: CPU only)")  # fmt: skip
-    nodes.add_argument("--nproc-per-node", type=_positive, metavar="N",
+    nodes.add_argument("--nproc-per-node", type=positive, metavar="N",
                        help="processes per node (default: one per GPU, 1 without GPUs)")  # fmt: skip
     nodes.add_argument("--gpu-resource", default=trainjob.GPU_RESOURCE,
                        help=f"the GPUs' resource name (default: {trainjob.GPU_RESOURCE})")  # fmt: skip

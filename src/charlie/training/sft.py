@@ -503,22 +503,42 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def _checkpoint_is_complete(folder: Path, step: int) -> bool:
-    """Whether ``checkpoint-<step>`` was written to the end and can be resumed from.
+def checkpoint_problem(folder: Path, step: int) -> str | None:
+    """Why ``checkpoint-<step>`` cannot be resumed from (None: it can), in a few words.
 
     Trainer writes a checkpoint file by file: rank 0's weights, optimizer and scheduler, then
-    its ``trainer_state.json``; every rank writes its own ``rng_state_<rank>.pth`` (torch's zip
-    format, unreadable when cut short). A process killed while saving leaves the folder without
-    a readable state of that step, or with a truncated RNG file that would stop one rank's
-    resume.
+    its ``trainer_state.json``; every rank writes its own ``rng_state_<rank>.pth``. A process
+    killed while saving leaves the folder without a readable state of that step, or with a
+    file cut short. Checked: the state parses and names the step; every torch file is a whole
+    zip (torch's format); every safetensors file is as long as its header says.
     """
     try:
         state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
         if int(state["global_step"]) != step:
-            return False
+            return f"its trainer_state.json is of step {state['global_step']}"
+    except FileNotFoundError:
+        return "no trainer_state.json"
     except (OSError, ValueError, TypeError, KeyError):
+        return "trainer_state.json does not parse"
+    for torch_file in sorted(folder.glob("*.pt")) + sorted(folder.glob("*.pth")):
+        if not zipfile.is_zipfile(torch_file):
+            return f"{torch_file.name} is cut short"
+    for weights in sorted(folder.rglob("*.safetensors")):
+        if not _safetensors_whole(weights):
+            return f"{weights.relative_to(folder)} is cut short"
+    return None
+
+
+def _safetensors_whole(path: Path) -> bool:
+    """Whether a safetensors file holds its header and every tensor's bytes the header names."""
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    except (OSError, ValueError, TypeError, KeyError, IndexError):
         return False
-    return all(zipfile.is_zipfile(rng) for rng in folder.glob("rng_state*.pth"))
+    return path.stat().st_size >= 8 + size + max(ends, default=0)
 
 
 def latest_checkpoint(folder: Path, *, remove_incomplete: bool = False) -> str | None:
@@ -537,11 +557,12 @@ def latest_checkpoint(folder: Path, *, remove_incomplete: bool = False) -> str |
         reverse=True,
     )  # fmt: skip
     for step, path in found:
-        if _checkpoint_is_complete(path, step):
+        problem = checkpoint_problem(path, step)
+        if problem is None:
             return str(path)
         if remove_incomplete:
-            log.warning("removing %s: a half-written checkpoint (a process was stopped while "
-                        "saving it)", path)  # fmt: skip
+            log.warning("removing %s: a half-written checkpoint (%s; a process was stopped "
+                        "while saving it)", path, problem)  # fmt: skip
             # Renamed first, at once: another rank never sees it half-deleted (and complete).
             doomed = path.with_name(f".removing-{path.name}")
             try:
@@ -550,7 +571,7 @@ def latest_checkpoint(folder: Path, *, remove_incomplete: bool = False) -> str |
                 doomed = path
             shutil.rmtree(doomed, ignore_errors=True)
         else:
-            log.warning("skipping %s: a half-written checkpoint", path)
+            log.warning("skipping %s: a half-written checkpoint (%s)", path, problem)
     return None
 
 
@@ -721,6 +742,11 @@ def _train(
         train_metrics: dict[str, Any] = {}
     else:
         train_metrics = trainer.train(resume_from_checkpoint=resume_from).metrics
+        if resume_from and "train_loss" in train_metrics:  # Trainer's covers this part only
+            train_metrics["train_loss"] = whole_run_loss(
+                trainer.state.log_history, _done_steps(resume_from),
+                train_metrics["train_loss"], trainer.state.global_step,
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ save
     # Every rank calls save_model (ZeRO-3 gathers the shards in it); rank 0 alone writes.
@@ -741,6 +767,22 @@ def _train(
                    determinism(cfg))  # fmt: skip
     write_loss_curve(cfg.output_dir, trainer.state.log_history)
     return metrics
+
+
+def whole_run_loss(history: list[dict[str, Any]], resumed_at: int, resumed_loss: float,
+                   final_step: int) -> float:  # fmt: skip
+    """The mean training loss over every step of a resumed run.
+
+    The steps before ``resumed_at`` from the logged losses (each entry the mean over the steps
+    since the previous one), the rest from Trainer's ``train_loss`` of the resumed part.
+    """
+    total, last = 0.0, 0
+    for entry in history:
+        if "loss" in entry and entry.get("step", 0) <= resumed_at:
+            total += entry["loss"] * (entry["step"] - last)
+            last = entry["step"]
+    done = final_step - resumed_at
+    return (total + resumed_loss * done) / max(1, last + done)
 
 
 def final_eval_metrics(trainer: Any) -> dict[str, Any]:
