@@ -414,3 +414,76 @@ def test_parse_reports_links_out_of_the_input_and_entries_that_are_not_files(tmp
                       "pipe.xml": "not_regular_file"}  # fmt: skip
     records = (out / "records.jsonl").read_text()
     assert "SECRET" not in records and '"ACME"' in records
+
+
+# ------------------------------------------------------------- prices are validated
+
+
+def bars(rows: list[tuple]) -> pd.DataFrame:
+    columns = ["date", "open", "high", "low", "close", "adj_close", "volume"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+GOOD = ("2024-01-02", 10.0, 11.0, 9.5, 10.5, 10.5, 1000.0)
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (("2024-13-45", 10, 11, 9.5, 10.5, 10.5, 1000), "bad_date"),
+        (("2024-01-03", 10, 11, 9.5, None, 10.5, 1000), "missing_close"),
+        (("2024-01-03", 10, 11, 9.5, "ten", 10.5, 1000), "not_numeric"),
+        (("2024-01-03", None, 11, 9.5, 10.5, 10.5, 1000), "missing_value"),
+        (("2024-01-03", 10, 11, 9.5, 10.5, 10.5, None), "missing_value"),
+        (("2024-01-03", 10, 11, 9.5, float("inf"), 10.5, 1000), "not_finite"),
+        (("2024-01-03", 10, 11, 9.5, 10.5, 0.0, 1000), "non_positive_price"),
+        (("2024-01-03", -1, 11, -2, 10.5, 10.5, 1000), "non_positive_price"),
+        (("2024-01-03", 10, 11, 9.5, 10.5, 10.5, 1e300), "implausible_volume"),
+        (("2024-01-03", 10, 9, 9.5, 10.5, 10.5, 1000), "inconsistent_range"),
+        (("2024-01-02", 10, 11, 9.5, 10.7, 10.7, 1000), "conflicting_duplicate"),
+    ],
+)
+def test_a_bad_bar_is_dropped_and_counted_with_its_reason(bad, reason):
+    from charlie.prices.base import normalize_frame
+
+    later = [(f"2024-01-{d:02d}", 10.0, 11.0, 9.5, 10.5, 10.5, 1000.0) for d in (4, 5, 8)]
+    frame = normalize_frame(bars([GOOD, bad, *later]).astype(object))
+    dropped = frame.attrs["dropped"]
+    expected = 2 if reason == "conflicting_duplicate" else 1  # both rows of the date go
+    assert dropped == {reason: expected}
+    assert len(frame) == 5 - expected and frame["date"].is_monotonic_increasing
+    assert frame[["open", "high", "low", "close", "adj_close", "volume"]].gt(0).all().all()
+
+
+def test_identical_repeats_collapse_and_are_counted():
+    from charlie.prices.base import normalize_frame
+
+    frame = normalize_frame(bars([GOOD, GOOD]))
+    assert len(frame) == 1 and frame.attrs["dropped"] == {"duplicate_date": 1}
+
+
+def test_a_ticker_whose_data_is_mostly_bad_fails_in_one_sentence(tmp_path):
+    from charlie.prices.service import require_all
+
+    prices = tmp_path / "prices"
+    prices.mkdir()
+    rows = [(f"2024-01-{d:02d}", 10, 11, 9.5, "ten", 10.5, 1000) for d in range(2, 12)]
+    bars([GOOD, *rows]).to_csv(prices / "ACME.csv", index=False)
+    providers = [FileProvider(prices)]
+    result = fetch_prices({"ACME": (D(2024, 1, 1), D(2024, 1, 31))}, providers)
+    assert result.missing == ["ACME"]
+    (row,) = result.rows
+    assert row["status"] == "invalid" and "10 dropped (10 not_numeric) of 11 bars" in row["detail"]
+    with pytest.raises(CharlieError, match="no price data for ACME"):
+        require_all(result, providers)
+
+
+def test_prices_that_start_after_the_theses_fail_the_dataset_with_the_numbers():
+    from charlie.dataset import check_history
+
+    dates = {f"ACME-2024-01-{d:02d}": None for d in range(2, 8)} | {
+        "ACME-2024-03-01": D(2024, 3, 1)
+    }
+    with pytest.raises(CharlieError, match=r"6 of 7 prompts \(85.7%\) have no price bar"):
+        check_history(dates, 0.02)
+    check_history(dates, 0.9)  # a threshold the user chose

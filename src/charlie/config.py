@@ -230,6 +230,13 @@ class DatasetParams(Section):
     embargo_days: int = Field(
         0, ge=0, description="Drop records this many trading days before each later split."
     )
+    max_no_history_share: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Fail when more than this share of prompts have no price bar on or "
+        'before their date ("No price history"): the prices do not cover the theses.',
+    )
     outside_splits: Literal["error", "drop"] = Field(
         "error", description="Records dated outside every split: stop, or drop and count."
     )

@@ -327,6 +327,17 @@ def check_splits(
             )
 
 
+def check_history(bar_dates: dict[str, dt.date | None], max_share: float) -> None:
+    """One sentence with the numbers when too many prompts have no price bar at all."""
+    missing = sorted(uid for uid, date in bar_dates.items() if date is None)
+    if bar_dates and len(missing) > max_share * len(bar_dates):
+        raise CharlieError(
+            f"{len(missing)} of {len(bar_dates)} prompts ({len(missing) / len(bar_dates):.1%}) "
+            f"have no price bar on or before their date (e.g. {missing[0]}), above "
+            f"dataset.max_no_history_share {max_share:.1%}: the prices do not cover the theses."
+        )
+
+
 def build_rows(
     records: list[dict[str, Any]],
     frames: dict[str, Any],

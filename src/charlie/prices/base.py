@@ -51,27 +51,24 @@ class PriceProvider(Protocol):
 def normalize_frame(
     frame: pd.DataFrame, start: dt.date | None = None, end: dt.date | None = None
 ) -> pd.DataFrame:
-    """Coerce a provider's frame to the contract: columns, dtypes, order, date window.
-
-    Rows without a close are dropped (a bar with no close is no bar); duplicate dates keep the
-    last row; a missing ``adj_close`` becomes the close (no adjustment known).
+    """Coerce a provider's frame to the contract: columns, dtypes, order, date window, and
+    only rows that pass ``charlie.prices.validate`` (the dropped ones are counted by reason in
+    ``frame.attrs["dropped"]``). A missing ``adj_close`` becomes the close (no adjustment
+    known).
     """
+    from charlie.prices.validate import calendar_dates, clean_bars
+
     frame = frame.copy()
-    dates = pd.to_datetime(frame["date"])
-    if dates.dt.tz is not None:  # keep the exchange's calendar date, drop the zone
-        dates = dates.dt.tz_localize(None)
-    frame["date"] = dates.dt.normalize().astype("datetime64[ns]")
     if "adj_close" not in frame:
         frame["adj_close"] = frame["close"]
     frame = frame.loc[:, list(PRICE_COLUMNS)]
-    for column in PRICE_COLUMNS[1:]:
-        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
-    frame["adj_close"] = frame["adj_close"].fillna(frame["close"])
-    keep = frame["close"].notna()
+    frame["adj_close"] = frame["adj_close"].where(frame["adj_close"].notna(), frame["close"])
+    dates = calendar_dates(frame["date"])
+    keep = pd.Series(True, index=frame.index)
     if start is not None:
-        keep &= frame["date"] >= pd.Timestamp(start)
+        keep &= dates.isna() | (dates >= pd.Timestamp(start))
     if end is not None:
-        keep &= frame["date"] <= pd.Timestamp(end)
-    frame = frame.loc[keep]
-    frame = frame.drop_duplicates("date", keep="last").sort_values("date")
-    return frame.reset_index(drop=True)
+        keep &= dates.isna() | (dates <= pd.Timestamp(end))
+    clean, dropped = clean_bars(frame.loc[keep])
+    clean.attrs["dropped"] = dict(dropped)
+    return clean

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,10 +146,16 @@ class CachedProvider:
             # next run asks again for bars that did not exist yet.
             covered.append((lo, min(hi, self.today - ONE_DAY)))
         covered = [(a, b) for a, b in covered if a <= b]
-        merged = normalize_frame(pd.concat(parts)) if parts else frame
+        dropped = Counter()
+        for part in parts[1 if len(frame) else 0 :]:
+            dropped.update(part.attrs.get("dropped", {}))
+        # a bar fetched again (the open range up to today) replaces the cached one
+        merged = pd.concat(parts).drop_duplicates("date", keep="last") if parts else frame
+        merged = normalize_frame(merged) if parts else frame
         if gaps:
             self.store(ticker, merged, covered)
         result = normalize_frame(merged, start, end) if len(merged) else merged
+        result.attrs["dropped"] = dict(dropped)
         if result.empty:
             raise NotAvailable(f"{self.name} has no bar for {ticker} between {start} and {end}")
         return result

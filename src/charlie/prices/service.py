@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ import pandas as pd
 from charlie.errors import CharlieError
 from charlie.prices import registry
 from charlie.prices.base import AuthError, NotAvailable, PriceProvider, TransientError
+from charlie.prices.validate import MAX_DROPPED_SHARE, describe
 from charlie.progress import progress_bar
 from charlie.tickers import require_tickers
 
@@ -89,11 +91,20 @@ def fetch_prices(
                 result.rows.append({**row, "status": status, "detail": str(exc)})
                 log.debug("%s %s: %s", provider.name, ticker, exc)
                 continue
+            dropped = Counter(frame.attrs.get("dropped", {}))
+            if sum(dropped.values()) > MAX_DROPPED_SHARE * (len(frame) + sum(dropped.values())):
+                detail = f"unusable: {describe(dropped)} of {len(frame) + dropped.total()} bars"
+                result.rows.append({**row, "status": "invalid", "detail": detail})
+                log.warning("%s %s: %s", provider.name, ticker, detail)
+                continue
             stats = getattr(provider, "last", None)
             cached = stats.cached_rows if stats else 0
             detail = f"{frame['date'].min():%Y-%m-%d} .. {frame['date'].max():%Y-%m-%d}"
             if stats and stats.fetched_ranges:
                 detail += f", fetched {len(stats.fetched_ranges)} missing range(s)"
+            if dropped:
+                detail += f", {describe(dropped)}"
+                log.warning("%s %s: %s", provider.name, ticker, describe(dropped))
             result.rows.append(
                 {**row, "status": "ok", "bars": len(frame), "cached": cached, "detail": detail}
             )

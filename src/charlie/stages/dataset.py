@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     rows, bar_dates, dropped = core.build_rows(
         records, prices.frames, spec, drop_outside=cfg.outside_splits == "drop"
     )
+    core.check_history(bar_dates, cfg.max_no_history_share)
     core.check_splits(rows, spec, dropped)
     findings = core.audit(rows, bar_dates, spec, horizon)
     if findings.problems:
