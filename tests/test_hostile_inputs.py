@@ -487,3 +487,61 @@ def test_prices_that_start_after_the_theses_fail_the_dataset_with_the_numbers():
     with pytest.raises(CharlieError, match=r"6 of 7 prompts \(85.7%\) have no price bar"):
         check_history(dates, 0.02)
     check_history(dates, 0.9)  # a threshold the user chose
+
+
+# ------------------------------------------------------------------------ the backtest
+
+
+def test_a_prediction_dated_decades_away_is_dropped_not_stretching_the_run():
+    from charlie.backtest.panel import drop_isolated
+
+    dates = pd.to_datetime(["1990-01-02"] + [f"2025-01-{d:02d}" for d in range(2, 12)])
+    predictions = pd.DataFrame({"ticker": "ACME", "as_of_date": dates, "pred_action": "BUY"})
+    kept, strays = drop_isolated(predictions)
+    assert len(kept) == 10 and kept["as_of_date"].min() == pd.Timestamp("2025-01-02")
+    assert list(strays["as_of_date"]) == [pd.Timestamp("1990-01-02")]
+    same, none = drop_isolated(kept)
+    assert len(same) == 10 and none.empty
+
+
+def test_a_prediction_before_its_tickers_first_bar_is_dropped_and_counted():
+    from charlie.backtest.config import BacktestConfig
+    from charlie.backtest.panel import build_panel
+
+    frame = FileProvider(SAMPLES / "prices").fetch("ACME", D(2024, 1, 2), D(2024, 3, 29))
+    dates = pd.to_datetime(["2023-12-01", "2024-02-01", "2024-02-02"])
+    predictions = pd.DataFrame({"ticker": "ACME", "as_of_date": dates, "pred_action": "BUY"})
+    panel = build_panel(predictions, {"ACME": frame}, BacktestConfig())
+    assert panel.before_prices == 1 and panel.dates[0] == pd.Timestamp("2024-02-01")
+
+
+def test_a_wiped_out_book_reports_no_sharpe_or_sortino():
+    import math
+
+    from charlie.backtest import metrics
+
+    returns = [0.5, 0.4, 0.6, -1.0, 0.0, 0.0]
+    assert metrics.wiped_out(returns) and metrics.total_return(returns) == -1.0
+    assert math.isnan(metrics.sharpe_ratio(returns)) and math.isnan(metrics.sortino_ratio(returns))
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"action_units": {"BUY": 1e300}}, "units must be a number from -100 to 100"),
+        ({"initial_cash": float("inf")}, "initial_cash"),
+        ({"risk_free_per_period": 0.01}, "risk_free_per_period"),
+        ({"position_sizing": "fixed_pct", "fixed_pct_value": 0.6, "allow_shorts": True},
+         "the largest position is 1.2x equity"),
+    ],
+)  # fmt: skip
+def test_absurd_backtest_settings_are_one_sentence(tmp_path, config, message):
+    import yaml
+
+    from charlie.backtest.config import BacktestConfig
+    from charlie.config import ConfigError, load_config
+
+    path = tmp_path / "backtest.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, BacktestConfig)

@@ -15,6 +15,9 @@ from pydantic import Field, field_validator, model_validator
 from charlie import ACTIONS
 from charlie.config import Section
 
+MAX_UNITS = 100
+MAX_CASH = 1e15  # a thousand trillion: beyond it float64 cents stop adding up
+
 
 class ActionUnits(Section):
     """Target position, in units, that each predicted action asks for.
@@ -32,15 +35,18 @@ class ActionUnits(Section):
     @field_validator("*")
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
-        if value is not None and not math.isfinite(value):
-            raise ValueError("units must be a finite number or null (keep the current target)")
+        if value is not None and not (math.isfinite(value) and abs(value) <= MAX_UNITS):
+            raise ValueError(f"units must be a number from -{MAX_UNITS} to {MAX_UNITS}, or null "
+                             "(keep the current target)")  # fmt: skip
         return value
 
 
 class BacktestConfig(Section):
     """How predictions become positions, and what trading them costs."""
 
-    initial_cash: float = Field(1_000_000.0, gt=0, description="Starting equity, all cash.")
+    initial_cash: float = Field(
+        1_000_000.0, gt=0, le=MAX_CASH, description="Starting equity, all cash."
+    )
     transaction_cost_bps: float = Field(
         5.0, ge=0, le=10_000, description="Commission: bps of traded notional (at the fill)."
     )
@@ -68,7 +74,11 @@ class BacktestConfig(Section):
         "splits are in the returns; raw: traded prices as quoted, dividends ignored.",
     )
     risk_free_per_period: float = Field(
-        0.0, ge=-1, lt=1, description="Daily risk-free return for Sharpe and Sortino."
+        0.0,
+        gt=-0.01,
+        lt=0.01,
+        description="Daily risk-free return for Sharpe and Sortino (1% a day is 1,100% a year: "
+        "refused as a unit mistake; 0.0002 is about 5% a year).",
     )
     min_parse_rate: float = Field(
         0.5,
@@ -92,6 +102,26 @@ class BacktestConfig(Section):
             if not 0 <= value <= 10_000:
                 raise ValueError(f"{value} is outside 0..10000 bps")
         return values
+
+    max_leverage: float = Field(
+        1.0,
+        gt=0,
+        le=10,
+        description="Largest single position, long or short, as a multiple of equity: "
+        "fixed_pct refuses units x fixed_pct_value above it (equal_weight never reaches 1).",
+    )
+
+    @model_validator(mode="after")
+    def _within_leverage(self) -> BacktestConfig:
+        if self.position_sizing == "fixed_pct":
+            largest = self.max_units() * self.fixed_pct_value
+            if largest > self.max_leverage:
+                raise ValueError(
+                    f"the largest position is {largest:g}x equity (units {self.max_units():g} x "
+                    f"fixed_pct_value {self.fixed_pct_value:g}), above max_leverage "
+                    f"{self.max_leverage:g}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _something_to_hold(self) -> BacktestConfig:

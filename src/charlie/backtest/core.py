@@ -132,6 +132,19 @@ def run_backtest(
         **_versus(result_metrics["strategy"], matched),
         **metrics.relative(s_ret, m_ret, rf),
     }
+    wiped = [
+        name for name, r in (("strategy", s_ret), ("benchmark", b_ret)) if metrics.wiped_out(r)
+    ]
+    result_metrics["wiped_out"] = {
+        "strategy": "strategy" in wiped,
+        "benchmark": "benchmark" in wiped,
+        "note": (
+            f"The {' and the '.join(wiped)} lost all equity: a terminal state; Sharpe and "
+            "Sortino are not reported (null), and the book only exits its positions."
+            if wiped
+            else "Equity stayed above zero throughout."
+        ),
+    }
     n_days = len(daily)
     result_metrics["annualisation"] = {
         "annualised": metrics.annualised(n_days),
@@ -337,6 +350,10 @@ def _inputs(predictions: pd.DataFrame, panel: Panel) -> dict[str, Any]:
         "days": len(panel.dates) - 1,
         "last_decision_filled": bool(panel.dates[-1] > last_decision),
         "missing_prices": int(np.isnan(panel.close[1:]).sum()),
+        "dropped_predictions": {
+            "isolated_dates": int(predictions.attrs.get("isolated", 0)),
+            "before_first_bar": panel.before_prices,
+        },
     }
 
 

@@ -86,10 +86,17 @@ def annual_volatility(returns, periods: int = PERIODS) -> float:
     return float(np.std(values, ddof=1) * math.sqrt(periods))
 
 
+def wiped_out(returns) -> bool:
+    """Whether the book lost everything (a return of -100%): a terminal state, after which no
+    ratio of mean to spread describes the strategy."""
+    return bool(np.any(_returns(returns) <= -1.0))
+
+
 def sharpe_ratio(returns, risk_free: float = 0.0, periods: int = PERIODS) -> float:
-    """mean(r - rf) / std(r - rf, ddof=1) x sqrt(periods); NaN for zero variance."""
+    """mean(r - rf) / std(r - rf, ddof=1) x sqrt(periods); NaN for zero variance or a
+    wiped-out book."""
     excess = _returns(returns) - risk_free
-    if _zero_variance(excess):
+    if _zero_variance(excess) or wiped_out(returns):
         return math.nan
     return float(np.mean(excess) / np.std(excess, ddof=1) * math.sqrt(periods))
 
@@ -104,9 +111,10 @@ def downside_deviation(returns, required_return: float = 0.0, periods: int = PER
 
 
 def sortino_ratio(returns, required_return: float = 0.0, periods: int = PERIODS) -> float:
-    """mean(r - required) x periods / downside deviation; NaN for zero variance or no downside."""
+    """mean(r - required) x periods / downside deviation; NaN for zero variance, no downside
+    or a wiped-out book."""
     values = _returns(returns)
-    if _zero_variance(values):
+    if _zero_variance(values) or wiped_out(values):
         return math.nan
     downside = downside_deviation(values, required_return, periods)
     if downside == 0:

@@ -9,6 +9,7 @@ date or a ticker.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ LABELS = (*ACTIONS, UNPARSEABLE)
 LOOKBACK_DAYS = 7
 """Calendar days of bars fetched before the first decision (it may fall on a holiday)."""
 FILL_MARGIN_DAYS = 10
+MAX_GAP_DAYS = 366  # predictions further than this from all the others are strays
 """Calendar days of bars fetched after the last decision, for its next-open fill."""
 
 
@@ -121,6 +123,25 @@ def parse_rate_problem(
     return None
 
 
+def drop_isolated(predictions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(kept, dropped): predictions dated more than ``MAX_GAP_DAYS`` from the rest are dropped.
+
+    The dates split into runs wherever two consecutive ones are further apart than that; the
+    run with the most predictions is the backtest, the rest are strays (one row dated 1990
+    would otherwise stretch the run, and the benchmark, over 35 years).
+    """
+    dates = np.sort(predictions["as_of_date"].unique())
+    gaps = np.flatnonzero(np.diff(dates) > np.timedelta64(MAX_GAP_DAYS, "D"))
+    if not gaps.size:
+        return predictions, predictions.iloc[:0]
+    bounds = np.concatenate([[0], gaps + 1, [len(dates)]])
+    runs = [(dates[a], dates[b - 1]) for a, b in itertools.pairwise(bounds)]
+    counts = [predictions["as_of_date"].between(lo, hi).sum() for lo, hi in runs]
+    lo, hi = runs[int(np.argmax(counts))]
+    keep = predictions["as_of_date"].between(lo, hi)
+    return predictions.loc[keep].reset_index(drop=True), predictions.loc[~keep]
+
+
 def price_window(predictions: pd.DataFrame) -> dict[str, tuple[dt.date, dt.date]]:
     """The bars to fetch (``load_all_prices``'s ``wanted``): every ticker over the whole period.
 
@@ -148,6 +169,8 @@ class Panel:
     """Units decided at each row's close; NaN keeps the current target (HOLD, no prediction)."""
     actions: np.ndarray
     """Index into :data:`LABELS` of the prediction behind each decision; -1: none."""
+    before_prices: int = 0
+    """Predictions dropped because their ticker has no bar on or before their date."""
 
 
 def build_panel(
@@ -163,6 +186,12 @@ def build_panel(
     if lacking:
         raise CharlieError(f"no prices for {', '.join(lacking)}; check the prices section.")
     bars = {t: _bars(frames[t], config.price_basis) for t in tickers}
+    # A prediction dated before its ticker's first bar has no price to decide on.
+    first_bar = predictions["ticker"].map({t: b.index.min() for t, b in bars.items()})
+    priced = predictions["as_of_date"] >= first_bar
+    predictions = predictions.loc[priced]
+    if predictions.empty:
+        raise CharlieError("every prediction is dated before its ticker's first price bar.")
     calendar = pd.DatetimeIndex(
         np.unique(np.concatenate([b.index.to_numpy() for b in bars.values()]))
     )
@@ -188,7 +217,7 @@ def build_panel(
     value = placed["pred_action"].map(lambda a: np.nan if units[a] is None else units[a])
     decisions[placed["row"], placed["col"]] = value.to_numpy(dtype=np.float64)
     actions[placed["row"], placed["col"]] = placed["pred_action"].map(LABELS.index).to_numpy()
-    return Panel(dates, tickers, open_, close, decisions, actions)
+    return Panel(dates, tickers, open_, close, decisions, actions, int((~priced).sum()))
 
 
 def _bars(frame: pd.DataFrame, basis: str) -> pd.DataFrame:

@@ -50,6 +50,8 @@ import logging
 from charlie.backtest.config import BacktestConfig
 from charlie.backtest.core import headline, run_backtest
 from charlie.backtest.panel import (
+    MAX_GAP_DAYS,
+    drop_isolated,
     parse_rate_problem,
     prepare_predictions,
     price_window,
@@ -98,7 +100,13 @@ def run(args: argparse.Namespace) -> int:
 
     source = f"eval CSV {paths.eval_csv}"
     frame = read_eval_csv(paths.eval_csv)
-    predictions = prepare_predictions(frame, source)
+    predictions, strays = drop_isolated(prepare_predictions(frame, source))
+    if len(strays):
+        first = strays.iloc[0]
+        log.warning("dropped %d prediction(s) dated more than %d days from all the others "
+                    "(e.g. %s %s)", len(strays), MAX_GAP_DAYS, first["ticker"],
+                    f"{first['as_of_date']:%Y-%m-%d}")  # fmt: skip
+    predictions.attrs["isolated"] = len(strays)
     problem = parse_rate_problem(predictions, config.min_parse_rate, source, frame.get("truncated"))
     forced = bool(problem) and args.force
     if problem and not forced:
