@@ -545,3 +545,66 @@ def test_absurd_backtest_settings_are_one_sentence(tmp_path, config, message):
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match=message):
         load_config(path, BacktestConfig)
+
+
+# ------------------------------------------------- parse: what follows a fault is counted
+
+
+def _thesis(date: str, reasoning: str = "Detailed.") -> str:
+    return thesis_xml({"date": date, "reasoning": reasoning})
+
+
+HEAD = '<?xml version="1.0" encoding="UTF-8"?>\n<stock-theses ticker="ACME">\n'
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "reason"),
+    [
+        ("x" * 10_500_000, "text_too_long"),
+        ("bad\x00x", "invalid_character"),
+        ("bad\x1bx", "invalid_character"),
+        ("bad&#x1b;x", "invalid_character"),
+        ("<b>" * 5000 + "x" + "</b>" * 5000, "too_deep"),
+    ],
+    ids=["10MB-text", "NUL", "ESC", "ESC-ref", "depth-5000"],
+)
+def test_the_thesis_after_a_fault_is_counted_and_the_fault_named(tmp_path, reasoning, reason):
+    text = HEAD + _thesis("2024-01-02") + _thesis("2024-01-03", reasoning)
+    text += _thesis("2024-01-04") + _thesis("2024-01-05") + "</stock-theses>\n"
+    result = parse_files([write(tmp_path / "acme.xml", text)])
+    report = result.report("d")
+    assert report["balanced"] and report["totals"]["theses_seen"] == 4
+    assert [r["as_of_date"] for r in result.records] == ["2024-01-02"]
+    assert [r["reason"] for r in result.rejects] == [
+        "incomplete_thesis", reason, "unread_after_fault", "unread_after_fault"]  # fmt: skip
+    unread = [r for r in result.rejects if r["reason"] == "unread_after_fault"]
+    assert "byte offset" in unread[0]["excerpt"] and unread[0]["source_line"] > 10
+
+
+def test_mixed_encodings_count_what_follows_the_bad_bytes(tmp_path):
+    path = tmp_path / "acme.xml"
+    path.write_bytes((HEAD + _thesis("2024-01-02", "café")).encode()
+                     + _thesis("2024-01-03", "café").encode("latin-1")
+                     + (_thesis("2024-01-04") + "</stock-theses>\n").encode())  # fmt: skip
+    result = parse_files([path])
+    assert result.report("d")["balanced"] and len(result.records) == 1
+    assert [r["reason"] for r in result.rejects] == [
+        "incomplete_thesis", "encoding_error", "unread_after_fault"]  # fmt: skip
+
+
+def test_the_raw_scan_finds_every_start_tag_across_chunk_boundaries(tmp_path, monkeypatch):
+    import re
+
+    from charlie import parsing
+
+    text = HEAD + "".join(_thesis(f"2024-01-{d:02d}") for d in range(2, 30)) + "<p:thesis/>"
+    path = write(tmp_path / "acme.xml", text)
+    data = path.read_bytes()
+    expected = [(data.count(b"\n", 0, m.start()) + 1, m.start())
+                for m in re.finditer(rb"<(?:\w+:)?thesis[\s>/]", data)]  # fmt: skip
+    for chunk in (7, 64, 65, 1000, 1 << 20):
+        monkeypatch.setattr(parsing, "_SCAN_CHUNK", chunk)
+        assert list(parsing.thesis_starts(path)) == expected, chunk
+    utf16 = tmp_path / "utf16.xml"
+    utf16.write_bytes(text.replace("UTF-8", "UTF-16").encode("utf-16"))
+    assert len(list(parsing.thesis_starts(utf16))) == 29

@@ -447,12 +447,15 @@ def test_malformed_mid_file_reports_line(tmp_path: Path) -> None:
     assert entry["status"] == "partial"
     assert entry["fault"]["reason"] == "malformed_xml"
     assert entry["fault"]["line"] == bad_line
-    [fault] = result.rejects
+    fault, unread = result.rejects
     assert (fault["reason"], fault["scope"], fault["source_line"]) == (
         "malformed_xml",
         "file",
         bad_line,
     )
+    # the thesis after the fault was never read: counted, not lost
+    assert (unread["reason"], unread["source_line"]) == ("unread_after_fault", bad_line + 1)
+    assert entry["theses_seen"] == 2
 
 
 def test_mismatched_tag_inside_thesis_is_incomplete(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ content they point at is never read.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -52,6 +53,13 @@ REASONS: dict[str, str] = {
     "not_xml": "the file is not XML",
     "encoding_error": "the file's bytes do not match its declared encoding",
     "malformed_xml": "the XML is malformed; theses before the fault were kept",
+    "text_too_long": "a text node is longer than libxml2's 10 MB limit (huge_tree stays off: "
+    "a bound on memory); theses before it were kept",
+    "too_deep": "elements nest deeper than libxml2's limit of 256; theses before it were kept",
+    "invalid_character": "the file holds a character XML does not allow (NUL, ESC and other "
+    "control characters, raw or as &#x..;); theses before it were kept",
+    "unread_after_fault": "the thesis comes after the file's fault, where the parser stopped: "
+    "not read",
     "unexpected_root": "the root element is not <stock-theses>",
     "invalid_ticker": "the ticker (the root's ticker attribute, or the file name) is not a "
     f"ticker: {TICKER_RULE}",
@@ -294,7 +302,51 @@ def _classify_error(exc: etree.XMLSyntaxError, root_seen: bool, path: Path) -> s
         return "encoding_error"
     if not root_seen:
         return "not_xml"
+    if "text node too long" in message or "huge text" in message:
+        return "text_too_long"
+    if "excessive depth" in message:
+        return "too_deep"
+    if "char value" in message or "invalid character" in message or "xmlchar" in message:
+        return "invalid_character"
     return "malformed_xml"
+
+
+_THESIS_START = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?thesis[\s>/]")
+_SCAN_CHUNK = 1 << 20
+
+
+def thesis_starts(path: Path) -> Iterator[tuple[int, int]]:
+    """(line, byte offset) of every ``<thesis`` (or ``<p:thesis``) start tag in the raw file,
+    read in 1 MiB chunks: what a parse that stopped at a fault did not reach, counted without
+    the parser (a tag inside a comment or CDATA counts too)."""
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+        handle.seek(0)
+        if head in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16: decode first (offsets in characters)
+            import codecs
+
+            reader = codecs.getreader("utf-16")(handle, errors="replace")
+            chunks: Iterator[bytes] = (
+                c.encode("utf-8") for c in iter(lambda: reader.read(_SCAN_CHUNK), "")
+            )
+        else:
+            chunks = iter(lambda: handle.read(_SCAN_CHUNK), b"")
+        carry, base, line = b"", 0, 1
+        for chunk in chunks:
+            data = carry + chunk
+            keep = min(len(data), 64)  # a tag cut at the chunk's end is matched next time
+            limit = len(data) - keep
+            last = 0
+            for match in _THESIS_START.finditer(data):
+                if match.start() >= limit and chunk:
+                    break
+                line += data.count(b"\n", last, match.start())
+                last = match.start()
+                yield line, base + match.start()
+            line += data.count(b"\n", last, limit)
+            carry, base = data[limit:], base + limit
+        for match in _THESIS_START.finditer(carry):
+            yield line + carry.count(b"\n", 0, match.start()), base + match.start()
 
 
 def _drop_read(elem: Any) -> None:
@@ -408,6 +460,15 @@ def _file_events(
             rejects.append(
                 _reject(name, open_line, "incomplete_thesis", f"{reason} at line {line}: {exc.msg}")
             )
+        # What the parser never reached is counted from the raw bytes: the theses beyond the
+        # ones it saw start (in document order) are unread, not lost.
+        unread = thesis_starts(path) if reason != "forbidden_dtd" else iter(())  # never read
+        for start_line, offset in itertools.islice(unread, stats.theses_seen, None):
+            stats.theses_seen += 1
+            stats.rejects += 1
+            rejects.append(_reject(name, start_line, "unread_after_fault",
+                                   f"byte offset {offset}; the parser stopped at line {line} "
+                                   f"({reason})"))  # fmt: skip
 
 
 def _refused(path: Path, root: Path | None) -> str | None:
