@@ -11,6 +11,10 @@ generated into a temporary directory unless --corpus names one. Reported, best o
 * process: the whole ``charlie parse`` command (start-up, parse, atomic writes, report).
   Target: < 0.6 s on 2 cores.
 * ``charlie --help``. Target: < 0.3 s.
+* peak memory: the whole ``charlie parse`` process's peak RSS on the corpus (1x) and on ten
+  copies of it (10x, each copy's tickers renamed, so no thesis collapses into another), with
+  the reference loop's at 1x beside it. Target: under 200 MB whatever the corpus size (the
+  records stream to disk; memory holds one digest per ticker and date).
 """
 
 from __future__ import annotations
@@ -41,9 +45,9 @@ def make_corpus(directory: Path) -> None:
 
 def charlie_in_process(paths: list[Path], out: Path) -> int:
     result = parse_files(paths)
-    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-    out.write_bytes(b"".join(dumps(r, option=newline) for r in result.records))
-    return len(result.records)
+    with open(out, "wb") as handle:
+        handle.writelines(result.iter_records())
+    return result.n_records
 
 
 def reference_loop(paths: list[Path], out: Path) -> int:
@@ -76,6 +80,34 @@ def run_process(cmd: list[str], cwd: Path) -> None:
     subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True)
 
 
+RSS_TARGET_MB = 200
+
+
+def peak_rss_mb(cmd: list[str], cwd: Path) -> float:
+    """The peak resident memory of one child process (its own, from wait4), in MB."""
+    env = {**os.environ, "CHARLIE_LOG_DIR": str(cwd / "logs")}
+    child = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise SystemExit(f"{' '.join(cmd[:2])} failed ({child.returncode})")
+    return usage.ru_maxrss / 1024  # kB on Linux
+
+
+def tenfold(corpus: Path, out: Path) -> None:
+    """Ten copies of every file, each with its tickers renamed (ACME -> ACME0 ... ACME9)."""
+    out.mkdir()
+    for path in sorted(corpus.glob("*.xml")):
+        data = path.read_bytes()
+        ticker = path.stem.upper().encode()
+        for i in range(10):
+            renamed = data.replace(
+                b'ticker="' + ticker + b'"', b'ticker="' + ticker + b"%d" % i + b'"'
+            )
+            (out / f"{path.stem}{i}.xml").write_bytes(renamed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, help="directory of *.xml (default: generate)")
@@ -97,6 +129,14 @@ def main() -> None:
                "--rejects", str(work / "j.jsonl"), "--report", str(work / "p.json")]  # fmt: skip
         t_process, _ = best_of(args.repeat, run_process, cmd, work)
         t_help, _ = best_of(args.repeat, run_process, [CHARLIE, "--help"], work)
+        tenfold(corpus, work / "corpus10")
+        big = sum(p.stat().st_size for p in (work / "corpus10").glob("*.xml")) / 1e6
+        rss = {name: peak_rss_mb([CHARLIE, "parse", "--input-dir", str(folder), *cmd[4:]], work)
+               for name, folder in (("1x", corpus), ("10x", work / "corpus10"))}  # fmt: skip
+        script = "import sys; from bench_parse import reference_loop; from pathlib import Path; " \
+                 "reference_loop(sorted(Path(sys.argv[1]).glob('*.xml')), Path(sys.argv[2]))"  # fmt: skip
+        rss["reference 1x"] = peak_rss_mb([sys.executable, "-c", script, str(corpus),
+                                           str(work / "b.jsonl")], Path(__file__).parent)  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -113,6 +153,14 @@ def main() -> None:
     print(
         f"{'charlie --help (whole process)':<34}{t_help:>9.3f}{'':>9}  < 0.3 s  {met(t_help < 0.3)}"
     )
+    print(f"{'peak RSS':<34}{'MB':>9}{'input MB':>9}  target")
+    for name, size in (("1x", megabytes), ("10x", big)):
+        ok = met(rss[name] < RSS_TARGET_MB)
+        print(
+            f"{'charlie parse, ' + name:<34}{rss[name]:>9.0f}{size:>9.0f}  < {RSS_TARGET_MB}  {ok}"
+        )
+    print(f"{'reference iterparse loop, 1x':<34}{rss['reference 1x']:>9.0f}{megabytes:>9.0f}")
+    print(f"{'ratio 10x / 1x':<34}{rss['10x'] / rss['1x']:>9.2f}")
 
 
 if __name__ == "__main__":

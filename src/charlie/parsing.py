@@ -14,9 +14,12 @@ content they point at is never read.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
 import itertools
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import orjson
 from lxml import etree
 
 from charlie import ACTIONS
@@ -186,12 +190,32 @@ class FileStats:
 
 @dataclass
 class ParseResult:
-    """Everything ``charlie parse`` writes."""
+    """Everything ``charlie parse`` writes.
 
-    records: list[dict[str, Any]]
+    The records stay on disk (an anonymous temporary file) until they are read:
+    :meth:`iter_records` streams them in order, ``records`` is the list, so a corpus of any
+    size parses in bounded memory when the caller streams.
+    """
+
     rejects: list[dict[str, Any]]
     files: dict[str, FileStats]
     file_faults: list[dict[str, Any]] = field(default_factory=list)
+    spool: Any = None  # the decided records, one JSON line each
+    n_records: int = 0
+    by_ticker: Counter[str] = field(default_factory=Counter)
+    by_action: Counter[str] = field(default_factory=Counter)
+    dates: tuple[str | None, str | None] = (None, None)
+
+    def iter_records(self) -> Iterator[bytes]:
+        """The records, as their JSON lines (newline included), in order."""
+        if self.spool is None:
+            return
+        self.spool.seek(0)
+        yield from self.spool
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in self.iter_records()]
 
     @property
     def thesis_rejects(self) -> int:
@@ -205,7 +229,7 @@ class ParseResult:
             "files_partial": sum(f.status == "partial" for f in self.files.values()),
             "files_failed": sum(f.status == "failed" for f in self.files.values()),
             "theses_seen": sum(f.theses_seen for f in self.files.values()),
-            "records": len(self.records),
+            "records": self.n_records,
             "rejects": self.thesis_rejects,
             "duplicates_collapsed": sum(f.duplicates_collapsed for f in self.files.values()),
         }
@@ -215,19 +239,17 @@ class ParseResult:
             f.theses_seen == f.records + f.rejects + f.duplicates_collapsed
             for f in self.files.values()
         )
-        dates = [r["as_of_date"] for r in self.records]
-        actions = Counter(r["action"] for r in self.records)
         return {
             "input_dir": input_dir,
             "balanced": balanced,
             "totals": totals,
-            "records_by_ticker": dict(sorted(Counter(r["ticker"] for r in self.records).items())),
-            "records_by_action": {a: actions.get(a, 0) for a in ACTIONS},
+            "records_by_ticker": dict(sorted(self.by_ticker.items())),
+            "records_by_action": {a: self.by_action.get(a, 0) for a in ACTIONS},
             "reject_reasons": dict(
                 sorted(Counter(r["reason"] for r in self.rejects if r["scope"] == "thesis").items())
             ),
             "file_faults": dict(sorted(Counter(f["reason"] for f in self.file_faults).items())),
-            "date_range": {"first": min(dates, default=None), "last": max(dates, default=None)},
+            "date_range": {"first": self.dates[0], "last": self.dates[1]},
             # A list, not a mapping, so `dvc metrics show` keeps to the headline numbers.
             "files": [
                 {
@@ -504,7 +526,10 @@ def parse_files(
     files: dict[str, FileStats] = {}
     rejects: list[dict] = []
     faults: list[dict] = []
-    groups: dict[tuple[str, str], list[_Candidate]] = {}
+    # Candidates wait on disk; memory holds one entry per (ticker, date): the content's digest,
+    # how many theses share the key, whether they disagree, and whether its record is out.
+    candidates = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
+    keys: dict[tuple[str, str], list[Any]] = {}
     for path in paths:
         name = names(path)
         stats = files[name] = FileStats()
@@ -518,7 +543,17 @@ def parse_files(
         source = opener(path) if opener else str(path)
         try:
             for cand in _file_events(source, path, name, stats, rejects, faults):
-                groups.setdefault((cand.ticker, cand.date), []).append(cand)
+                candidates.write(orjson.dumps(dataclasses.astuple(cand)) + b"\n")
+                digest = hashlib.blake2b(
+                    "\x00".join((cand.action, cand.reasoning, cand.support)).encode(),
+                    digest_size=16,
+                ).digest()
+                entry = keys.get((cand.ticker, cand.date))
+                if entry is None:
+                    keys[(cand.ticker, cand.date)] = [digest, 1, False, False]
+                else:
+                    entry[1] += 1
+                    entry[2] = entry[2] or entry[0] != digest
         finally:
             if hasattr(source, "close"):
                 source.close()
@@ -526,38 +561,48 @@ def parse_files(
     # Decided once all files are read, so the outcome does not depend on document order: a
     # ticker and date whose theses all agree keep the first and collapse the rest; any
     # disagreement rejects every one of them.
-    records = []
-    for cands in groups.values():
-        cand = cands[0]
-        content = (cand.action, cand.reasoning, cand.support)
-        if any((c.action, c.reasoning, c.support) != content for c in cands[1:]):
-            for dup in cands:
-                files[dup.source_file].rejects += 1
-                rejects.append(
-                    _reject(
-                        dup.source_file,
-                        dup.source_line,
-                        "conflicting_duplicate",
-                        f"{dup.ticker} {dup.date}: {len(cands)} theses disagree "
-                        f"(this one says {dup.action})",
-                    )
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 - the result owns it
+    out = ParseResult(rejects=rejects, files=files, file_faults=faults, spool=spool)
+    first = last = None
+    candidates.seek(0)
+    for line in candidates:
+        cand = _Candidate(*orjson.loads(line))
+        entry = keys[(cand.ticker, cand.date)]
+        if entry[2]:
+            files[cand.source_file].rejects += 1
+            rejects.append(
+                _reject(
+                    cand.source_file,
+                    cand.source_line,
+                    "conflicting_duplicate",
+                    f"{cand.ticker} {cand.date}: {entry[1]} theses disagree "
+                    f"(this one says {cand.action})",
                 )
+            )
             continue
-        for dup in cands[1:]:
-            files[dup.source_file].duplicates_collapsed += 1
+        if entry[3]:
+            files[cand.source_file].duplicates_collapsed += 1
+            continue
+        entry[3] = True
         files[cand.source_file].records += 1
-        records.append(
-            {
-                "uid": make_uid(cand.ticker, cand.date),
-                "ticker": cand.ticker,
-                "as_of_date": cand.date,
-                "action": cand.action,
-                "reasoning": cand.reasoning,
-                "support": cand.support,
-                "source_file": cand.source_file,
-                "source_line": cand.source_line,
-            }
-        )
+        record = {
+            "uid": make_uid(cand.ticker, cand.date),
+            "ticker": cand.ticker,
+            "as_of_date": cand.date,
+            "action": cand.action,
+            "reasoning": cand.reasoning,
+            "support": cand.support,
+            "source_file": cand.source_file,
+            "source_line": cand.source_line,
+        }
+        out.spool.write(orjson.dumps(record) + b"\n")
+        out.n_records += 1
+        out.by_ticker[cand.ticker] += 1
+        out.by_action[cand.action] += 1
+        first = cand.date if first is None else min(first, cand.date)
+        last = cand.date if last is None else max(last, cand.date)
+    candidates.close()
+    out.dates = (first, last)
     rejects.extend(faults)
     rejects.sort(key=lambda r: (r["source_file"], r["source_line"]))
-    return ParseResult(records=records, rejects=rejects, files=files, file_faults=faults)
+    return out
