@@ -608,3 +608,58 @@ def test_the_raw_scan_finds_every_start_tag_across_chunk_boundaries(tmp_path, mo
     utf16 = tmp_path / "utf16.xml"
     utf16.write_bytes(text.replace("UTF-8", "UTF-16").encode("utf-16"))
     assert len(list(parsing.thesis_starts(utf16))) == 29
+
+
+# ------------------------------------------------------- multi-file outputs, one unit
+
+
+def test_a_run_killed_between_renames_is_finished_by_the_next(tmp_path, monkeypatch):
+    import os
+
+    from charlie import io
+
+    a, b = tmp_path / "records.jsonl", tmp_path / "report.json"
+    a.write_text("old records")
+    b.write_text("old report")
+    real_replace, calls = os.replace, []
+
+    def die_after_the_first(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies here
+        real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", die_after_the_first)
+    with pytest.raises(KeyboardInterrupt), io.atomic_outputs(a, b) as (ta, tb):
+        ta.write_text("new records")
+        tb.write_text("new report")
+    monkeypatch.setattr(io.os, "replace", real_replace)
+    # what a killed process leaves: a new records file beside the old report, and a journal
+    assert a.read_text() == "new records" and b.read_text() == "old report"
+    journal = tmp_path / ".records.jsonl.commit.json"
+    assert journal.is_file()
+    pending = [Path(t) for t, _ in __import__("json").loads(journal.read_text())]
+    pending[1].write_text("new report")  # kill -9 runs no `finally`: its temporary stays
+    with io.atomic_outputs(a, b) as (ta, tb):  # the next run finishes the unit first
+        assert b.read_text() == "new report" and not journal.exists()
+        ta.write_text("third")
+        tb.write_text("third")
+
+
+def test_temporaries_of_killed_runs_are_removed(tmp_path):
+    import os
+    import time
+
+    from charlie.io import atomic_outputs
+
+    out = tmp_path / "records.jsonl"
+    stale = tmp_path / ".records.jsonl.abc123.tmp"
+    stale.write_text("half")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    unrelated = tmp_path / ".other.jsonl.abc.tmp"
+    unrelated.write_text("not ours")
+    os.utime(unrelated, (old, old))
+    with atomic_outputs(out) as (tmp,):
+        tmp.write_text("new")
+    assert not stale.exists() and unrelated.exists() and out.read_text() == "new"

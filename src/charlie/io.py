@@ -4,10 +4,12 @@ half-written file), and another stage's dataset read without writing into it."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,33 @@ def _umask() -> int:
     return mask
 
 
+_STARTED = time.time()
+
+
+def _roll_forward(journal: Path) -> None:
+    """Finish the renames a killed run's journal lists (those whose temporary is still there)."""
+    if not journal.is_file():
+        return
+    try:
+        pairs = json.loads(journal.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pairs = []
+    for tmp, final in pairs:
+        if Path(tmp).is_file():
+            os.replace(tmp, final)
+    journal.unlink(missing_ok=True)
+
+
+def _remove_stale_temporaries(final: Path) -> None:
+    """Delete ``final``'s temporaries that a killed run left (older than this process)."""
+    if not final.parent.is_dir():
+        return
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if stale.is_file() and stale.stat().st_mtime < _STARTED:
+                stale.unlink()
+
+
 @contextlib.contextmanager
 def atomic_outputs(*paths: Path | str) -> Iterator[list[Path]]:
     """Yield temporary paths beside ``paths``; on success rename them all into place.
@@ -117,6 +146,10 @@ def atomic_outputs(*paths: Path | str) -> Iterator[list[Path]]:
     """
     finals = [Path(p) for p in paths]
     require_distinct({str(p): p for p in finals})
+    journal = finals[0].parent / f".{finals[0].name}.commit.json"
+    _roll_forward(journal)
+    for final in finals:
+        _remove_stale_temporaries(final)
     for final in finals:
         if final.exists() and not final.is_file():
             raise CharlieError(f"refusing to replace {final}: it is a {_kind(final)}, not a "
@@ -134,8 +167,14 @@ def atomic_outputs(*paths: Path | str) -> Iterator[list[Path]]:
         for tmp in temps:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
+        # The renames are one unit: the journal, written first, lets the next run finish them
+        # if this process dies between two of them (a new records file beside an old report).
+        if len(finals) > 1:
+            pairs = [[str(t), str(f)] for t, f in zip(temps, finals, strict=True)]
+            journal.write_text(json.dumps(pairs), encoding="utf-8")
         for tmp, final in zip(temps, finals, strict=True):
             os.replace(tmp, final)
+        journal.unlink(missing_ok=True)
     finally:
         for tmp in temps:
             with contextlib.suppress(FileNotFoundError):
