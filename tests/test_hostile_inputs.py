@@ -306,13 +306,21 @@ def test_redact_catches_credentials_whatever_their_source():
 # ---------------------------------------------------------------- one sentence, not a traceback
 
 
-def test_a_log_level_that_is_not_one_is_one_sentence(monkeypatch, capsys, tmp_path):
-    monkeypatch.setenv("CHARLIE_LOG_LEVEL", "garbage")
+@pytest.mark.parametrize(
+    ("variable", "value", "sentence"),
+    [
+        ("CHARLIE_LOG_LEVEL", "garbage", "CHARLIE_LOG_LEVEL='garbage' is not a log level"),
+        ("CHARLIE_FOO__BAR", "1", "environment variable CHARLIE_FOO__BAR: unknown key 'foo'"),
+    ],
+)
+def test_a_bad_environment_variable_is_one_sentence_naming_it(monkeypatch, capsys, tmp_path,
+                                                               variable, value, sentence):  # fmt: skip
+    monkeypatch.setenv(variable, value)
     monkeypatch.setenv("CHARLIE_LOG_DIR", str(tmp_path / "logs"))
     argv = parse_argv(tmp_path, tmp_path / "o.jsonl", tmp_path / "r.jsonl", tmp_path / "p.json")
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "CHARLIE_LOG_LEVEL='garbage' is not a log level" in err and "Traceback" not in err
+    assert sentence in err and "Traceback" not in err
 
 
 # ------------------------------------------------------------------ pods run restricted
@@ -359,15 +367,6 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, capsys):
                  "--end", "2024-01-05"]) == 2  # fmt: skip
     assert time.monotonic() - start < 10
     assert "YAML aliases (*name) are not allowed (alias at line 2)" in capsys.readouterr().err
-
-
-def test_an_unknown_section_from_the_environment_names_the_variable(monkeypatch, capsys, tmp_path):
-    monkeypatch.setenv("CHARLIE_FOO__BAR", "1")
-    monkeypatch.setenv("CHARLIE_LOG_DIR", str(tmp_path / "logs"))
-    argv = parse_argv(tmp_path, tmp_path / "o.jsonl", tmp_path / "r.jsonl", tmp_path / "p.json")
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "environment variable CHARLIE_FOO__BAR: unknown key 'foo'" in err
 
 
 @pytest.mark.parametrize("windows", ["[100000000]", "[-1, 0]", "[]"])
