@@ -83,16 +83,31 @@ def run_process(cmd: list[str], cwd: Path) -> None:
 RSS_TARGET_MB = 200
 
 
-def peak_rss_mb(cmd: list[str], cwd: Path) -> float:
-    """The peak resident memory of one child process (its own, from wait4), in MB."""
-    env = {**os.environ, "CHARLIE_LOG_DIR": str(cwd / "logs")}
-    child = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)  # fmt: skip
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
-        raise SystemExit(f"{' '.join(cmd[:2])} failed ({child.returncode})")
-    return usage.ru_maxrss / 1024  # kB on Linux
+_MEASURED = """
+import sys, runpy
+code = sys.argv.pop(1)
+exec(code)
+with open("/proc/self/status") as status:  # the peak of this process since its exec
+    print(next(l.split()[1] for l in status if l.startswith("VmHWM:")), file=sys.stderr)
+"""
+
+
+def peak_rss_mb(code: str, argv: list[str], cwd: Path) -> float:
+    """Peak resident memory (VmHWM, MB) of a fresh Python process that runs ``code``.
+
+    Read inside the child: getrusage's maxrss would count the parent's pages from before the
+    child's exec (Linux carries the high-water mark across it).
+    """
+    env = {
+        **os.environ,
+        "CHARLIE_LOG_DIR": str(cwd / "logs"),
+        "PYTHONPATH": str(Path(__file__).parent),
+    }
+    done = subprocess.run([sys.executable, "-c", _MEASURED, code, *argv], cwd=cwd, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode:
+        raise SystemExit(f"{code[:40]} failed ({done.returncode}): {done.stderr[-500:]}")
+    return int(done.stderr.strip().splitlines()[-1]) / 1024  # kB
 
 
 def tenfold(corpus: Path, out: Path) -> None:
@@ -131,12 +146,12 @@ def main() -> None:
         t_help, _ = best_of(args.repeat, run_process, [CHARLIE, "--help"], work)
         tenfold(corpus, work / "corpus10")
         big = sum(p.stat().st_size for p in (work / "corpus10").glob("*.xml")) / 1e6
-        rss = {name: peak_rss_mb([CHARLIE, "parse", "--input-dir", str(folder), *cmd[4:]], work)
+        charlie = "from charlie.cli import main; main(sys.argv[1:])"
+        rss = {name: peak_rss_mb(charlie, ["parse", "--input-dir", str(folder), *cmd[4:]], work)
                for name, folder in (("1x", corpus), ("10x", work / "corpus10"))}  # fmt: skip
-        script = "import sys; from bench_parse import reference_loop; from pathlib import Path; " \
-                 "reference_loop(sorted(Path(sys.argv[1]).glob('*.xml')), Path(sys.argv[2]))"  # fmt: skip
-        rss["reference 1x"] = peak_rss_mb([sys.executable, "-c", script, str(corpus),
-                                           str(work / "b.jsonl")], Path(__file__).parent)  # fmt: skip
+        reference = "from bench_parse import reference_loop; from pathlib import Path; " \
+                    "reference_loop(sorted(Path(sys.argv[1]).glob('*.xml')), Path(sys.argv[2]))"  # fmt: skip
+        rss["reference 1x"] = peak_rss_mb(reference, [str(corpus), str(work / "b.jsonl")], work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
