@@ -61,6 +61,7 @@ from transformers.utils import logging as hf_logging
 from charlie import dataset as core
 from charlie.config import load_params
 from charlie.parsing import parse_files
+from charlie.stages.dataset import split_spec
 from charlie.training.config import TrainConfig, load_train_config
 from charlie.training.sft import get_peft_config, sft_arguments
 from charlie.training.tokenize import choose_max_length, tokenize_batch
@@ -89,8 +90,7 @@ def build_inputs() -> tuple[Any, Dataset, Any]:
     """Tokenizer, tokenized train split and base model, as the stages build them."""
     params = load_params(REPO / "params.yaml", env={})
     ds, im = params.dataset, params.init_model
-    spec = core.SplitSpec(ds.train_start, ds.train_end, ds.validation_days, ds.test_start,
-                          ds.test_end, ds.embargo_days)  # fmt: skip
+    spec, _ = split_spec(params)
     records = parse_files(sorted((SAMPLES / "xml").glob("*.xml"))).records
     frames = {
         p.stem: pd.read_csv(p, parse_dates=["date"])

@@ -34,6 +34,7 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any
 
 from charlie import dataset as core
 from charlie.config import (
@@ -62,15 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kfp_executor.add_argument(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Build, audit and write the dataset; returns the exit code."""
-    params = load_params(args)
+def split_spec(params: Any) -> tuple[core.SplitSpec, int]:
+    """The splits params.yaml asks for, and the longest forward window they are purged by.
+
+    The purge and the audit use the longest forward window: the windows are the evaluation's,
+    so they are read from its config, not declared twice.
+    """
     cfg = params.dataset
-    # The purge and the audit use the longest forward window: the windows are the evaluation's,
-    # so they are read from its config, not declared twice.
     horizon = max(load_config(params.evaluate.config, EvalConfig).forward_windows)
-    log_file = setup_logging("dataset")
-    log.debug("dataset: %s prices: %s", cfg.model_dump_json(), params.prices.model_dump_json())
     validation_days = core.validation_days_for(
         cfg.validation_days, cfg.train_end, horizon, cfg.embargo_days
     )
@@ -78,6 +78,16 @@ def run(args: argparse.Namespace) -> int:
         cfg.train_start, cfg.train_end, validation_days, cfg.test_start, cfg.test_end,
         cfg.embargo_days, purge_window=horizon,
     )  # fmt: skip
+    return spec, horizon
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build, audit and write the dataset; returns the exit code."""
+    params = load_params(args)
+    cfg = params.dataset
+    spec, horizon = split_spec(params)
+    log_file = setup_logging("dataset")
+    log.debug("dataset: %s prices: %s", cfg.model_dump_json(), params.prices.model_dump_json())
 
     card_md = cfg.card.with_suffix(".md")
     require_distinct({"--out": cfg.out, "--card": cfg.card, "the card's Markdown": card_md},
