@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from charlie import cli
+from charlie.io import MARKER
 from charlie.kubeflow.artifacts import RUN_METRICS
 from charlie.stages import submit
 
@@ -407,7 +408,7 @@ def test_wait_fetch_model_downloads_the_model_and_tracks_it_with_dvc(
     assert code == 0, out.err
     model = workspace / "models" / "run1"
     assert {str(p.relative_to(model)): p.read_bytes() for p in model.rglob("*")
-            if p.is_file() and p.name != "kfp_run.json"} == files  # fmt: skip
+            if p.is_file() and p.name not in ("kfp_run.json", MARKER)} == files  # fmt: skip
     record = json.loads((model / "kfp_run.json").read_text())
     assert record == {
         "run_id": RUN_ID, "run_url": f"{server.url}/#/runs/details/{RUN_ID}",

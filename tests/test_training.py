@@ -275,6 +275,7 @@ def test_the_models_own_loss_is_trls_fused_loss_and_keeps_its_metrics(tmp_path, 
 
     assert use_fused_lm_head("auto", cuda=True) and not use_fused_lm_head("auto", cuda=False)
     assert use_fused_lm_head(True, cuda=False) and not use_fused_lm_head(False, cuda=True)
+    assert use_fused_lm_head("auto", cuda=False, quantized=True)  # QLoRA's bf16 head
     small = {"train": rows["train"][:4], "validation": rows["validation"][:2]}
     base = save_base_and_data(tmp_path, tokenizer, tokenized(tokenizer, small))
     from datasets import load_from_disk

@@ -724,7 +724,9 @@ def _train(
         eval_dataset=dataset["validation"].remove_columns(columns),
         processing_class=tokenizer,
         peft_config=get_peft_config(cfg, model.config.to_dict(), new_token_ids),
-        fused_lm_head=use_fused_lm_head(cfg.fused_lm_head, cuda=cuda),
+        fused_lm_head=use_fused_lm_head(
+            cfg.fused_lm_head, cuda=cuda, quantized=quantization is not None
+        ),
     )
     saved = None  # the last checkpoint's state, when a max_steps run resumes
     if resume_from and args.max_steps > 0 and not args.deepspeed:

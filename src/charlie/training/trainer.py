@@ -5,13 +5,13 @@ in tiles, the per-token log-probabilities, entropies and top-1 hits computed in 
 the logits recomputed in the backward pass. On a CUDA device with Triton it scores only the
 completion positions and never holds the ``(batch, length, vocab)`` logits: that is the memory
 a 128k-vocabulary model needs. Elsewhere (the CPU, the demo) it scores every position twice and
-computes the entropy of each, and training ran at 0.52x a plain loop on the same batches
-(``benchmarks/bench_train.py`` measures it).
+computes the entropy of each: training ran at 0.41x a plain loop on the same batches
+(``benchmarks/bench_train.py`` measures it; this class's path: 1.02x).
 
 :class:`SFTTrainer` keeps TRL's path where it pays (``fused_lm_head: true``, or ``auto`` on a
-CUDA device) and otherwise lets the model compute its own loss from the same labels (the
-collator masks the prompt with -100, so the loss is still the completion's alone, normalised by
-the same token count). The two logging metrics TRL adds, ``mean_token_accuracy`` and
+CUDA device, and for QLoRA's quantized base) and otherwise lets the model compute its own loss
+from the same labels (the collator masks the prompt with -100, so the loss is still the
+completion's alone, normalised by the same token count). The two logging metrics TRL adds, ``mean_token_accuracy`` and
 ``entropy``, are then computed from the logits the model returned, on the completion tokens,
 for the micro-batches of the step that is logged (and on every evaluation batch), so the logged
 figures keep their meaning: the mean over the batches they were measured on.
@@ -26,9 +26,11 @@ from transformers import Trainer
 from trl import SFTTrainer as TRLSFTTrainer
 
 
-def use_fused_lm_head(setting: bool | str, *, cuda: bool) -> bool:
-    """``fused_lm_head``: True/False as given; ``"auto"``: on CUDA (Triton) only."""
-    return cuda if setting == "auto" else bool(setting)
+def use_fused_lm_head(setting: bool | str, *, cuda: bool, quantized: bool = False) -> bool:
+    """``fused_lm_head``: True/False as given; ``"auto"``: on CUDA (Triton), and for a
+    quantized (QLoRA) base, whose bf16 head TRL's kernel casts and the model's forward does not.
+    """
+    return (cuda or quantized) if setting == "auto" else bool(setting)
 
 
 def completion_metrics(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
