@@ -14,7 +14,6 @@ content they point at is never read.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import itertools
@@ -526,10 +525,15 @@ def parse_files(
     files: dict[str, FileStats] = {}
     rejects: list[dict] = []
     faults: list[dict] = []
-    # Candidates wait on disk; memory holds one entry per (ticker, date): the content's digest,
-    # how many theses share the key, whether they disagree, and whether its record is out.
+    # Candidates wait on disk as their finished record lines, each behind a "<key>\t<file>\t"
+    # header; memory holds one entry per (ticker, date): the content's digest, how many theses
+    # share the key, whether they disagree, whether its record is out, and its ticker, date
+    # and action (for the report).
     candidates = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
-    keys: dict[tuple[str, str], list[Any]] = {}
+    keys: dict[tuple[str, str], int] = {}
+    entries: list[list[Any]] = []
+    names_by_index: list[str] = []
+    dumps = orjson.dumps
     for path in paths:
         name = names(path)
         stats = files[name] = FileStats()
@@ -540,23 +544,39 @@ def parse_files(
             stats.fault = {"reason": refused, "line": 0, "message": REASONS[refused]}
             faults.append(_reject(name, 0, refused, REASONS[refused], scope="file"))
             continue
+        file_index = len(names_by_index)
+        names_by_index.append(name)
         source = opener(path) if opener else str(path)
         try:
             for cand in _file_events(source, path, name, stats, rejects, faults):
-                candidates.write(orjson.dumps(dataclasses.astuple(cand)) + b"\n")
+                key = (cand.ticker, cand.date)
                 digest = hashlib.blake2b(
                     "\x00".join((cand.action, cand.reasoning, cand.support)).encode(),
                     digest_size=16,
                 ).digest()
-                entry = keys.get((cand.ticker, cand.date))
-                if entry is None:
-                    keys[(cand.ticker, cand.date)] = [digest, 1, False, False]
+                index = keys.get(key)
+                if index is None:
+                    index = keys[key] = len(entries)
+                    entries.append([digest, 1, False, False, cand.ticker, cand.date, cand.action])
                 else:
+                    entry = entries[index]
                     entry[1] += 1
                     entry[2] = entry[2] or entry[0] != digest
+                record = {
+                    "uid": make_uid(cand.ticker, cand.date),
+                    "ticker": cand.ticker,
+                    "as_of_date": cand.date,
+                    "action": cand.action,
+                    "reasoning": cand.reasoning,
+                    "support": cand.support,
+                    "source_file": cand.source_file,
+                    "source_line": cand.source_line,
+                }
+                candidates.write(b"%d\t%d\t%b\n" % (index, file_index, dumps(record)))
         finally:
             if hasattr(source, "close"):
                 source.close()
+    del keys
 
     # Decided once all files are read, so the outcome does not depend on document order: a
     # ticker and date whose theses all agree keep the first and collapse the rest; any
@@ -566,41 +586,32 @@ def parse_files(
     first = last = None
     candidates.seek(0)
     for line in candidates:
-        cand = _Candidate(*orjson.loads(line))
-        entry = keys[(cand.ticker, cand.date)]
+        index, file_index, body = line.split(b"\t", 2)
+        entry, name = entries[int(index)], names_by_index[int(file_index)]
         if entry[2]:
-            files[cand.source_file].rejects += 1
+            record = orjson.loads(body)
+            files[name].rejects += 1
             rejects.append(
                 _reject(
-                    cand.source_file,
-                    cand.source_line,
+                    name,
+                    record["source_line"],
                     "conflicting_duplicate",
-                    f"{cand.ticker} {cand.date}: {entry[1]} theses disagree "
-                    f"(this one says {cand.action})",
+                    f"{record['ticker']} {record['as_of_date']}: {entry[1]} theses disagree "
+                    f"(this one says {record['action']})",
                 )
             )
             continue
         if entry[3]:
-            files[cand.source_file].duplicates_collapsed += 1
+            files[name].duplicates_collapsed += 1
             continue
         entry[3] = True
-        files[cand.source_file].records += 1
-        record = {
-            "uid": make_uid(cand.ticker, cand.date),
-            "ticker": cand.ticker,
-            "as_of_date": cand.date,
-            "action": cand.action,
-            "reasoning": cand.reasoning,
-            "support": cand.support,
-            "source_file": cand.source_file,
-            "source_line": cand.source_line,
-        }
-        out.spool.write(orjson.dumps(record) + b"\n")
+        files[name].records += 1
+        spool.write(body)
         out.n_records += 1
-        out.by_ticker[cand.ticker] += 1
-        out.by_action[cand.action] += 1
-        first = cand.date if first is None else min(first, cand.date)
-        last = cand.date if last is None else max(last, cand.date)
+        out.by_ticker[entry[4]] += 1
+        out.by_action[entry[6]] += 1
+        first = entry[5] if first is None else min(first, entry[5])
+        last = entry[5] if last is None else max(last, entry[5])
     candidates.close()
     out.dates = (first, last)
     rejects.extend(faults)
