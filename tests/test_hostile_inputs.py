@@ -301,6 +301,7 @@ def test_redact_catches_credentials_whatever_their_source():
     text = redact('GET /x?api_token=abc123&fmt=json "authorization": "Bearer eyJ.x-y_z" token=q1')
     assert "abc123" not in text and "eyJ" not in text and "q1" not in text
     assert "fmt=json" in text and text.count("***") == 3
+    assert redact("the bearer of bad news") == "the bearer of bad news"  # prose stays
 
 
 # ---------------------------------------------------------------- one sentence, not a traceback

@@ -16,7 +16,7 @@ LOG_LEVEL_ENV = "CHARLIE_LOG_LEVEL"
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SECRETS: set[str] = set()
 _CREDENTIALS = (
-    re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9\-._~+/]+=*"),
+    re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9\-._~+/]{8,}=*"),  # RFC 6750's token68
     re.compile(r"(?i)\b((?:api_token|api_key|apikey|access_token|token|password)=)[^&\s\"',;]+"),
     re.compile(r"(?i)(\"(?:authorization|api_token|access_token|token)\"\s*:\s*\")[^\"]+"),
 )
