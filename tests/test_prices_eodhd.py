@@ -125,7 +125,7 @@ def test_redaction_filter_is_installed_once_per_logger(server):
         EodhdProvider(KEY, base_url=server.url)
     for name in ("urllib3.connectionpool", "urllib3.util.retry"):
         filters = logging.getLogger(name).filters
-        assert len([f for f in filters if type(f).__name__ == "_RedactSecrets"]) == 1
+        assert len([f for f in filters if type(f).__name__ == "RedactingFilter"]) == 1
 
 
 def test_dotted_ticker_is_used_as_is(server):

@@ -39,6 +39,18 @@ def redact(text: str) -> str:
     return text
 
 
+class RedactingFilter(logging.Filter):
+    """For loggers outside ``charlie`` (urllib3's request lines): the message through
+    :func:`redact`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
 class RedactingFormatter(logging.Formatter):
     """A formatter whose output (message and traceback alike) goes through :func:`redact`."""
 

@@ -20,7 +20,7 @@ import pandas as pd
 import requests
 import urllib3
 
-from charlie.logs import register_secret
+from charlie.logs import RedactingFilter, register_secret
 from charlie.prices.base import AuthError, NotAvailable, TransientError, normalize_frame
 from charlie.prices.cache import CachedProvider
 
@@ -32,30 +32,12 @@ MAX_REDIRECTS = 5
 _BAR_FIELDS = {"date", "open", "high", "low", "close", "volume"}  # adjusted_close is optional
 
 
-class _RedactSecrets(logging.Filter):
-    """Replaces every registered secret in a record's formatted message with ``***``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = message
-        for secret in self.secrets:
-            redacted = redacted.replace(secret, "***")
-        if redacted != message:
-            record.msg, record.args = redacted, None
-        return True
-
-
-_REDACTOR = _RedactSecrets()
+_REDACTOR = RedactingFilter()
 
 
 def _redact_in_urllib3_logs(secret: str) -> None:
-    """Registers ``secret`` (raw and URL-encoded) with the one shared redacting filter."""
-    _REDACTOR.secrets.update({secret, quote_plus(secret), quote(secret, safe="")})
-    for form in _REDACTOR.secrets:
+    """Registers ``secret`` (raw and URL-encoded) and redacts urllib3's request lines with it."""
+    for form in (secret, quote_plus(secret), quote(secret, safe="")):
         register_secret(form)
     for name in _URL_LOGGERS:
         logger = logging.getLogger(name)
