@@ -51,7 +51,9 @@ def clean_bars(raw: pd.DataFrame) -> tuple[pd.DataFrame, Counter[str]]:
     parsed = {}
     for column in (*PRICES, "volume"):
         given = frame[column]
-        empty = given.isna() | given.astype(str).str.strip().eq("")
+        empty = given.isna()
+        if given.dtype == object:  # text from a CSV or JSON: a blank is empty too
+            empty |= given.astype(str).str.strip().eq("")
         parsed[column] = (empty, pd.to_numeric(given, errors="coerce").astype("float64"))
     mark(parsed["close"][0], "missing_close")
     for column, (empty, values) in parsed.items():
