@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install demo test lint format sample bench lock pipeline manifests images clean
+.PHONY: help install browser demo test lint format sample bench lock pipeline manifests images clean
 
 REGISTRY ?= ghcr.io/charlie-mlops
 TAG      ?= 0.1.0
@@ -30,17 +30,27 @@ demo: install  ## run the whole pipeline on the bundled sample (dvc repro)
 	@echo "Done. Outputs:"
 	@echo "  data/jsonl/records.jsonl       parsed theses, one JSON record per line"
 	@echo "  data/jsonl/rejects.jsonl       what was rejected, with the reason and source line"
-	@echo "  data/jsonl/parse_report.json   the accounting (also: dvc metrics show)"
+	@echo "  data/jsonl/parse_report.json   the accounting (each stage's *_headline.json: dvc metrics show)"
 	@echo "  data/hf_datasets/sft_dataset   the train/validation/test DatasetDict (datasets.load_from_disk)"
 	@echo "  data/hf_datasets/dataset_card.md   counts, label balance, lengths, split settings"
 	@echo "  models/tiny                    the tiny local base model and tokenizer (charlie init-model)"
 	@echo "  data/hf_datasets/tokenized     token ids + completion masks, tokenize_report.json"
-	@echo "  checkpoints/sft                LoRA adapter, merged/, manifest.json, runs/ (tensorboard --logdir)"
+	@echo "  checkpoints/sft                LoRA adapter + model card, merged/, manifest.json, loss.png, runs/ (tensorboard --logdir)"
 	@echo "  results/eval_summary.md        accuracy, trades and baselines (+ eval_metrics.json, confusion_matrix.png)"
-	@echo "  backtests/baseline_report.html the portfolio against equal-weight buy-and-hold, after costs"
+	@echo "  backtests/baseline_report.html the tear sheet: model vs baselines, portfolio vs benchmarks, after costs"
+	@echo "  charlie card                   copies checkpoints/sft to dist/sft with a complete model card (for the hub)"
 	@echo "  logs/                          one log file per stage run"
 
-test: install  ## lint, then run the test suite
+browser:  ## Debian's chromium, for the report's browser test (installed when missing and possible)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    { apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }; } \
+	    && echo "installed Debian's chromium (tests/test_report_browser.py)"; \
+	  else echo "no chromium, and no root apt-get to install it: the browser test will be skipped"; fi; }
+
+test: install browser  ## lint, then run the test suite
 	ruff check .
 	ruff format --check .
 	pytest

@@ -383,11 +383,12 @@ def test_a_metric_added_only_in_the_metrics_module_is_in_the_json_and_the_html(
     )
     page = paths["report"].read_text()
     row = (
-        f"<tr><td>up_days</td><td>{strategy:.2%}</td><td>{matched:.2%}</td>"
+        f'<tr><td title="up_days">up_days</td><td>{strategy:.2%}</td><td>{matched:.2%}</td>'
         f"<td>{strategy - matched:.2%}</td><td>{benchmark:.2%}</td>"
     )
     assert f"{row}<td>{strategy - benchmark:.2%}</td></tr>" in page
-    assert page.index("<td>exposure</td>") < page.index("<td>up_days</td>")  # registry order
+    # no label: the key stands in; the registry's order is the table's
+    assert page.index('<td title="exposure">') < page.index('<td title="up_days">')
 
 
 def test_the_report_escapes_every_text_it_shows(tmp_path):
@@ -403,7 +404,9 @@ def test_the_report_escapes_every_text_it_shows(tmp_path):
     assert "<b>" not in page
     # The report's own markup is not escaped: tables, the n/a marker, the embedded images.
     assert '<td><span class="na" title="undefined: see the conventions">n/a</span></td>' in page
-    assert page.count('src="data:image/png;base64,') == 2
+    assert (
+        page.count('src="data:image/png;base64,') == 6
+    )  # equity, drawdown, monthly, weekly, rolling, exposure
 
 
 def test_the_shipped_config_loads_with_the_seed_values():
@@ -465,8 +468,8 @@ def test_demo_sample_shows_the_model_and_the_benchmark_side_by_side(tmp_path, cl
     paths = output_paths(out)
     assert all(p.is_file() for p in paths.values())
     assert [p.name for p in paths.values()] == [
-        "baseline.csv", "baseline_trades.csv", "baseline_metrics.json", "baseline_equity.png",
-        "baseline_drawdown.png", "baseline_report.html",
+        "baseline.csv", "baseline_trades.csv", "baseline_metrics.json", "baseline_headline.json",
+        "baseline_equity.png", "baseline_drawdown.png", "baseline_report.html",
     ]  # fmt: skip
     saved = json.loads(paths["metrics"].read_text())
     for side in ("strategy", "benchmark"):
@@ -510,13 +513,20 @@ def test_demo_sample_shows_the_model_and_the_benchmark_side_by_side(tmp_path, cl
     assert paths["equity_png"].read_bytes().startswith(b"\x89PNG")
 
     page = paths["report"].read_text()
-    assert page.count("data:image/png;base64,") == 2 and "<script" not in page
-    for name in m.METRIC_NAMES:
-        assert f"<td>{name}</td>" in page
+    # equity, drawdown, monthly and (77 days: a short test) weekly returns, rolling risk, exposure
+    assert page.count("data:image/png;base64,") == 6 and "<script" not in page
+    for name, metric in m.METRICS.items():
+        assert metric.label and f'<td title="{name}">{metric.label}</td>' in page  # for people
     strategy_sharpe = f"{saved['strategy']['sharpe']:.3f}"
     benchmark_sharpe = f"{saved['benchmark']['sharpe']:.3f}"
     matched_sharpe = f"{saved['benchmark_exposure_matched']['sharpe']:.3f}"
-    assert f"<td>sharpe</td><td>{strategy_sharpe}</td><td>{matched_sharpe}</td>" in page
+    assert (f'<td title="sharpe">Sharpe ratio</td><td>{strategy_sharpe}</td>'
+            f"<td>{matched_sharpe}</td>") in page  # fmt: skip
+    for section in ("Returns by period", "Weekly returns heatmap", "Worst drawdowns",
+                    "Profit factor", "Average holding period", "Rolling Sharpe"):  # fmt: skip
+        assert section in page, section
+    headline = json.loads(paths["headline"].read_text())
+    assert headline["sharpe"] == saved["strategy"]["sharpe"] and " " not in "".join(headline)
     assert f"<td>{benchmark_sharpe}</td>" in page
     assert page.count("n/a (under a year)</span>") >= 6  # CAGR and Calmar, every benchmark
     assert "Deflated Sharpe ratio over 6 trials" in page

@@ -1,3 +1,4 @@
+import os
 import re
 import subprocess
 import sys
@@ -125,3 +126,40 @@ def test_only_the_named_stage_is_imported():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "['charlie.stages.parse']"
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_library_noise_is_hidden_at_its_source_unless_verbose(verbose, tmp_path):
+    """DeepSpeed's "Setting accelerator to CPU" (a real import, in a fresh process),
+    bitsandbytes' optional-kernel message and TRL's read of a deprecated property are hidden;
+    other messages of the same loggers are not; CHARLIE_VERBOSE=1 (--verbose) shows them all."""
+    script = """
+import logging, warnings
+from charlie.logs import quiet_libraries
+quiet_libraries()
+from deepspeed.accelerator import get_accelerator
+get_accelerator()
+logging.getLogger("bitsandbytes.backends.cpu.ops").warning(
+    "Failed to load CPU gemm_4bit_forward from kernels-community: %s.", "no kernels")
+logging.getLogger("bitsandbytes.backends.cpu.ops").warning("a real bitsandbytes problem")
+warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+warnings.warn("some other deprecation", FutureWarning)
+"""
+    env = {**os.environ, "CHARLIE_VERBOSE": "1" if verbose else "0", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "a real bitsandbytes problem" in out and "some other deprecation" in out
+    for noise in ("Setting accelerator to CPU", "Failed to load CPU gemm_4bit_forward",
+                  "`is_gradient_checkpointing` is deprecated"):  # fmt: skip
+        assert (noise in out) == verbose, (noise, out)
+
+
+def test_a_mistyped_stage_or_flag_gets_a_did_you_mean(capsys):
+    for argv, line in ((["trian"], "'trian' is not a stage (did you mean 'train'?)"),
+                       (["parse", "--input-dri", "x"], "--input-dri (did you mean '--input-dir'?)"),
+                       (["train", "--confg=x"], "--confg (did you mean '--config'?)")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and line in capsys.readouterr().err

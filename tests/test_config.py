@@ -42,7 +42,7 @@ def test_unknown_key_names_the_key_and_the_allowed_ones(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_params(path, env={})
     assert str(err.value) == (
-        f"{path}: unknown key 'parse.inptu_dir'; allowed keys here are: "
+        f"{path}: unknown key 'parse.inptu_dir' (did you mean 'input_dir'?); allowed keys here are: "
         "input_dir, dvc_repo, dvc_rev, out, rejects, report, strict."
     )
 
@@ -50,7 +50,8 @@ def test_unknown_key_names_the_key_and_the_allowed_ones(tmp_path):
 def test_unknown_section_names_the_sections(tmp_path):
     path = write(tmp_path, "prase: {}\n")
     with pytest.raises(
-        ConfigError, match=r"unknown key 'prase'; allowed keys here are: sample, parse"
+        ConfigError,
+        match=r"unknown key 'prase' \(did you mean 'parse'\?\); allowed keys here are: sample, parse",
     ):
         load_params(path, env={})
 
@@ -131,7 +132,8 @@ def test_config_files_load_into_their_model_with_the_same_errors(tmp_path):
     assert load_config(path, Toy) == Toy(steps=3, optimizer=Toy.Optimizer(lr=0.5))
     path.write_text("optimizer:\n  nmae: sgd\n")
     with pytest.raises(
-        ConfigError, match=r"unknown key 'optimizer.nmae'; allowed keys here are: name, lr\.$"
+        ConfigError,
+        match=r"unknown key 'optimizer.nmae' \(did you mean 'name'\?\); allowed keys here are: name, lr\.$",
     ):
         load_config(path, Toy)
     path.write_text("optimizer:\n  name: adam\n")

@@ -8,12 +8,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from charlie.config import Params
 from charlie.errors import CharlieError
+from charlie.headlines import headline_path
 from charlie.kubeflow.artifacts import (
+    RUN_HEADLINES,
     RUN_METRICS,
     bucket_and_prefix,
     model_prefix,
     run_metric_keys,
+    workspace_path,
 )
 from charlie.kubeflow.client import check_cron
 
@@ -27,7 +31,13 @@ def test_metrics_fetched_are_the_metrics_dvc_yaml_declares():
         for stage in stages.values()
         for m in stage.get("metrics", [])
     }
-    assert declared == set(RUN_METRICS)
+    assert set(RUN_HEADLINES) == set(RUN_METRICS)
+    # each declared metric is the headline of a fetched report, beside it
+    params = Params()  # dvc.yaml's ${...} paths filled as params.yaml's defaults fill them
+    assert declared == {
+        str(headline_path(workspace_path(path, params), RUN_HEADLINES[path][0]))
+        for path in RUN_METRICS
+    }
 
 
 def test_pipeline_roots_are_a_bucket_and_a_prefix():

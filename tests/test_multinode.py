@@ -230,7 +230,7 @@ def test_two_nodes_train_and_resume_after_a_node_is_killed(tiny, tmp_path):  # n
         assert resumed in node.text, node.text[-3000:]
         assert node.trained_steps() == max_steps
         # The steps after the checkpoint only (logging_steps: 1): it went on, not over.
-        assert node.text.count("{'loss'") == max_steps - done
+        assert len(re.findall(rf"^step \d+/{max_steps} ", node.text, re.M)) == max_steps - done
     zero, one = nodes[0].text, nodes[1].text
     assert f"removing {half}: a half-written checkpoint" in zero
     assert (

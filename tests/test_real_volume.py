@@ -84,6 +84,21 @@ def test_real_volume_trains_on_whole_examples_and_evaluation_reaches_the_action(
     # ---------------------------------------------------------------- train and evaluate
     assert main(["train"]) == 0
     assert Path("checkpoints/sft/tokenize_report.json").is_file()
+    # Hugging Face cards, not TRL's template, and a base that loads from any directory
+    adapter = json.loads(Path("checkpoints/sft/adapter_config.json").read_text())
+    base = Path(adapter["base_model_name_or_path"])
+    assert base.is_absolute() and base == Path("models/tiny").resolve()
+    for folder in [Path("checkpoints/sft")] + (
+        [m] if (m := Path("checkpoints/sft/merged")).is_dir() else []
+    ):
+        card = (folder / "README.md").read_text()
+        assert card.startswith("---\n") and f'base_model: "{base}"' in card
+        assert "huggingface.co/None" not in card and "## Intended use" in card
+        assert "## How to load" in card and "Rows: train " in card
+    readme = Path("data/hf_datasets/sft_dataset/README.md").read_text()
+    assert (
+        readme.startswith("---\n") and "task_categories:" in readme and "# Dataset card" in readme
+    )
     assert main(["evaluate", "--limit", "6", "--min-parse-rate", "0"]) == 0
     metrics = json.loads(Path("results/eval_metrics.json").read_text())
     budget = metrics["generation"]["max_new_tokens"]

@@ -190,7 +190,9 @@ RUN_ID = "2b6f8a3c-1111-4222-8333-444455556666"
 
 def _put_run_artifacts(client, bucket: str, run_prefix: str) -> dict[str, bytes]:
     """A finished run's artifacts as the KFP launcher lays them out: <run>/<task>/<output>."""
-    body = {path: f'{{"from": "{path}"}}\n'.encode() for path in RUN_METRICS}
+    committed = {"${parse.report}": "data/jsonl/parse_report.json",
+                 "${dataset.card}": "data/hf_datasets/dataset_card.json"}  # fmt: skip
+    body = {path: (REPO / committed.get(path, path)).read_bytes() for path in RUN_METRICS}
     for path, (task, output, file) in RUN_METRICS.items():
         key = f"{run_prefix}/{task}/{output}" + (f"/{file}" if file else "")
         client.put_object(Bucket=bucket, Key=key, Body=body[path])
@@ -229,7 +231,13 @@ def test_wait_fetch_metrics_downloads_the_runs_metrics_from_s3(
         "backtests/baseline_metrics.json": body["backtests/baseline_metrics.json"],
     }
     assert {path: (workspace / path).read_bytes() for path in written} == written
-    assert "fetched 4 metrics files" in capsys.readouterr().out
+    # each report's headline, the file dvc.yaml declares as the metric, derived beside it
+    for path, name in (("reports/parse_headline.json", "data/jsonl/parse_headline.json"),
+                       ("data/hf_datasets/dataset_headline.json",) * 2,
+                       ("results/eval_headline.json",) * 2,
+                       ("backtests/baseline_headline.json",) * 2):  # fmt: skip
+        assert json.loads((workspace / path).read_text()) == json.loads((REPO / name).read_text())
+    assert "fetched 8 metrics files" in capsys.readouterr().out
 
 
 def test_fetch_metrics_names_what_the_run_lacks(package, s3_endpoint, tmp_path, monkeypatch,

@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 from datasets import Dataset, DatasetDict
 
-from charlie import UNPARSEABLE
+from charlie import UNPARSEABLE, cli
 from charlie import dataset as core
+from charlie.errors import CharlieError
 from charlie.inference import extract_action, greedy_complete
 from charlie.parsing import parse_files
 from charlie.prompts import PROMPT_HEADER
@@ -211,10 +212,17 @@ def test_lora_run_saves_adapter_tokenizer_logs_and_manifest(lora_run):
     logged = [h for h in history if "loss" in h]
     assert len(logged) == 4 and all(0 <= h["mean_token_accuracy"] <= 1 for h in logged)
     assert all(h["entropy"] > 0 for h in logged)  # TRL's metrics, from the model's own logits
-    curve = (out / "loss.csv").read_text().splitlines()
-    assert curve[0] == "step,loss,eval_loss"
-    assert [line.split(",")[0] for line in curve[1:]] == ["1", "2", "3", "4"]
-    assert curve[-1].split(",")[2] != ""  # the evaluation at step 4
+    curve = (out / "loss.csv").read_text().splitlines()  # each series has its own steps only
+    assert curve[0] == "step,loss" and [line.split(",")[0] for line in curve[1:]] == [
+        "1",
+        "2",
+        "3",
+        "4",
+    ]
+    assert all(line.split(",")[1] for line in curve[1:])
+    evals = (out / "eval_loss.csv").read_text().splitlines()
+    assert evals == ["step,eval_loss", f"4,{metrics['eval_loss']}"]  # the evaluation at step 4
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_merged_model_loads_with_plain_automodel_and_matches_the_adapter(lora_run, tokenizer):
@@ -378,13 +386,32 @@ def test_smoke_test_runs_ten_steps_and_the_hardware_decides_precision(tmp_path):
     assert (args.max_steps, args.save_steps, args.eval_steps) == (10, 10, 10)
     assert args.use_cpu and not args.bf16  # bf16 is asked for, but this CPU run gets fp32
     assert args.completion_only_loss and args.max_length == 65536
-    assert args.gradient_checkpointing and args.gradient_checkpointing_kwargs == {
+    assert args.activation_checkpointing and args.activation_checkpointing_kwargs == {
         "use_reentrant": False
     }
+    assert args.gradient_checkpointing  # transformers mirrors the old name for TRL and PEFT
     assert args.gradient_accumulation_steps == 16 and args.learning_rate == 1.5e-4
+
+
+def test_a_mistyped_or_clashing_trl_key_is_one_sentence_before_any_weights_load(tmp_path, capsys):
+    """A typo names the closest key; a key Charlie sets says why; neither loads the model (the
+    base model here does not exist, so getting as far as loading would say that instead)."""
+    from charlie.training.sft import sft_arguments
+
+    cfg = load_train_config(REPO / "configs/sft_config.yaml")
     bad = TrainConfig(**{**cfg.model_dump(), **cfg.sft_args, "learning_rat": 1e-4})
-    with pytest.raises(Exception, match=r"unknown key\(s\) learning_rat in the training config"):
+    with pytest.raises(CharlieError, match=r"unknown key in the training config: 'learning_rat' "
+                       r"\(did you mean 'learning_rate'\?\)"):  # fmt: skip
         sft_arguments(bad, cuda=False, smoke_test=False, report_to=["none"])
+    for key, line in (("learning_rat: 1.0e-4", "did you mean 'learning_rate'?"),
+                      ("completion_only_loss: false", "which Charlie sets itself (the loss "
+                       "covers the completion only")):  # fmt: skip
+        config = tmp_path / "bad.yaml"
+        config.write_text(f"base_model: {tmp_path / 'no-such-model'}\noutput_dir: {tmp_path / 'o'}\n"
+                          f"gpu_type: CPU\n{key}\n")  # fmt: skip
+        assert cli.main(["train", "--config", str(config)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and line in err[0] and "no-such-model" not in err[0], err
 
 
 def test_wandb_only_when_asked(monkeypatch):

@@ -1,95 +1,141 @@
-"""The NYSE trading calendar (full-day closures), computed from the exchange's holiday rules.
+"""Exchange trading calendars: sessions, closures and early closes, from ``exchange_calendars``.
 
-Pure Python so the sample generator needs no data files or network. Covers the rules in force
-since 2022 (Juneteenth) plus the one-off closure of 2025-01-09 (national day of mourning).
+``exchange_calendars`` (the maintained successor of Quantopian's ``trading_calendars``) keeps
+each exchange's rules and one-off closures (2001-09-11..14, 2012's hurricane Sandy, the days of
+mourning of 2004, 2007, 2018 and 2025) and its early closes. A calendar is named by its ISO MIC
+(``XNYS``, ``XLON``, ``XTKS``, ...); :func:`calendar_for` maps the price configuration's eodhd
+exchange code (``US``, ``LSE``, ...) to one, or takes an explicit ``prices.calendar``.
+
+Sessions are read once per calendar (from 1990 to a year ahead) into a sorted list of dates,
+so the per-record questions (is this a session, which session is n after this one) are a set
+lookup and a bisection.
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
+import warnings
+from dataclasses import dataclass, field
 from functools import cache
 
-_SPECIAL_CLOSURES = {dt.date(2025, 1, 9)}
+from charlie.errors import ConfigError, did_you_mean
+
+DEFAULT = "XNYS"
+"""The bundled sample's exchange (its tickers are fictional US listings)."""
+FIRST = "1990-01-01"
+
+EODHD_EXCHANGES = {
+    "US": "XNYS", "NYSE": "XNYS", "NASDAQ": "XNAS", "LSE": "XLON", "TO": "XTSE", "V": "XTSE",
+    "XETRA": "XETR", "F": "XFRA", "PA": "XPAR", "AS": "XAMS", "BR": "XBRU", "LS": "XLIS",
+    "MC": "XMAD", "MI": "XMIL", "SW": "XSWX", "VI": "XWBO", "ST": "XSTO", "OL": "XOSL",
+    "CO": "XCSE", "HE": "XHEL", "IR": "XDUB", "WAR": "XWAR", "HK": "XHKG", "TSE": "XTKS",
+    "KO": "XKRX", "AU": "XASX", "SHG": "XSHG", "JSE": "XJSE", "SA": "BVMF", "MX": "XMEX",
+    "NSE": "XBOM", "BSE": "XBOM",
+}  # fmt: skip
+"""eodhd's exchange codes (the ticker suffix, ``ACME.US``) and the calendar each trades on."""
 
 
-def _nth_weekday(year: int, month: int, weekday: int, n: int) -> dt.date:
-    first = dt.date(year, month, 1)
-    offset = (weekday - first.weekday()) % 7
-    return first + dt.timedelta(days=offset + 7 * (n - 1))
+@dataclass(frozen=True, eq=False)
+class Calendar:
+    """One exchange's sessions (full trading days and early closes) as plain dates."""
 
+    name: str
+    sessions: tuple[dt.date, ...]
+    early_closes: frozenset[dt.date]
+    _set: frozenset[dt.date] = field(repr=False, default=frozenset())
 
-def _last_weekday(year: int, month: int, weekday: int) -> dt.date:
-    nxt = dt.date(year + (month == 12), month % 12 + 1, 1)
-    last = nxt - dt.timedelta(days=1)
-    return last - dt.timedelta(days=(last.weekday() - weekday) % 7)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_set", frozenset(self.sessions))
 
+    def _check(self, day: dt.date) -> None:
+        if not self.sessions[0] <= day <= self.sessions[-1]:
+            raise ConfigError(
+                f"{day} is outside the {self.name} calendar ({self.sessions[0]} .. "
+                f"{self.sessions[-1]}): exchange_calendars knows sessions up to a year ahead."
+            )
 
-def _easter(year: int) -> dt.date:
-    # Anonymous Gregorian algorithm (Meeus/Jones/Butcher).
-    a, b, c = year % 19, year // 100, year % 100
-    d, e = divmod(b, 4)
-    f = (b + 8) // 25
-    g = (b - f + 1) // 3
-    h = (19 * a + b - d - g + 15) % 30
-    i, k = divmod(c, 4)
-    m = (32 + 2 * e + 2 * i - h - k) % 7
-    n = (a + 11 * h + 22 * m) // 451
-    month, day = divmod(h + m - 7 * n + 114, 31)
-    return dt.date(year, month, day + 1)
+    def is_session(self, day: dt.date) -> bool:
+        """True when the exchange trades on ``day`` (an early close counts)."""
+        self._check(day)
+        return day in self._set
 
+    def between(self, start: dt.date, end: dt.date) -> list[dt.date]:
+        """Sessions from ``start`` to ``end``, both inclusive."""
+        lo = bisect.bisect_left(self.sessions, start)
+        hi = bisect.bisect_right(self.sessions, end)
+        return list(self.sessions[lo:hi])
 
-def _observed(day: dt.date) -> dt.date:
-    if day.weekday() == 5:
-        return day - dt.timedelta(days=1)
-    if day.weekday() == 6:
-        return day + dt.timedelta(days=1)
-    return day
+    def shift(self, day: dt.date, n: int) -> dt.date:
+        """The session ``n`` sessions after (n > 0) or before (n < 0) ``day``; ``day`` itself
+        need not be a session (``shift(saturday, 1)`` is Monday, ``shift(saturday, -1)`` Friday).
+        """
+        self._check(day)
+        if n == 0:
+            return day
+        if n > 0:
+            index = bisect.bisect_right(self.sessions, day) + n - 1
+        else:
+            index = bisect.bisect_left(self.sessions, day) + n
+        if not 0 <= index < len(self.sessions):
+            raise ConfigError(f"{abs(n)} sessions from {day} is outside the {self.name} calendar.")
+        return self.sessions[index]
+
+    def closures(self, year: int) -> list[dt.date]:
+        """Weekdays of ``year`` on which the exchange does not trade."""
+        start, end = dt.date(year, 1, 1), dt.date(year, 12, 31)
+        days = (start + dt.timedelta(days=i) for i in range((end - start).days + 1))
+        return [d for d in days if d.weekday() < 5 and d not in self._set
+                and self.sessions[0] <= d <= self.sessions[-1]]  # fmt: skip
 
 
 @cache
-def nyse_holidays(year: int) -> frozenset[dt.date]:
-    """Full-day NYSE closures in ``year``."""
-    days = {
-        _nth_weekday(year, 1, 0, 3),  # Martin Luther King Jr. Day
-        _nth_weekday(year, 2, 0, 3),  # Washington's Birthday
-        _easter(year) - dt.timedelta(days=2),  # Good Friday
-        _last_weekday(year, 5, 0),  # Memorial Day
-        _observed(dt.date(year, 7, 4)),
-        _nth_weekday(year, 9, 0, 1),  # Labor Day
-        _nth_weekday(year, 11, 3, 4),  # Thanksgiving
-        _observed(dt.date(year, 12, 25)),
-    }
-    new_year = dt.date(year, 1, 1)
-    if new_year.weekday() != 5:  # NYSE does not close the Friday before a Saturday New Year
-        days.add(_observed(new_year))
-    if year >= 2022:
-        days.add(_observed(dt.date(year, 6, 19)))  # Juneteenth
-    days |= {d for d in _SPECIAL_CLOSURES if d.year == year}
-    return frozenset(days)
+def get_calendar(name: str = DEFAULT) -> Calendar:
+    """The named exchange calendar (an exchange_calendars name: ``XNYS``, ``XLON``, ...)."""
+    import exchange_calendars as xcals
+
+    names = xcals.get_calendar_names(include_aliases=True)
+    if name not in names:
+        raise ConfigError(f"unknown exchange calendar {name!r}{did_you_mean(name, names)}; use an "
+                          "exchange_calendars name such as XNYS, XLON or XTKS.")  # fmt: skip
+    with warnings.catch_warnings():  # exchange_calendars' own use of pandas 3 deprecations
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            calendar = xcals.get_calendar(name, start=FIRST)
+        except ValueError:  # a calendar younger than FIRST (XTKS: 1997): from its own start
+            calendar = xcals.get_calendar(name)
+    return Calendar(
+        name=name,
+        sessions=tuple(calendar.sessions.date),
+        early_closes=frozenset(calendar.early_closes.date),
+    )
 
 
-def is_trading_day(day: dt.date) -> bool:
-    """True on weekdays that are not NYSE holidays."""
-    return day.weekday() < 5 and day not in nyse_holidays(day.year)
+def calendar_for(exchange: str, calendar: str = "auto") -> str:
+    """The calendar name for a price configuration: ``calendar`` unless ``auto``, else the one
+    the eodhd ``exchange`` code trades on."""
+    if calendar != "auto":
+        return calendar
+    try:
+        return EODHD_EXCHANGES[exchange.upper()]
+    except KeyError:
+        raise ConfigError(
+            f"prices.eodhd.exchange {exchange!r} has no known trading calendar"
+            f"{did_you_mean(exchange.upper(), EODHD_EXCHANGES)}: set prices.calendar to its "
+            "exchange_calendars name (XNYS, XLON, XTKS, ...)."
+        ) from None
 
 
-def trading_days(start: dt.date, end: dt.date) -> list[dt.date]:
-    """Trading days from ``start`` to ``end``, both inclusive."""
-    days = []
-    day = start
-    while day <= end:
-        if is_trading_day(day):
-            days.append(day)
-        day += dt.timedelta(days=1)
-    return days
+def is_trading_day(day: dt.date, calendar: str = DEFAULT) -> bool:
+    """True when ``calendar``'s exchange trades on ``day``."""
+    return get_calendar(calendar).is_session(day)
 
 
-def shift_trading_days(day: dt.date, n: int) -> dt.date:
-    """The trading day ``n`` sessions after (n > 0) or before (n < 0) ``day``."""
-    step = dt.timedelta(days=1 if n > 0 else -1)
-    remaining = abs(n)
-    while remaining:
-        day += step
-        if is_trading_day(day):
-            remaining -= 1
-    return day
+def trading_days(start: dt.date, end: dt.date, calendar: str = DEFAULT) -> list[dt.date]:
+    """Sessions from ``start`` to ``end``, both inclusive."""
+    return get_calendar(calendar).between(start, end)
+
+
+def shift_trading_days(day: dt.date, n: int, calendar: str = DEFAULT) -> dt.date:
+    """The session ``n`` sessions after (n > 0) or before (n < 0) ``day``."""
+    return get_calendar(calendar).shift(day, n)

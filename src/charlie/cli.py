@@ -1,8 +1,8 @@
-"""The ``charlie`` command: one subcommand per pipeline stage, and six utilities.
+"""The ``charlie`` command: one subcommand per pipeline stage, and seven utilities.
 
 A pipeline stage's subcommand, its DVC stage (dvc.yaml) and its KFP component share one name;
-``sample``, ``prices``, ``plan``, ``submit``, ``fetch-model`` and ``train-job`` are utilities
-(no DVC stage; the last three are Kubeflow components too). Only the module
+``sample``, ``prices``, ``plan``, ``submit``, ``fetch-model``, ``train-job`` and ``card`` are
+utilities (no DVC stage; plan, fetch-model and train-job are Kubeflow components too). Only the module
 of the subcommand being run is imported, so ``charlie --help`` imports no stage at all.
 """
 
@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import re
 import sys
 from pathlib import Path
 
 from charlie import __version__
-from charlie.errors import CharlieError
-from charlie.logs import redact
+from charlie.errors import CharlieError, did_you_mean
+from charlie.logs import VERBOSE_ENV, quiet_libraries, redact
 
 # Pipeline order. Each is charlie.stages.<name with _ for ->, defining add_arguments() and run()
 # (its docstring is the subcommand's --help); the line here is the one-line summary.
@@ -34,8 +36,9 @@ STAGES: dict[str, str] = {
     "plan": "estimate per-GPU memory of a training config and say whether it fits",
     "fetch-model": "bring a hub or object-store base model onto the cache volume (Kubeflow)",
     "train-job": "train on several nodes as a Kubeflow Trainer TrainJob, and follow it",
+    "card": "copy a trained model with a model card that has its evaluation and backtest",
 }
-UTILITIES = ("sample", "prices", "plan", "submit", "fetch-model", "train-job")
+UTILITIES = ("sample", "prices", "plan", "submit", "fetch-model", "train-job", "card")
 """Commands that are not pipeline stages: no DVC stage."""
 CLUSTER_STEPS = ("plan", "fetch-model", "train-job")
 """Utilities the Kubeflow pipeline also runs, each as a KFP component of its own: the plan
@@ -67,6 +70,29 @@ examples:
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with "did you mean" for a mistyped stage or flag (``charlie trian``,
+    ``--confg``), as git and pip answer."""
+
+    stage_flags: tuple[str, ...] = ()  # the named stage's flags (its parser's extras land here)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        choice = re.search(r"invalid choice: '([^']*)'", message)
+        if choice and self._subparsers is not None:
+            names = [n for a in self._subparsers._group_actions if a.choices for n in a.choices]
+            hint = did_you_mean(choice.group(1), names)
+            message = f"'{choice.group(1)}' is not a stage{hint}; the stages are {', '.join(names)}"
+        unknown = re.match(r"unrecognized arguments: (.*)", message)
+        if unknown:
+            flags = [o for a in self._actions for o in a.option_strings] + list(self.stage_flags)
+            hints = [f"{w.split('=')[0]}{did_you_mean(w.split('=')[0], flags)}"
+                     for w in unknown.group(1).split() if w.startswith("-")]  # fmt: skip
+            hints = [h for h in hints if "did you mean" in h]
+            if hints:
+                message += f": {'; '.join(hints)}"
+        super().error(message)
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The top-level parser; the stage ``argv`` names (its first word) gets its flags.
 
@@ -74,7 +100,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     top-level help and every other stage cost nothing.
     """
     named = next((a for a in (argv or []) if not a.startswith("-")), None)
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="charlie",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -100,8 +126,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             default=Path("params.yaml"),
             help="params file whose section for this stage gives the defaults (default: %(default)s)",
         )
+        stage_parser.add_argument(
+            "--verbose",
+            action="store_true",
+            help="show debug lines and the library warnings Charlie hides (charlie.logs)",
+        )
         module.add_arguments(stage_parser)
         stage_parser.set_defaults(_run=module.run)
+        parser.stage_flags = tuple(o for a in stage_parser._actions for o in a.option_strings)
     return parser
 
 
@@ -121,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one stage; user errors become one sentence on stderr and a non-zero exit code."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
+    if getattr(args, "verbose", False):
+        os.environ[VERBOSE_ENV] = "1"
+    quiet_libraries()
     try:
         _load_dotenv()
         return int(args._run(args) or 0)

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from charlie.errors import ConfigError
+from charlie.errors import ConfigError, did_you_mean
 from charlie.prices.registry import PROVIDERS
 
 ENV_PREFIX = "CHARLIE_"
@@ -170,6 +170,12 @@ class PricesParams(Section):
     forward_days: int = Field(
         60, ge=0, description="Calendar days of bars after its last record (forward returns)."
     )
+    calendar: str = Field(
+        "auto",
+        description="The exchange's trading calendar (an exchange_calendars name: XNYS, XLON, "
+        "XTKS, ...) that embargo and purge windows count sessions on; auto: the one "
+        "eodhd.exchange trades on (US: XNYS).",
+    )
     eodhd: EodhdParams = EodhdParams()
     yfinance: YFinanceParams = YFinanceParams()
 
@@ -298,6 +304,14 @@ class TrainParams(Section):
     )
     num_shards: int = Field(1, ge=1, description="Shards per split of the tokenized dataset.")
     num_proc: int = Field(2, ge=1, description="Processes for tokenization.")
+    # Hyperparameters as DVC params (`dvc exp run -S train.learning_rate=1e-3`): each replaces
+    # the config's key when set; null keeps the config's value.
+    learning_rate: float | None = Field(None, gt=0, description="Replaces the config's.")
+    num_train_epochs: float | None = Field(None, gt=0, description="Replaces the config's.")
+    lora_r: int | None = Field(None, ge=1, description="Replaces the config's.")
+    lora_alpha: int | None = Field(None, ge=1, description="Replaces the config's.")
+    max_length: int | Literal["auto"] | None = Field(None, description="Replaces the config's.")
+    seed: int | None = Field(None, ge=0, description="Replaces the config's.")
 
 
 class EvaluateParams(Section):
@@ -324,7 +338,12 @@ class BacktestParams(Section):
 def train_settings(params: Params) -> dict[str, tuple[Any, str]]:
     """What params.yaml's ``train`` section sets in the training config (see TrainParams)."""
     return {key: (getattr(params.train, key), f"params.yaml train.{key}")
-            for key in ("dataset_dir", "output_dir")}  # fmt: skip
+            for key in ("dataset_dir", "output_dir", *HYPERPARAMETERS)}  # fmt: skip
+
+
+HYPERPARAMETERS = ("learning_rate", "num_train_epochs", "lora_r", "lora_alpha", "max_length",
+                   "seed")  # fmt: skip
+"""params.yaml ``train`` keys that replace the training config's when set (DVC params)."""
 
 
 class Params(Section):
@@ -670,8 +689,10 @@ def _one_sentence(
     more = len(exc.errors()) - 1
     tail = f" ({more} more problem{'s' if more > 1 else ''} after this one)" if more else ""
     if error["type"] == "extra_forbidden":
-        allowed = ", ".join(_allowed_keys(model, error["loc"]))
-        return f"{source}: unknown key '{key}'; allowed keys here are: {allowed}{tail}."
+        allowed = _allowed_keys(model, error["loc"])
+        hint = did_you_mean(loc[-1], allowed) if loc else ""
+        return (f"{source}: unknown key '{key}'{hint}; allowed keys here are: "
+                f"{', '.join(allowed)}{tail}.")  # fmt: skip
     message = error["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from charlie import ACTIONS
-from charlie.calendar import is_trading_day, shift_trading_days, trading_days
+from charlie.calendar import DEFAULT as DEFAULT_CALENDAR
+from charlie.calendar import get_calendar
 from charlie.errors import CharlieError
 from charlie.prompts import prompt_text
 from charlie.snapshot import snapshots_for_ticker
@@ -48,6 +49,11 @@ class SplitSpec:
     test_end: dt.date | None = None
     embargo_days: int = 0
     purge_window: int = 0
+    calendar: str = DEFAULT_CALENDAR  # the exchange whose sessions embargo and purge count
+
+    def shift(self, day: dt.date, sessions: int) -> dt.date:
+        """The session ``sessions`` after (or before) ``day`` on the spec's exchange."""
+        return get_calendar(self.calendar).shift(day, sessions)
 
     @property
     def validation_start(self) -> dt.date:
@@ -63,8 +69,8 @@ class SplitSpec:
             return False
         boundary = self.next_start(split)
         if self.embargo_days:
-            boundary = shift_trading_days(boundary, -self.embargo_days)
-        return shift_trading_days(day, self.purge_window) >= boundary
+            boundary = self.shift(boundary, -self.embargo_days)
+        return self.shift(day, self.purge_window) >= boundary
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -76,11 +82,16 @@ class SplitSpec:
             "test_end": self.test_end.isoformat() if self.test_end else None,
             "embargo_days": self.embargo_days,
             "purge_window": self.purge_window,
+            "calendar": self.calendar,
         }
 
 
 def validation_days_for(
-    setting: int | str, train_end: dt.date, longest_window: int, embargo_days: int
+    setting: int | str,
+    train_end: dt.date,
+    longest_window: int,
+    embargo_days: int,
+    calendar: str = DEFAULT_CALENDAR,
 ) -> int:
     """Calendar days of the validation window: a number as given, ``auto`` from trading days.
 
@@ -91,8 +102,9 @@ def validation_days_for(
     if setting != "auto":
         return int(setting)
     sessions = 2 * (longest_window + embargo_days)
-    last = train_end if is_trading_day(train_end) else shift_trading_days(train_end, -1)
-    first = shift_trading_days(last, -(sessions - 1)) if sessions > 1 else last
+    exchange = get_calendar(calendar)
+    last = train_end if exchange.is_session(train_end) else exchange.shift(train_end, -1)
+    first = exchange.shift(last, -(sessions - 1)) if sessions > 1 else last
     return (train_end - first).days + 1
 
 
@@ -105,9 +117,7 @@ def assign_split(day: dt.date, spec: SplitSpec) -> str:
     ):
         if not inside:
             continue
-        if spec.embargo_days and day >= shift_trading_days(
-            spec.next_start(split), -spec.embargo_days
-        ):
+        if spec.embargo_days and day >= spec.shift(spec.next_start(split), -spec.embargo_days):
             return "embargo"
         return f"purged_{split}" if spec.purges(day, split) else split
     if day >= spec.test_start and (spec.test_end is None or day <= spec.test_end):
@@ -178,7 +188,7 @@ def audit(
     for split, later in (("train", "validation"), ("validation", "test")):
         start = spec.next_start(split)
         for row in rows.get(split, []):
-            end = shift_trading_days(dt.date.fromisoformat(row["as_of_date"]), longest_window)
+            end = spec.shift(dt.date.fromisoformat(row["as_of_date"]), longest_window)
             if end >= start:
                 result.problems.append(
                     f"the {longest_window}-day forward window of {split} record {row['uid']} "
@@ -252,7 +262,7 @@ def card_markdown(info: dict[str, Any], longest_window: int) -> str:
     """The card as Markdown for people."""
     s = info["split_settings"]
     sessions = len(
-        trading_days(
+        get_calendar(s.get("calendar", DEFAULT_CALENDAR)).between(
             dt.date.fromisoformat(s["validation_start"]), dt.date.fromisoformat(s["train_end"])
         )
     )

@@ -1,5 +1,9 @@
 """Errors a user can cause: they end in one clear sentence and a non-zero exit, never a traceback."""
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+
 
 class CharlieError(Exception):
     """A problem with the user's input or configuration.
@@ -21,3 +25,11 @@ class QualityGateError(CharlieError):
     """
 
     exit_code = 1
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to a mistyped ``word``, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

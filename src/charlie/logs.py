@@ -59,8 +59,9 @@ class RedactingFormatter(logging.Formatter):
 
 
 def console_level() -> str:
-    """``$CHARLIE_LOG_LEVEL`` (default INFO), or one sentence naming the allowed levels."""
-    level = os.environ.get(LOG_LEVEL_ENV, "INFO").strip().upper()
+    """``$CHARLIE_LOG_LEVEL`` (default INFO, DEBUG with ``--verbose``), or one sentence naming
+    the allowed levels."""
+    level = os.environ.get(LOG_LEVEL_ENV, "DEBUG" if verbose() else "INFO").strip().upper()
     if level not in LEVELS:
         raise CharlieError(f"{LOG_LEVEL_ENV}={os.environ[LOG_LEVEL_ENV][:40]!r} is not a log "
                            f"level; use one of {', '.join(LEVELS)}.")  # fmt: skip
@@ -105,3 +106,56 @@ def setup_logging(stage: str) -> Path:
     logger.addHandler(file_handler)
     logger.debug("log file %s", path)
     return path
+
+
+# Library messages that tell a Charlie user nothing they can act on, each silenced where it is
+# emitted (its own logger, or its exact warning text) and with the reason; `--verbose` (or
+# CHARLIE_VERBOSE=1) shows them all. Everything else the libraries say still shows.
+NOISY_LOGGERS: tuple[tuple[str, str, str], ...] = (
+    ("DeepSpeed", "Setting accelerator to CPU",
+     "no GPU here: DeepSpeed falls back to its CPU accelerator, as Charlie does"),
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward",
+     "an optional kernel from the hub; bitsandbytes computes 4-bit on the CPU without it"),
+)  # fmt: skip
+NOISY_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated",
+     "TRL and PEFT read transformers' old property name; Charlie's configs use the new key"),
+    (FutureWarning, r"`gradient_checkpointing_enable` is deprecated",
+     "PEFT's prepare_model_for_kbit_training (QLoRA) calls the old method name"),
+)  # fmt: skip
+VERBOSE_ENV = "CHARLIE_VERBOSE"
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, starts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
+def verbose() -> bool:
+    """``--verbose`` was given (or ``$CHARLIE_VERBOSE`` is 1/true)."""
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def quiet_libraries() -> None:
+    """Silence :data:`NOISY_LOGGERS` and :data:`NOISY_WARNINGS` (unless :func:`verbose`), and
+    the libraries' progress bars when no terminal shows them (the stage logs progress lines).
+
+    Call before the libraries load: the filters sit on the loggers they create later.
+    """
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' too
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if verbose():
+        return
+    import warnings
+
+    for name, start, _why in NOISY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages((start,)))
+    for category, message, _why in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)

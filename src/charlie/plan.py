@@ -1025,7 +1025,7 @@ def _scale_advice(plan: MemoryPlan) -> str:
         if s.batch_size > 1:
             shrink += f", lower per_device_train_batch_size ({s.batch_size})"
         if not s.gradient_checkpointing:
-            shrink += ", turn on gradient_checkpointing"
+            shrink += ", turn on activation_checkpointing"
         unsharded = plan.activations + plan.gather_unit
         return (
             f"even sharded with ZeRO-3 its activations and largest layer ({_gib(unsharded)} GiB) "

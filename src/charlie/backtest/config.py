@@ -47,6 +47,11 @@ class BacktestConfig(Section):
     initial_cash: float = Field(
         1_000_000.0, gt=0, le=MAX_CASH, description="Starting equity, all cash."
     )
+    currency: str = Field(
+        "USD",
+        pattern=r"^[A-Z]{3}$",
+        description="The prices' currency (ISO 4217): the report's axes.",
+    )
     transaction_cost_bps: float = Field(
         5.0, ge=0, le=10_000, description="Commission: bps of traded notional (at the fill)."
     )

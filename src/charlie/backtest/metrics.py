@@ -344,19 +344,33 @@ class Metric:
     """Whether the report shows strategy minus benchmark (a count of fills does not)."""
     full_year: bool = False
     """Undefined (NaN) for a period shorter than a year: it extrapolates growth to one."""
+    label: str = ""
+    """Its name for people (the report's tables); the key stays the JSON's."""
 
 
 METRICS: dict[str, Metric] = {
-    "total_return": Metric(lambda x: total_return(x.returns), "pct"),
-    "cagr": Metric(lambda x: cagr(x.returns, x.periods), "pct", full_year=True),
-    "annual_volatility": Metric(lambda x: annual_volatility(x.returns, x.periods), "pct"),
-    "sharpe": Metric(lambda x: sharpe_ratio(x.returns, x.risk_free, x.periods), "num"),
-    "sortino": Metric(lambda x: sortino_ratio(x.returns, x.risk_free, x.periods), "num"),
-    "max_drawdown": Metric(lambda x: max_drawdown(x.returns), "pct"),
-    "calmar": Metric(lambda x: calmar_ratio(x.returns, x.periods), "num", full_year=True),
-    "turnover": Metric(lambda x: annual_turnover(x.turnover, x.periods), "x"),
-    "n_trades": Metric(lambda x: x.n_trades, "int", difference=False),
-    "exposure": Metric(lambda x: mean_exposure(x.gross_exposure), "pct"),
+    "total_return": Metric(lambda x: total_return(x.returns), "pct", label="Total return"),
+    "cagr": Metric(lambda x: cagr(x.returns, x.periods), "pct", full_year=True, label="CAGR"),
+    "annual_volatility": Metric(
+        lambda x: annual_volatility(x.returns, x.periods), "pct", label="Volatility (annualised)"
+    ),
+    "sharpe": Metric(
+        lambda x: sharpe_ratio(x.returns, x.risk_free, x.periods), "num", label="Sharpe ratio"
+    ),
+    "sortino": Metric(
+        lambda x: sortino_ratio(x.returns, x.risk_free, x.periods), "num", label="Sortino ratio"
+    ),
+    "max_drawdown": Metric(lambda x: max_drawdown(x.returns), "pct", label="Max drawdown"),
+    "calmar": Metric(
+        lambda x: calmar_ratio(x.returns, x.periods), "num", full_year=True, label="Calmar ratio"
+    ),
+    "turnover": Metric(
+        lambda x: annual_turnover(x.turnover, x.periods), "x", label="Turnover (annualised)"
+    ),
+    "n_trades": Metric(lambda x: x.n_trades, "int", difference=False, label="Fills"),
+    "exposure": Metric(
+        lambda x: mean_exposure(x.gross_exposure), "pct", label="Gross exposure (mean)"
+    ),
 }
 """Every metric the backtest reports, in the report's order: name -> :class:`Metric`."""
 

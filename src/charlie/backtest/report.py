@@ -19,8 +19,10 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from charlie.backtest import metrics
+from charlie import headlines
+from charlie.backtest import metrics, tearsheet
 from charlie.backtest.core import BacktestResult
+from charlie.headlines import headline_path, write_headline
 from charlie.io import atomic_outputs
 
 TEMPLATE = "report.html.j2"
@@ -35,14 +37,18 @@ def output_paths(out: Path | str) -> dict[str, Path]:
         "daily": out,
         "trades": parent / f"{stem}_trades.csv",
         "metrics": parent / f"{stem}_metrics.json",
+        "headline": headline_path(out, stem),
         "equity_png": parent / f"{stem}_equity.png",
         "drawdown_png": parent / f"{stem}_drawdown.png",
         "report": parent / f"{stem}_report.html",
     }
 
 
-def write_outputs(result: BacktestResult, out: Path | str) -> dict[str, Path]:
-    """Write the daily CSV, trades, metrics JSON, two PNGs and the HTML report, atomically."""
+def write_outputs(
+    result: BacktestResult, out: Path | str, evaluation: dict[str, Any] | None = None
+) -> dict[str, Path]:
+    """Write the daily CSV, trades, metrics JSON and headline, two PNGs and the HTML report
+    (with ``evaluation``'s model-versus-baselines table when given), atomically."""
     paths = output_paths(out)
     figures = render_figures(result)
     with atomic_outputs(*paths.values()) as temps:
@@ -53,9 +59,10 @@ def write_outputs(result: BacktestResult, out: Path | str) -> dict[str, Path]:
             json.dumps(_jsonable(result.metrics), indent=2, allow_nan=False) + "\n",
             encoding="utf-8",
         )
+        write_headline(tmp["headline"], headlines.backtest(_jsonable(result.metrics)))
         tmp["equity_png"].write_bytes(figures["equity"])
         tmp["drawdown_png"].write_bytes(figures["drawdown"])
-        tmp["report"].write_text(render_html(result, figures, paths), encoding="utf-8")
+        tmp["report"].write_text(render_html(result, figures, paths, evaluation), encoding="utf-8")
     return paths
 
 
@@ -94,9 +101,10 @@ def render_figures(result: BacktestResult) -> dict[str, bytes]:
     ax.plot(dates, strategy, label="strategy (predictions)", color="#1f5fa8", linewidth=1.6)
     ax.plot(dates, bench, label="benchmark (equal-weight buy & hold)", color="#888888")
     ax.axhline(result.initial_cash, color="#cccccc", linewidth=0.8, zorder=0)
+    currency = result.metrics["config"].get("currency", "USD")
     ax.set_title("Equity, after costs")
-    ax.set_ylabel("equity")
-    ax.yaxis.set_major_formatter(lambda y, _: f"{y:,.0f}")
+    ax.set_ylabel(f"equity ({currency})")
+    ax.yaxis.set_major_formatter(lambda y, _: f"{y:,.0f} {currency}")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", frameon=False)
     fig.autofmt_xdate()
@@ -114,6 +122,83 @@ def render_figures(result: BacktestResult) -> dict[str, bytes]:
     ax.legend(loc="lower left", frameon=False)
     fig.autofmt_xdate()
     out["drawdown"] = _png(fig)
+    out.update(_tearsheet_figures(result))
+    return out
+
+
+def tearsheet_tables(result: BacktestResult) -> dict[str, Any]:
+    """The report's tables beyond the metrics: the worst drawdowns and trade statistics."""
+    trips, still_open = tearsheet.round_trips(result.trades, result.daily["date"])
+    return {
+        "drawdowns": tearsheet.drawdown_periods(result.daily),
+        "trades": tearsheet.trade_statistics(trips, still_open, result.daily),
+        "rolling_window": tearsheet.rolling_window(len(result.daily)),
+        "weekly": len(result.daily) < tearsheet.SHORT_TEST_DAYS,
+    }
+
+
+def _heatmap(table: pd.DataFrame, title: str, columns: list[str]) -> bytes:
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
+
+    values = table.to_numpy(float)
+    finite = values[np.isfinite(values)]
+    bound = max(float(np.abs(finite).max()) if finite.size else 0.0, 1e-4)
+    fig = Figure(figsize=(9, 0.55 * len(table) + 1.6), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="RdYlGn", aspect="auto",
+                      norm=TwoSlopeNorm(vmin=-bound, vcenter=0.0, vmax=bound))  # fmt: skip
+    for (i, j), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            ax.text(j, i, f"{value:+.2%}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(table)), [str(i) for i in table.index])
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, format=lambda v, _: f"{v:+.1%}", label="return")
+    return _png(fig)
+
+
+def _tearsheet_figures(result: BacktestResult) -> dict[str, bytes]:
+    """Monthly (and for a short test weekly) returns, rolling Sharpe and volatility, exposure."""
+    from matplotlib.figure import Figure
+
+    daily, out = result.daily, {}
+    months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+    out["monthly"] = _heatmap(tearsheet.monthly_returns(daily), "Monthly returns", months)
+    if len(daily) < tearsheet.SHORT_TEST_DAYS:
+        weeks = [f"week {i}" for i in range(1, 7)]
+        out["weekly"] = _heatmap(tearsheet.weekly_returns(daily), "Weekly returns", weeks)
+
+    dates = pd.to_datetime(daily["date"])
+    window = tearsheet.rolling_window(len(daily))
+    risk = tearsheet.rolling_risk(daily, window)
+    fig = Figure(figsize=(9, 4.6), dpi=110, layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.plot(dates, risk["sharpe"], color="#1f5fa8", linewidth=1.3)
+    top.axhline(0, color="#999999", linewidth=0.8)
+    top.set_ylabel("Sharpe (annualised)")
+    top.set_title(f"Rolling {window}-day Sharpe ratio and volatility")
+    bottom.plot(dates, risk["volatility"], color="#b03a2e", linewidth=1.3)
+    bottom.set_ylabel("volatility (annualised)")
+    bottom.yaxis.set_major_formatter(lambda y, _: f"{y:.1%}")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    out["rolling"] = _png(fig)
+
+    fig = Figure(figsize=(9, 3.0), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    ax.fill_between(dates, daily["gross_exposure"], 0, color="#1f5fa8", alpha=0.25,
+                    linewidth=0, label="gross (|long| + |short|)")  # fmt: skip
+    ax.plot(
+        dates, daily["net_exposure"], color="#1f5fa8", linewidth=1.2, label="net (long − short)"
+    )
+    ax.set_title("Exposure at each close, share of equity")
+    ax.yaxis.set_major_formatter(lambda y, _: f"{y:.0%}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", frameon=False)
+    fig.autofmt_xdate()
+    out["exposure"] = _png(fig)
     return out
 
 
@@ -140,8 +225,17 @@ _ENVIRONMENT.filters["fmt"] = format  # {{ value | fmt(",.2f") }}
 _ENVIRONMENT.tests["finite"] = _finite  # {% if value is finite %}
 
 
-def render_html(result: BacktestResult, figures: dict[str, bytes], paths: dict[str, Path]) -> str:
-    """One self-contained page: the PNGs are embedded, nothing is fetched; text is escaped."""
+def render_html(
+    result: BacktestResult,
+    figures: dict[str, bytes],
+    paths: dict[str, Path],
+    evaluation: dict[str, Any] | None = None,
+) -> str:
+    """One self-contained page: the PNGs are embedded, nothing is fetched; text is escaped.
+
+    ``evaluation``: the evaluation's metrics (``eval_metrics.json`` beside the predictions),
+    whose model-versus-baselines table the page shows beside the portfolio's.
+    """
     return _ENVIRONMENT.get_template(TEMPLATE).render(
         m=result.metrics,
         metrics=metrics.METRICS,
@@ -150,4 +244,6 @@ def render_html(result: BacktestResult, figures: dict[str, bytes], paths: dict[s
             for name, png in figures.items()
         },
         files=[path.name for path in paths.values()],
+        sheet=tearsheet_tables(result),
+        evaluation=evaluation,
     )

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from charlie import UNPARSEABLE
+from charlie import UNPARSEABLE, headlines
+from charlie.headlines import headline_path, write_headline
 from charlie.io import atomic_outputs
 
 
@@ -164,28 +165,37 @@ def _generation_lines(g: dict[str, Any]) -> list[str]:
 
 
 def confusion_png(info: dict[str, Any], path: Path) -> None:
-    """``confusion_matrix.png``: true against predicted action, counts in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """``confusion_matrix.png``: true against predicted action, the counts beside the matrix
+    normalised by true label (each row sums to 1: the share of each label predicted as each
+    action), with a colour bar; a Figure, not pyplot (no global state, a faster import)."""
+    from matplotlib.figure import Figure
 
     cm = info["classification"]["confusion_matrix"]
-    matrix = np.array(cm["matrix"])
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(cm["labels"])), cm["labels"], rotation=35, ha="right")
-    ax.set_yticks(range(len(cm["labels"])), cm["labels"])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("thesis label")
-    for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, str(value), ha="center", va="center",
-                color="white" if value > matrix.max() / 2 else "black")  # fmt: skip
+    labels, matrix = cm["labels"], np.array(cm["matrix"], dtype=float)
+    totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+    fig = Figure(figsize=(12, 5.2), dpi=110, layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for ax, values, title, text in (
+        (left, matrix, "counts", lambda v: f"{v:.0f}"),
+        (right, shares, "share of each thesis label (rows sum to 1)", lambda v: f"{v:.0%}"),
+    ):
+        top = values.max() if values.size and values.max() > 0 else 1.0
+        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=top if values is matrix else 1.0)
+        ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("thesis label")
+        ax.set_title(title)
+        limit = top if values is matrix else 1.0
+        for (i, j), value in np.ndenumerate(values):
+            ax.text(j, i, text(value), ha="center", va="center",
+                    color="white" if value > limit / 2 else "black")  # fmt: skip
+        fig.colorbar(image, ax=ax, shrink=0.85,
+                     format=(lambda v, _: f"{v:.0%}") if values is shares else None)  # fmt: skip
     acc = info["classification"]["accuracy"]
-    ax.set_title(f"Confusion matrix, {info['split']} split (accuracy {acc:.3f})")
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
-    plt.close(fig)
+    fig.suptitle(f"Confusion matrix, {info['split']} split (accuracy {acc:.3f})")
+    fig.savefig(path, format="png")
 
 
 def write_outputs(
@@ -211,13 +221,15 @@ def write_outputs(
         The paths written.
     """
     paths = [out, out.with_name("eval_generations.jsonl"), out.with_name("eval_metrics.json"),
-             out.with_name("eval_summary.md"), out.with_name("confusion_matrix.png")]  # fmt: skip
-    with atomic_outputs(*paths) as (csv, gen, met, md, png):
+             out.with_name("eval_summary.md"), out.with_name("confusion_matrix.png"),
+             headline_path(out, "eval")]  # fmt: skip
+    with atomic_outputs(*paths) as (csv, gen, met, md, png, hl):
         frame.to_csv(csv, index=False)
         gen.write_text("".join(json.dumps(line, ensure_ascii=False) + "\n"
                                for line in _generation_records(frame, texts, new_tokens)),
                        encoding="utf-8")  # fmt: skip
         met.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        write_headline(hl, headlines.evaluate(info))
         md.write_text(summary_markdown(info, forward_windows), encoding="utf-8")
         confusion_png(info, png)
     return paths

@@ -21,19 +21,29 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from charlie import headlines
 from charlie.errors import CharlieError
+from charlie.headlines import headline_path, write_headline
 from charlie.io import atomic_directory, atomic_outputs
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PIPELINE_ROOT = "minio://mlpipeline/v2/artifacts"  # KFP's, when a run names none
-# A `metrics:` file of dvc.yaml, as written there (${section.key} comes from params.yaml) ←
-# (task, output artifact, file inside it; "" when the artifact is the file itself).
+# A stage's detailed report, as dvc.yaml writes its path (${section.key} comes from
+# params.yaml) ← (task, output artifact, file inside it; "" when the artifact is the file).
 RUN_METRICS = {
     "${parse.report}": ("parse", "report", ""),
     "${dataset.card}": ("dataset", "card", "dataset_card.json"),
     "results/eval_metrics.json": ("evaluate", "results", "eval_metrics.json"),
     "backtests/baseline_metrics.json": ("backtest", "portfolio", "baseline_metrics.json"),
+}
+# Each report's headline (the `metrics:` file of dvc.yaml, beside it): its name and the
+# charlie.headlines function that derives it, so a fetched run is compared as a local one is.
+RUN_HEADLINES = {
+    "${parse.report}": ("parse", headlines.parse),
+    "${dataset.card}": ("dataset", headlines.dataset),
+    "results/eval_metrics.json": ("eval", headlines.evaluate),
+    "backtests/baseline_metrics.json": ("baseline", headlines.backtest),
 }
 
 
@@ -102,15 +112,28 @@ def fetch_metrics(
             wanted = ", ".join("/".join(x for x in RUN_METRICS[m] if x) for m in missing)
             raise CharlieError(f"the run's artifacts under {where} hold no {wanted}.")
         paths = [dest / workspace_path(path, params) for path in found]
-        with atomic_outputs(*paths) as temps:
-            for temp, key in zip(temps, found.values(), strict=True):
-                temp.write_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        heads = [headline_path(p, RUN_HEADLINES[m][0]) for p, m in zip(paths, found, strict=True)]
+        with atomic_outputs(*paths, *heads) as temps:
+            for i, (path, key) in enumerate(found.items()):
+                body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+                temps[i].write_bytes(body)
+                write_headline(temps[len(paths) + i], _headline(body, key, RUN_HEADLINES[path][1]))
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         log.debug("fetch failed", exc_info=True)
         raise CharlieError(f"cannot read the run's artifacts under {where}: {exc}.") from None
     for path, key in zip(paths, found.values(), strict=True):
         log.info("fetched %s from %s", path, key)
-    return paths
+    return paths + heads
+
+
+def _headline(body: bytes, key: str, derive: Any) -> dict[str, Any]:
+    """The headline ``derive`` reads from a fetched report, or one sentence when it cannot."""
+    try:
+        return derive(json.loads(body))
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+        raise CharlieError(
+            f"the run's {key} is not the report a Charlie stage writes: no headline in it."
+        ) from None
 
 
 def model_prefix(objects: list[dict[str, Any]], run_prefix: str) -> tuple[str, str] | None:

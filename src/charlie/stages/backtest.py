@@ -45,7 +45,9 @@ exit codes:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+from pathlib import Path
 
 from charlie.backtest.config import BacktestConfig
 from charlie.backtest.core import headline, run_backtest
@@ -122,13 +124,27 @@ def run(args: argparse.Namespace) -> int:
     )
     prices = load_all_prices(price_window(predictions), params.prices)
     result = run_backtest(predictions, prices.frames, config, forced=forced)
-    written = write_outputs(result, paths.out)
+    written = write_outputs(result, paths.out, evaluation=evaluation_beside(paths.eval_csv))
 
     _summary(result.metrics)
     log.info("wrote %s (log: %s)", ", ".join(str(p) for p in written.values()), log_file)
     kfp_executor.publish(args.kfp_executor_input, metrics=headline(result.metrics),
                          html=written["report"])  # fmt: skip
     return 0
+
+
+def evaluation_beside(eval_csv: Path) -> dict | None:
+    """The evaluation's metrics (``eval_metrics.json`` beside the predictions), for the report's
+    model-versus-baselines table; None when there are none or they cannot be read."""
+    path = Path(eval_csv).with_name("eval_metrics.json")
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        log.warning("%s cannot be read: the report shows no model-versus-baselines table", path)
+        return None
+    return info if isinstance(info, dict) and "baselines" in info else None
 
 
 def _summary(m: dict) -> None:

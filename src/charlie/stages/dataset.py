@@ -37,6 +37,9 @@ import sys
 from typing import Any
 
 from charlie import dataset as core
+from charlie import headlines
+from charlie.calendar import calendar_for
+from charlie.cards import dataset_card
 from charlie.config import (
     PRICE_FLAGS,
     DatasetParams,
@@ -47,6 +50,7 @@ from charlie.config import (
 )
 from charlie.errors import CharlieError
 from charlie.evaluation.config import EvalConfig
+from charlie.headlines import headline_path, write_headline
 from charlie.io import atomic_directory, atomic_outputs, require_distinct
 from charlie.kubeflow import executor as kfp_executor
 from charlie.logs import setup_logging
@@ -71,12 +75,13 @@ def split_spec(params: Any) -> tuple[core.SplitSpec, int]:
     """
     cfg = params.dataset
     horizon = max(load_config(params.evaluate.config, EvalConfig).forward_windows)
+    calendar = calendar_for(params.prices.eodhd.exchange, params.prices.calendar)
     validation_days = core.validation_days_for(
-        cfg.validation_days, cfg.train_end, horizon, cfg.embargo_days
+        cfg.validation_days, cfg.train_end, horizon, cfg.embargo_days, calendar
     )
     spec = core.SplitSpec(
         cfg.train_start, cfg.train_end, validation_days, cfg.test_start, cfg.test_end,
-        cfg.embargo_days, purge_window=horizon,
+        cfg.embargo_days, purge_window=horizon, calendar=calendar,
     )  # fmt: skip
     return spec, horizon
 
@@ -123,10 +128,16 @@ def run(args: argparse.Namespace) -> int:
         datasets.disable_progress_bars()
 
     dataset = DatasetDict({split: Dataset.from_list(rows[split]) for split in core.SPLITS})
-    with atomic_directory(cfg.out) as tmp, atomic_outputs(cfg.card, card_md) as (tj, tm):
+    headline = headline_path(cfg.card, "dataset")
+    with atomic_directory(cfg.out) as tmp, atomic_outputs(cfg.card, card_md, headline) as (
+        tj, tm, th,
+    ):  # fmt: skip
         dataset.save_to_disk(str(tmp))
         tj.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        tm.write_text(core.card_markdown(info, horizon), encoding="utf-8")
+        markdown = core.card_markdown(info, horizon)
+        tm.write_text(markdown, encoding="utf-8")
+        (tmp / "README.md").write_text(dataset_card(info, markdown), encoding="utf-8")
+        write_headline(th, headlines.dataset(info))
 
     counts = info["records"]
     log.info(

@@ -43,8 +43,10 @@ from pathlib import Path
 
 import orjson
 
+from charlie import headlines
 from charlie.config import ParseParams, add_flags, load_params
 from charlie.errors import CharlieError
+from charlie.headlines import headline_path, write_headline
 from charlie.io import atomic_outputs, require_distinct
 from charlie.kubeflow import executor as kfp_executor
 from charlie.logs import setup_logging
@@ -106,12 +108,14 @@ def run(args: argparse.Namespace) -> int:
             f"no valid thesis in {where} ({report['totals']['theses_seen']} seen, "
             f"{len(result.rejects)} rejected); previous outputs were left as they were."
         )
-    with atomic_outputs(params.out, params.rejects, params.report) as (out, rej, rep):
+    headline = headline_path(params.report, "parse")
+    with atomic_outputs(params.out, params.rejects, params.report, headline) as (out, rej, rep, hl):
         _write_jsonl(out, result.iter_records())  # streamed: never all in memory at once
         _write_jsonl(
             rej, (orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in result.rejects)
         )
         rep.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_headline(hl, headlines.parse(report))
     log.info("wrote %s, %s and %s (log: %s)", params.out, params.rejects, params.report, log_file)
     kfp_executor.publish(args.kfp_executor_input, metrics=report["totals"])
 

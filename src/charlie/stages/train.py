@@ -28,6 +28,7 @@ the adapter belongs to) is written into the output dir, and into merged/ too.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from pathlib import Path
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         record_base_model(cfg, base, metrics)
+        write_model_cards(cfg, metrics)
     log.info(
         "trained %d steps: train loss %.4f, eval loss %.4f; %s",
         metrics.get("global_step", 0), metrics.get("train_loss", float("nan")),
@@ -107,6 +109,38 @@ def record_base_model(cfg: TrainConfig, base: ResolvedModel, metrics: dict) -> N
     """Write base_model.json beside the adapter (and into merged/): which base, which revision."""
     merged = metrics.get("merged_model")
     write_reference(base, cfg.output_dir, *([merged] if merged else []))
+
+
+def write_model_cards(cfg: TrainConfig, metrics: dict) -> None:
+    """README.md (a Hugging Face model card, not TRL's template) in the output dir and merged/,
+    and the adapter's base recorded as a hub id or an absolute path, so
+    ``AutoPeftModelForCausalLM.from_pretrained`` loads it from any working directory."""
+    from charlie.basemodel import read_reference
+    from charlie.cards import model_card
+    from charlie.io import load_dataset_dir, read_json_object
+
+    out = Path(cfg.output_dir)
+    if not (out / "manifest.json").is_file():  # nothing was trained and saved here
+        log.debug("no manifest.json in %s: no model card", out)
+        return
+    manifest = read_json_object(out / "manifest.json")
+    base = read_reference(out) or {"ref": cfg.base_model, "path": cfg.base_model}
+    adapter_config = out / "adapter_config.json"
+    if adapter_config.is_file() and base.get("source") != "hub" and Path(base["path"]).is_dir():
+        config = read_json_object(adapter_config)
+        config["base_model_name_or_path"] = str(Path(base["path"]).resolve())
+        adapter_config.write_text(json.dumps(config, indent=2) + "\n")
+    data = load_dataset_dir(cfg.dataset_dir)
+    rows = {split: len(data[split]) for split in data}
+    merged = metrics.get("merged_model")
+    for folder, is_merged in (
+        (out, cfg.method == "full"),
+        *([(Path(merged), True)] if merged else []),
+    ):
+        card = model_card(name=folder.name, base=base, config=manifest["config"],
+                          metrics=manifest["final_metrics"], data_files=manifest["data_files"],
+                          rows=rows, merged=is_merged, git=manifest.get("git"))  # fmt: skip
+        (folder / "README.md").write_text(card, encoding="utf-8")
 
 
 def refuse_if_it_cannot_fit(cfg) -> None:

@@ -135,20 +135,47 @@ def write_manifest(
     return path
 
 
-def write_loss_curve(output_dir: Path, log_history: list[dict[str, Any]]) -> Path:
-    """``<output_dir>/loss.csv``: step, train loss, eval loss (a DVC plot)."""
-    rows: dict[int, dict[str, Any]] = {}
-    for entry in log_history:
-        step = entry.get("step")
-        if step is None:
-            continue
-        row = rows.setdefault(int(step), {"step": int(step), "loss": "", "eval_loss": ""})
-        for key in ("loss", "eval_loss"):
-            if key in entry:
-                row[key] = entry[key]
-    path = Path(output_dir) / "loss.csv"
-    lines = ["step,loss,eval_loss"] + [
-        f"{r['step']},{r['loss']},{r['eval_loss']}" for _, r in sorted(rows.items())
-    ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+def write_loss_curve(output_dir: Path, log_history: list[dict[str, Any]]) -> list[Path]:
+    """The loss curves, each series with its own steps only (a blank cell would plot as 0):
+
+    ``loss.csv`` (step, loss) and ``eval_loss.csv`` (step, eval_loss), DVC plots, and
+    ``loss.png``, both on one chart with named axes.
+    """
+    out = Path(output_dir)
+    series = {key: sorted({int(e["step"]): e[key] for e in log_history
+                           if key in e and e.get("step") is not None}.items())
+              for key in ("loss", "eval_loss")}  # fmt: skip
+    paths = []
+    for key, points in series.items():
+        path = out / f"{key}.csv"
+        path.write_text("\n".join([f"step,{key}", *(f"{s},{v}" for s, v in points)]) + "\n",
+                        encoding="utf-8")  # fmt: skip
+        paths.append(path)
+    paths.append(_loss_png(out / "loss.png", series))
+    return paths
+
+
+def _loss_png(path: Path, series: dict[str, list[tuple[int, float]]]) -> Path:
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(8, 3.6), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    styles = {
+        "loss": ("training loss", "#1f5fa8", ""),
+        "eval_loss": ("validation loss", "#b03a2e", "o"),
+    }
+    for key, points in series.items():
+        if points:
+            label, color, marker = styles[key]
+            ax.plot(*zip(*points, strict=True), label=label, color=color, marker=marker,
+                    markersize=4, linewidth=1.4)  # fmt: skip
+    ax.set_title("Training and validation loss (completion tokens)")
+    ax.set_xlabel("optimizer step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("cross-entropy per token")
+    ax.grid(alpha=0.3)
+    if any(series.values()):
+        ax.legend(frameon=False)
+    fig.savefig(path, format="png")
     return path

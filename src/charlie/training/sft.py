@@ -12,7 +12,7 @@ bf16 only where the hardware has it, embeddings resized without mean resizing an
 bitsandbytes' AVX512-BF16 CPU path switched off so 4-bit layers keep their gradients.
 
 Before the weights load, the run's cost is logged: optimizer steps, tokens per epoch and a wall
-time estimated as 6 x parameters x tokens (x 4/3 with gradient checkpointing) over this
+time estimated as 6 x parameters x tokens (x 4/3 with activation checkpointing) over this
 machine's FLOP/s, measured by a short forward/backward probe of the model's hidden size
 (:func:`estimate_cost`). With ``max_length: auto`` the length ``charlie tokenize`` chose is
 used; its report is copied beside the model (and into ``merged/``) for evaluation.
@@ -44,8 +44,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from charlie import models
-from charlie.errors import CharlieError
+from charlie import headlines, models
+from charlie.errors import CharlieError, did_you_mean
+from charlie.headlines import SUFFIX, write_headline
 from charlie.io import load_dataset_dir
 from charlie.plan import load_model_config, model_shape
 from charlie.training.config import REPORT, TrainConfig, tokenized_max_length
@@ -139,14 +140,8 @@ def sft_arguments(
     """
     from trl import SFTConfig
 
-    known = {f.name for f in dataclasses.fields(SFTConfig)}
+    check_sft_keys(cfg)
     args = {k: v for k, v in cfg.sft_args.items() if k != "report_to"}
-    unknown = sorted(set(args) - known)
-    if unknown:
-        raise CharlieError(
-            f"unknown key(s) {', '.join(unknown)} in the training config: neither Charlie's "
-            f"({', '.join(TrainConfig.model_fields)}) nor trl.SFTConfig's."
-        )
     if not cuda:
         if args.get("bf16") or args.get("fp16"):
             log.warning("no CUDA device: training in fp32 on the CPU instead of bf16/fp16")
@@ -156,8 +151,16 @@ def sft_arguments(
     if smoke_test:
         args.update(max_steps=cfg.smoke_test_steps, save_steps=cfg.smoke_test_steps,
                     eval_steps=cfg.smoke_test_steps, logging_steps=1)  # fmt: skip
-    if args.get("gradient_checkpointing"):
-        args.setdefault("gradient_checkpointing_kwargs", {"use_reentrant": False})
+    # transformers' new names, always set: TRL's default (gradient_checkpointing: true) under
+    # the old name made every run warn that the old name is deprecated.
+    args["activation_checkpointing"] = activation_checkpointing(cfg)
+    args.pop("gradient_checkpointing", None)
+    if "gradient_checkpointing_kwargs" in args:
+        args.setdefault(
+            "activation_checkpointing_kwargs", args.pop("gradient_checkpointing_kwargs")
+        )
+    if args["activation_checkpointing"]:
+        args.setdefault("activation_checkpointing_kwargs", {"use_reentrant": False})
     # Progress bars for people at a terminal; logs (DVC, KFP, CI) get the metrics lines only.
     args.setdefault("disable_tqdm", not sys.stderr.isatty())
     return SFTConfig(
@@ -167,6 +170,44 @@ def sft_arguments(
         report_to=report_to,
         **args,
     )
+
+
+CHARLIE_SETS = {
+    "completion_only_loss": "the loss covers the completion only (the thesis, never the prompt)",
+    "output_dir": "it is Charlie's output_dir (or checkpoint_dir) key",
+    "max_length": "it is Charlie's max_length key",
+}
+"""SFTConfig keys Charlie sets itself, and why a config may not set them."""
+
+
+def check_sft_keys(cfg: TrainConfig) -> None:
+    """Refuse, in one sentence and before any weights load, a pass-through key that is not
+    ``trl.SFTConfig``'s (with the closest one named) or that Charlie sets itself."""
+    from trl import SFTConfig
+
+    known = {f.name for f in dataclasses.fields(SFTConfig)}
+    clash = [k for k in cfg.sft_args if k in CHARLIE_SETS]
+    if clash:
+        raise CharlieError(
+            f"the training config sets {clash[0]}, which Charlie sets itself "
+            f"({CHARLIE_SETS[clash[0]]}): remove it."
+        )
+    unknown = sorted(set(cfg.sft_args) - known)
+    if unknown:
+        ours = list(TrainConfig.model_fields)
+        hints = "; ".join(f"'{k}'{did_you_mean(k, [*known, *ours])}" for k in unknown)
+        raise CharlieError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} in the training config: {hints}: "
+            "neither Charlie's (see configs/sft_config.yaml) nor a trl.SFTConfig field."
+        )
+
+
+def activation_checkpointing(cfg: TrainConfig) -> bool:
+    """The config's ``activation_checkpointing`` (or the deprecated ``gradient_checkpointing``);
+    TRL's default, on, when it sets neither."""
+    sft = cfg.sft_args
+    value = sft.get("activation_checkpointing", sft.get("gradient_checkpointing"))
+    return True if value is None else bool(value)
 
 
 def _report_to(cfg: TrainConfig) -> list[str]:
@@ -231,12 +272,14 @@ def seed_everything(cfg: TrainConfig) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _process_settings_restored() -> Iterator[None]:
-    """Put back what seeding sets process-wide (threads, deterministic algorithms) afterwards.
+    """Put back what training sets process-wide (threads, deterministic algorithms, the
+    TensorBoard run directory) afterwards.
 
     A caller that trains in-process (a notebook, the test suite) keeps its own settings.
     """
     import torch
 
+    tensorboard = os.environ.get("TENSORBOARD_LOGGING_DIR")
     threads, strict = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     fill = torch.utils.deterministic.fill_uninitialized_memory
@@ -246,6 +289,8 @@ def _process_settings_restored() -> Iterator[None]:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(strict, warn_only=warn_only)
         torch.utils.deterministic.fill_uninitialized_memory = fill
+        if tensorboard is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
 
 
 def determinism(cfg: TrainConfig) -> dict[str, Any]:
@@ -432,7 +477,7 @@ def estimate_cost(
     real, padded = sum(lengths), padded_tokens(lengths, batch)
     left = max(steps - done_steps, 0)
     tokens = padded * left / per_epoch
-    checkpointing = bool(sft.get("activation_checkpointing", sft.get("gradient_checkpointing")))
+    checkpointing = activation_checkpointing(cfg)
     how = (
         "--smoke-test"
         if smoke_test
@@ -468,7 +513,7 @@ def estimate_cost(
         return out
     flops = 6 * params * tokens * (4 / 3 if checkpointing else 1)
     seconds = flops / (rate * world)
-    formula = "6·N·tokens" + (" x 4/3 for gradient checkpointing" if checkpointing else "")
+    formula = "6·N·tokens" + (" x 4/3 for activation checkpointing" if checkpointing else "")
     out.update(parameters=params, flops=flops, flops_per_second=rate, seconds=seconds)
     out["line"] = (
         f"{line}; estimated {_duration(seconds)} of training compute at "
@@ -625,6 +670,7 @@ def _train(
 
     from charlie.training.trainer import SFTTrainer, use_fused_lm_head
 
+    check_sft_keys(cfg)  # a typo in a TRL key: before minutes of loading a large model
     started = dt.datetime.now(dt.UTC)
     cuda = torch.cuda.is_available()
     do_merge = merge if merge is not None else cfg.merge
@@ -707,7 +753,7 @@ def _train(
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=bool(cfg.sft_args.get("gradient_checkpointing"))
+            model, use_gradient_checkpointing=activation_checkpointing(cfg)
         )
         if not cuda:
             _cpu_4bit_gradient_fix(model)
@@ -715,6 +761,10 @@ def _train(
     # ------------------------------------------------------------------ train
     if not cuda:
         _cpu_process_group(cfg)
+    # TensorBoard's run named after the config and the start, not transformers' host and time
+    os.environ.setdefault(
+        "TENSORBOARD_LOGGING_DIR", str(tensorboard_dir(cfg, config_path, started))
+    )
     args = sft_arguments(cfg, cuda=cuda, smoke_test=smoke_test, report_to=_report_to(cfg),
                          max_length=max_length)  # fmt: skip
     trainer = SFTTrainer(
@@ -768,7 +818,14 @@ def _train(
     write_manifest(cfg, config_path, started, metrics, trainer.state.log_history,
                    determinism(cfg))  # fmt: skip
     write_loss_curve(cfg.output_dir, trainer.state.log_history)
+    write_headline(Path(cfg.output_dir) / f"train{SUFFIX}", headlines.train(metrics))
     return metrics
+
+
+def tensorboard_dir(cfg: TrainConfig, config_path: Path | None, started: dt.datetime) -> Path:
+    """``<checkpoints>/runs/<config name>-<UTC start>``: one TensorBoard run per training run."""
+    name = config_path.stem if config_path else Path(cfg.output_dir).name
+    return Path(cfg.checkpoint_dir or cfg.output_dir) / "runs" / f"{name}-{started:%Y%m%d-%H%M%S}"
 
 
 def whole_run_loss(history: list[dict[str, Any]], resumed_at: int, resumed_loss: float,

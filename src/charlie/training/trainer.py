@@ -19,11 +19,23 @@ figures keep their meaning: the mean over the batches they were measured on.
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 from trl import SFTTrainer as TRLSFTTrainer
+
+from charlie.progress import duration
+
+log = logging.getLogger("charlie.train")
+SHOWN = {"mean_token_accuracy": "token accuracy", "eval_mean_token_accuracy": "token accuracy",
+         "eval_entropy": "entropy", "learning_rate": "lr"}  # fmt: skip
+HIDDEN = {"epoch", "step", "num_tokens", "eval_num_tokens", "eval_runtime",
+          "eval_samples_per_second", "eval_steps_per_second", "total_flos"}  # fmt: skip
 
 
 def use_fused_lm_head(setting: bool | str, *, cuda: bool, quantized: bool = False) -> bool:
@@ -45,13 +57,89 @@ def completion_metrics(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
         return torch.stack([correct.float(), entropy, mask.sum().float()])
 
 
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.4f}"
+    return str(value)
+
+
+def metrics_line(logs: dict[str, Any], step: int, max_steps: int, epoch: float | None,
+                 rate: float | None) -> str:  # fmt: skip
+    """One log line for a Trainer log: where the run is, the metrics, speed and ETA.
+
+    ``step 10/952 (1%), epoch 0.07: loss 6.877, grad_norm 1.858, lr 0.0027, ...; 4.1 steps/s,
+    ETA 3m50s``; an evaluation reads ``evaluation at step 136 (epoch 1.00): eval_loss ...``.
+    """
+    shown = ", ".join(f"{SHOWN.get(k, k)} {_number(v)}" for k, v in logs.items() if k not in HIDDEN)
+    where = f"epoch {epoch:.2f}" if epoch is not None else ""
+    if any(k.startswith("eval_") for k in logs):
+        seconds = logs.get("eval_runtime")
+        took = f" ({seconds:.1f} s)" if isinstance(seconds, int | float) else ""
+        return f"evaluation at step {step} ({where}): {shown}{took}"
+    if "train_runtime" in logs:
+        return f"finished at step {step}: {shown}"
+    line = f"step {step}/{max_steps} ({step / max(1, max_steps):.0%}), {where}: {shown}"
+    if rate:
+        line += f"; {rate:.2f} steps/s, ETA {duration((max_steps - step) / rate)}"
+    return line
+
+
+class LogLines(TrainerCallback):
+    """The Trainer's logs as Charlie log lines: to the stage's log file always, and to the
+    console when no terminal shows the progress bar (DVC, Kubeflow, CI), with steps/s and ETA.
+
+    Replaces transformers' PrinterCallback, which prints the raw dicts to stdout only.
+    """
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self.first_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.first_step = time.monotonic(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_local_process_zero or not logs:  # one per node, as PrinterCallback
+            return
+        rate = None
+        if self.started is not None and state.global_step > self.first_step:
+            rate = (state.global_step - self.first_step) / (time.monotonic() - self.started)
+        level = logging.DEBUG if sys.stderr.isatty() and not args.disable_tqdm else logging.INFO
+        log.log(level, "%s", metrics_line(logs, state.global_step, state.max_steps,
+                                          state.epoch, rate))  # fmt: skip
+
+
 class SFTTrainer(TRLSFTTrainer):
-    """TRL's SFTTrainer; with ``fused_lm_head=False``, the model's own loss (see the module)."""
+    """TRL's SFTTrainer; with ``fused_lm_head=False``, the model's own loss (see the module).
+
+    Its logs go through :class:`LogLines`; a PEFT model is saved with its (resized) embedding
+    layers stated, not guessed by PEFT from the base model's config.
+    """
 
     def __init__(self, *args: Any, fused_lm_head: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fused_lm_head = fused_lm_head
         self._window: dict[str, list[float]] = {}  # mode -> [correct, entropy, tokens]
+        self.remove_callback(PrinterCallback)
+        self.add_callback(LogLines())
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Trainer's save; a PEFT model's with ``save_embedding_layers`` said outright.
+
+        PEFT's ``"auto"`` reloads the base model's config (from the hub when the base is not a
+        local folder) to find out whether the vocabulary grew, and warns that it did: Charlie
+        always adds the thesis tokens, and trains embed_tokens and lm_head (modules_to_save or
+        trainable_token_indices), so they are saved.
+        """
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        save = getattr(model, "save_pretrained", None)
+        if hasattr(model, "peft_config") and save is not None:
+            model.save_pretrained = lambda *a, **k: save(*a, **{"save_embedding_layers": True, **k})
+            try:
+                return super()._save(output_dir, state_dict)
+            finally:
+                del model.save_pretrained
+        return super()._save(output_dir, state_dict)
 
     def _model_loss_applies(self) -> bool:
         """The plain NLL path: no loss TRL must compute itself (DFT, smoothing, MoE aux, SP)."""
