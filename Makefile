@@ -36,6 +36,7 @@ demo: install  ## run the whole pipeline on the bundled sample (dvc repro)
 	@echo "  models/tiny                    the tiny local base model and tokenizer (charlie init-model)"
 	@echo "  data/hf_datasets/tokenized     token ids + completion masks, tokenize_report.json"
 	@echo "  checkpoints/sft                LoRA adapter + model card, merged/, manifest.json, loss.png, runs/ (tensorboard --logdir)"
+	@echo "  checkpoints/grpo               Phase 2: the GRPO adapter on the SFT model, rewards.csv, grpo_headline.json"
 	@echo "  results/eval_summary.md        accuracy, trades and baselines (+ eval_metrics.json, confusion_matrix.png)"
 	@echo "  backtests/baseline_report.html the tear sheet: model vs baselines, portfolio vs benchmarks, after costs"
 	@echo "  charlie card                   copies checkpoints/sft to dist/sft with a complete model card (for the hub)"
@@ -80,8 +81,10 @@ images:  ## build and push the container images (make images REGISTRY=... TAG=..
 
 bench: install  ## run the benchmarks (figures and ratios on stdout)
 	python benchmarks/bench_parse.py
+	python benchmarks/bench_scaling.py   # parse and dataset at 20, 100 and 500 tickers
 	python benchmarks/bench_dataset.py
 	python benchmarks/bench_train.py
+	python benchmarks/bench_generate.py   # the demo's model and test split: run `make demo` first
 	python benchmarks/bench_backtest.py   # vectorbt side by side when installed: pip install -e '.[bench]'
 
 lock:  ## re-resolve the newest allowed versions into constraints.txt

@@ -16,6 +16,8 @@ init-model's tiny Llama, one trainer pod. A user's own job sets:
   config                the training config (configs/sft_*.yaml in the image)
   num_nodes, gpu_count  one node: `train` in its own pod under the DeepSpeed launcher; more:
                         `train-job` submits a Kubeflow Trainer v2 TrainJob (trainer_runtime)
+  run_grpo, grpo_config  Phase 2: `grpo` aligns the trained model with trading rewards on the
+                        same GPU pool (off by default)
 `plan` runs on a CPU pod before any GPU is requested and ends the run, with the numbers, when
 the config cannot fit num_nodes x gpu_count GPUs.
 
@@ -35,6 +37,7 @@ from components.backtest.component import backtest
 from components.dataset.component import dataset
 from components.evaluate.component import evaluate
 from components.fetch_model.component import fetch_model
+from components.grpo.component import grpo
 from components.images import CUDA_IMAGE
 from components.init_model.component import init_model
 from components.parse.component import parse
@@ -97,6 +100,26 @@ def _cache(task: dsl.PipelineTask, cache_pvc: str) -> dsl.PipelineTask:
     return task
 
 
+def _gpu(task: dsl.PipelineTask, gpu_count, node_selector, cache_pvc: str) -> dsl.PipelineTask:
+    """A trainer pod (train, grpo): GPUs on the selected pool, never cached, retried from its
+    checkpoints on the volume, /dev/shm in memory, the hub token from its Secret."""
+    _non_root(task).set_caching_options(False)
+    task.set_cpu_request("8").set_cpu_limit("16").set_memory_request("32Gi")
+    task.set_memory_limit("64Gi")
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpu_count)
+    # A preempted GPU node is the common failure: a retry resumes from the PVC's checkpoints.
+    task.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0,
+                   backoff_max_duration="600s")  # fmt: skip
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path=SHM_MOUNT, medium="Memory")
+    task.set_env_variable("HF_HOME", HF_HOME)
+    kubernetes.add_node_selector_json(task, node_selector)
+    kubernetes.add_toleration(task, key=GPU_TAINT, operator="Exists", effect="NoSchedule")
+    _s3(_cache(task, cache_pvc))
+    kubernetes.use_secret_as_env(task, HF_SECRET, {"token": "HF_TOKEN"}, optional=True)
+    kubernetes.set_timeout(task, TRAIN_TIMEOUT_S)
+    return task
+
+
 @dsl.pipeline(
     name="charlie-sft",
     description="Fine-tune a causal LLM to write trading theses; evaluate and backtest it.",
@@ -119,6 +142,8 @@ def sft_pipeline(
     eval_split: str = "test",
     eval_limit: int = 0,
     force_backtest: bool = False,
+    run_grpo: bool = False,
+    grpo_config: str = "configs/grpo_tiny_cpu.yaml",
     num_nodes: int = 1,
     gpu_count: int = 1,
     gpu_node_selector: dict = {"cloud.google.com/gke-nodepool": "gpu-pool"},  # noqa: B006
@@ -174,22 +199,7 @@ def sft_pipeline(
             checkpoint_root=checkpoints,
             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         ).after(planned)
-        _non_root(trained).set_caching_options(False)
-        trained.set_cpu_request("8").set_cpu_limit("16").set_memory_request("32Gi")
-        trained.set_memory_limit("64Gi")
-        trained.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpu_count)
-        # A preempted GPU node is the common failure: a retry resumes from the PVC's checkpoints.
-        trained.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0,
-                          backoff_max_duration="600s")  # fmt: skip
-        kubernetes.empty_dir_mount(
-            trained, volume_name="dshm", mount_path=SHM_MOUNT, medium="Memory"
-        )
-        trained.set_env_variable("HF_HOME", HF_HOME)
-        kubernetes.add_node_selector_json(trained, gpu_node_selector)
-        kubernetes.add_toleration(trained, key=GPU_TAINT, operator="Exists", effect="NoSchedule")
-        _s3(_cache(trained, cache_pvc))
-        kubernetes.use_secret_as_env(trained, HF_SECRET, {"token": "HF_TOKEN"}, optional=True)
-        kubernetes.set_timeout(trained, TRAIN_TIMEOUT_S)
+        _gpu(trained, gpu_count, gpu_node_selector, cache_pvc)
     with dsl.Else(name="multi-node"):
         # A CPU pod that submits a Kubeflow Trainer TrainJob and follows it: the nodes run the
         # CUDA image, mount the same (ReadWriteMany) volume and read the same Secrets.
@@ -215,6 +225,21 @@ def sft_pipeline(
                       backoff_max_duration="600s")  # fmt: skip
         kubernetes.set_timeout(job, TRAIN_TIMEOUT_S + 3600)
     trained_model = dsl.OneOf(trained.outputs["model"], job.outputs["model"])
+
+    with dsl.If(run_grpo == True, name="grpo"):  # noqa: E712  (a KFP condition, not a bool)
+        aligned = grpo(
+            config=grpo_config,
+            sft_model=trained_model,
+            sft_dataset=data.outputs["sft_dataset"],
+            backtest_config=backtest_config,
+            checkpoint_root=checkpoints,
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            **prices,
+        )
+        # One GPU: GRPO runs one process (the GPU config colocates vLLM's generation with it).
+        _gpu(aligned, 1, gpu_node_selector, cache_pvc)
+        kubernetes.use_secret_as_env(aligned, EODHD_SECRET, {"api_key": "EODHD_API_KEY"},
+                                     optional=True)  # fmt: skip
 
     scored = evaluate(
         model=trained_model,

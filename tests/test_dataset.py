@@ -1,13 +1,16 @@
 """The dataset stage: exact chronological splits, embargo, purge, the leakage audit, bad input."""
 
 import datetime as dt
+import hashlib
+import io
 import json
 import shutil
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
-from datasets import load_from_disk
+from datasets import Dataset, load_from_disk
 
 from charlie import dataset as core
 from charlie.calendar import shift_trading_days, trading_days
@@ -43,29 +46,42 @@ def frames(tickers=("ACME", "BOLT")):
     return {t: pd.read_csv(SAMPLES / "prices" / f"{t}.csv", parse_dates=["date"]) for t in tickers}
 
 
+def tables(spec=SPEC, records=None):
+    return core.build_tables(records or every_day_records(), frames(), spec, drop_outside=False)
+
+
+def dates(rows, split):
+    return rows[split]["as_of_date"].to_pylist()
+
+
+def appended(rows, split, row):
+    """``rows`` with ``row`` added at the end of ``split``."""
+    extra = pa.Table.from_pylist([row], schema=rows[split].schema)
+    rows[split] = pa.concat_tables([rows[split], extra])
+
+
 def test_exact_split_counts_on_known_dates():
-    rows, bar_dates, dropped = core.build_rows(
-        every_day_records(), frames(), SPEC, drop_outside=False
-    )
+    rows, bar_dates, dropped = tables()
     n_train = len(trading_days(dt.date(2023, 10, 24), dt.date(2024, 12, 1)))
     n_val = len(trading_days(dt.date(2024, 12, 2), dt.date(2024, 12, 31)))
     n_test = len(trading_days(dt.date(2025, 1, 1), dt.date(2025, 4, 24)))
     assert (n_train, n_val, n_test) == (278, 21, 77)  # 376 sessions in all
-    assert {s: len(r) for s, r in rows.items()} == {"train": 556, "validation": 42, "test": 154}
+    assert {s: t.num_rows for s, t in rows.items()} == {"train": 556, "validation": 42, "test": 154}
     assert not dropped
-    assert rows["validation"][0]["as_of_date"] == "2024-12-02"
-    assert rows["test"][-1]["as_of_date"] == "2025-04-24"
-    assert all(bar_dates[r["uid"]].isoformat() == r["as_of_date"] for s in rows.values() for r in s)
+    assert dates(rows, "validation")[0] == "2024-12-02"
+    assert dates(rows, "test")[-1] == "2025-04-24"
+    assert all(bar_dates[r["uid"]].isoformat() == r["as_of_date"]
+               for t in rows.values() for r in t.to_pylist())  # fmt: skip
     assert not core.audit(rows, bar_dates, SPEC, 0).problems  # no window: nothing can reach on
 
 
 def test_embargo_drops_the_trading_days_before_each_later_split():
     spec = core.SplitSpec(**{**SPEC.__dict__, "embargo_days": 5})
-    rows, _, dropped = core.build_rows(every_day_records(), frames(), spec, drop_outside=False)
+    rows, _, dropped = tables(spec)
     # 5 sessions before 2024-12-02 (Thanksgiving closed) and before 2025-01-01 (Christmas closed)
     assert dropped == Counter({"embargo": 20})
-    assert max(r["as_of_date"] for r in rows["train"]) == "2024-11-21"
-    assert max(r["as_of_date"] for r in rows["validation"]) == "2024-12-23"
+    assert max(dates(rows, "train")) == "2024-11-21"
+    assert max(dates(rows, "validation")) == "2024-12-23"
 
 
 def test_rows_hold_the_contract():
@@ -79,10 +95,57 @@ def test_rows_hold_the_contract():
     assert [r["as_of_date"] for r in rows["train"]] == sorted(
         r["as_of_date"] for r in rows["train"]
     )
+    built, _, _ = tables()
+    assert built["test"].schema == pa.schema([(c, pa.string()) for c in core.COLUMNS])
+    assert all(t.column(0).num_chunks == 1 for t in built.values())  # as from_list makes it
+
+
+def test_the_tables_make_the_dataset_from_list_made_byte_for_byte(tmp_path):
+    """The stage builds each split straight from Arrow; the saved DatasetDict is unchanged."""
+    records = every_day_records()
+    built, _, _ = core.build_tables(records, frames(), SPEC, drop_outside=False)
+    rows, _, _ = core.build_rows(records, frames(), SPEC, drop_outside=False)
+    for split in core.SPLITS:
+        new, old = Dataset(built[split]), Dataset.from_list(rows[split])
+        assert new.features == old.features and new._fingerprint == old._fingerprint
+        new.save_to_disk(str(tmp_path / "new" / split))
+        old.save_to_disk(str(tmp_path / "old" / split))
+    saved = sorted(p.relative_to(tmp_path / "old") for p in (tmp_path / "old").rglob("*.*"))
+    assert saved == sorted(p.relative_to(tmp_path / "new") for p in (tmp_path / "new").rglob("*.*"))
+    assert len(saved) == 9  # the arrow file, dataset_info.json and state.json of each split
+    for path in saved:
+        assert (tmp_path / "new" / path).read_bytes() == (tmp_path / "old" / path).read_bytes()
+
+
+def test_the_input_hash_follows_the_price_files_bytes_and_the_bars_without_one():
+    import pandas as pd
+
+    records = b'{"uid": "ACME-2024-01-02"}\n'
+    bars = frames(("ACME",))["ACME"]
+    from_file = bars.copy()
+    from_file.attrs["file_sha256"] = hashlib.sha256(b"the file's bytes").hexdigest()
+
+    def digest(frame, data=records):
+        return core.input_hash(io.BytesIO(data), [("ACME", frame)])
+
+    assert digest(from_file) == digest(from_file.copy())  # deterministic
+    assert digest(from_file) != digest(from_file, records + b"\n")  # the records count
+    other = from_file.copy()
+    other.attrs["file_sha256"] = hashlib.sha256(b"the file's bytes, edited").hexdigest()
+    assert digest(other) != digest(from_file)  # the file's bytes, not the bars, decide
+    # no file behind the bars (a network provider's): pandas' row hashes of the bars
+    assert digest(bars) == digest(bars.copy())
+    moved = bars.copy()
+    moved.loc[3, "close"] += 0.01
+    assert digest(moved) != digest(bars)
+    expected = hashlib.sha256(records)
+    rows = pd.util.hash_pandas_object(bars, index=False).to_numpy().tobytes()
+    expected.update(f"ACME\0{hashlib.sha256(rows).hexdigest()}\n".encode())
+    assert digest(bars) == expected.hexdigest()  # what the card's input_sha256 documents
 
 
 def test_unpurged_records_whose_window_reaches_the_next_split_fail_the_audit():
-    rows, bar_dates, _ = core.build_rows(every_day_records(), frames(), SPEC, drop_outside=False)
+    rows, bar_dates, _ = tables()
     problems = core.audit(rows, bar_dates, SPEC, 5).problems
     # the last 5 sessions of train and of validation, two tickers each
     assert len(problems) == 2 * 5 + 2 * 5
@@ -100,14 +163,12 @@ def purged_spec(**changes):
 
 def test_the_purge_drops_records_whose_window_reaches_the_next_split():
     spec = purged_spec()  # validation from 2024-11-01
-    rows, bar_dates, dropped = core.build_rows(
-        every_day_records(), frames(), spec, drop_outside=False
-    )
+    rows, bar_dates, dropped = tables(spec)
     assert dropped == Counter({"purged_train": 2 * 5, "purged_validation": 2 * 5})
     # 2024-10-25 + 5 sessions = 2024-11-01 (validation); 2024-10-24 + 5 = 2024-10-31
-    assert max(r["as_of_date"] for r in rows["train"]) == "2024-10-24"
+    assert max(dates(rows, "train")) == "2024-10-24"
     # 2024-12-24 + 5 sessions = 2025-01-02 (Christmas closed); 2024-12-23 + 5 = 2024-12-31
-    assert max(r["as_of_date"] for r in rows["validation"]) == "2024-12-23"
+    assert max(dates(rows, "validation")) == "2024-12-23"
     assert not core.audit(rows, bar_dates, spec, 5).problems
     assert core.audit(rows, bar_dates, spec, 6).problems  # a longer window than purged for
     info = core.card(rows, spec, dropped, core.Audit(), "h", {})
@@ -120,14 +181,25 @@ def test_the_purge_drops_records_whose_window_reaches_the_next_split():
     assert "10 validation records (window reaching test)" in markdown
 
 
+def test_the_card_counts_what_the_rows_hold():
+    rows, _, dropped = core.build_rows(every_day_records(), frames(), SPEC, drop_outside=False)
+    info = core.card(tables()[0], SPEC, dropped, core.Audit(), "h", {})
+    for part in info["splits"]:
+        split = rows[part["split"]]
+        assert part["records"] == len(split)
+        assert (part["first_date"], part["last_date"]) == (split[0]["as_of_date"],
+                                                           split[-1]["as_of_date"])  # fmt: skip
+        assert part["prompt_chars"] == core.percentiles([len(r["prompt"]) for r in split])
+        assert part["completion_chars"] == core.percentiles([len(r["completion"]) for r in split])
+        assert part["tickers"] == dict(Counter(r["ticker"] for r in split))
+
+
 def test_the_purge_comes_before_the_embargo():
-    rows, _, dropped = core.build_rows(
-        every_day_records(), frames(), purged_spec(embargo_days=3), drop_outside=False
-    )
+    rows, _, dropped = tables(purged_spec(embargo_days=3))
     # 3 embargoed sessions before each split, and the 5 before those purged
     assert dropped == Counter({"embargo": 2 * 2 * 3, "purged_train": 10, "purged_validation": 10})
-    assert max(r["as_of_date"] for r in rows["train"]) == "2024-10-21"
-    assert max(r["as_of_date"] for r in rows["validation"]) == "2024-12-18"
+    assert max(dates(rows, "train")) == "2024-10-21"
+    assert max(dates(rows, "validation")) == "2024-12-18"
 
 
 @pytest.mark.parametrize(
@@ -156,7 +228,7 @@ def test_validation_days_are_auto_by_default_or_a_number(tmp_path):
 
 def test_a_split_emptied_by_the_purge_says_so():
     spec = core.SplitSpec(**{**SPEC.__dict__, "purge_window": 30})
-    rows, _, dropped = core.build_rows(every_day_records(), frames(), spec, drop_outside=False)
+    rows, _, dropped = tables(spec)
     assert dropped["purged_validation"] == 42
     with pytest.raises(
         CharlieError,
@@ -167,32 +239,38 @@ def test_a_split_emptied_by_the_purge_says_so():
         core.check_splits(rows, spec, dropped)
 
 
+def row_at(rows, split, at=0):
+    return rows[split].slice(at % rows[split].num_rows, 1).to_pylist()[0]
+
+
 @pytest.mark.parametrize(
     ("tamper", "message"),
     [
         (
-            lambda rows, bars: rows["test"].append(dict(rows["train"][0])),
+            lambda rows, bars: appended(rows, "test", row_at(rows, "train")),
             "is in both train and test",
         ),
         (
-            lambda rows, bars: rows["validation"].append({**rows["test"][0], "uid": "X-1"}),
+            lambda rows, bars: appended(rows, "validation", {**row_at(rows, "test"), "uid": "X-1"}),
             "is in both validation and test",
         ),
         (
-            lambda rows, bars: rows["train"].append(
-                {**rows["validation"][-1], "uid": "Y-1", "as_of_date": "2024-12-31"}
+            lambda rows, bars: appended(
+                rows,
+                "train",
+                {**row_at(rows, "validation", -1), "uid": "Y-1", "as_of_date": "2024-12-31"},
             ),
             "is in both",
         ),
         (
-            lambda rows, bars: bars.__setitem__(rows["test"][0]["uid"], dt.date(2025, 4, 30)),
+            lambda rows, bars: bars.__setitem__(row_at(rows, "test")["uid"], dt.date(2025, 4, 30)),
             "used a bar from 2025-04-30, after its date",
         ),
     ],
     ids=["uid-overlap", "date-overlap", "order", "future-bar"],
 )
 def test_the_audit_trips_on_crafted_leaks(tamper, message):
-    rows, bar_dates, _ = core.build_rows(every_day_records(), frames(), SPEC, drop_outside=False)
+    rows, bar_dates, _ = tables()
     tamper(rows, bar_dates)
     problems = core.audit(rows, bar_dates, SPEC, 30).problems
     assert problems and any(message in p for p in problems)
@@ -200,9 +278,11 @@ def test_the_audit_trips_on_crafted_leaks(tamper, message):
 
 def test_out_of_order_splits_are_a_problem():
     rows = {
-        "train": [{"uid": "A-1", "as_of_date": "2024-12-10"}],
-        "validation": [{"uid": "A-2", "as_of_date": "2024-12-05"}],
-        "test": [],
+        "train": pa.Table.from_pylist([{"uid": "A-1", "as_of_date": "2024-12-10"}]),
+        "validation": pa.Table.from_pylist([{"uid": "A-2", "as_of_date": "2024-12-05"}]),
+        "test": pa.table(
+            {"uid": pa.array([], pa.string()), "as_of_date": pa.array([], pa.string())}
+        ),
     }
     problems = core.audit(rows, {}, SPEC, 1).problems
     assert problems == [
@@ -223,7 +303,7 @@ def test_records_outside_every_split_fail_or_are_dropped():
 
 
 def test_an_empty_split_is_one_sentence():
-    rows, _, _ = core.build_rows(
+    rows, _, _ = core.build_tables(
         every_day_records(end=dt.date(2024, 11, 1)), frames(), SPEC, drop_outside=True
     )
     with pytest.raises(

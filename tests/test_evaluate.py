@@ -21,7 +21,14 @@ from charlie.evaluation import uncertainty as u
 from charlie.evaluation.config import EvalConfig
 from charlie.evaluation.report import summary_markdown
 from charlie.evaluation.returns import forward_returns, momentum_sign
-from charlie.inference import STOP_TOKEN, extract_prediction, generate, stop_token_ids
+from charlie.inference import (
+    END_OF_TURN,
+    STOP_TOKEN,
+    chat_prompt,
+    extract_prediction,
+    generate,
+    stop_token_ids,
+)
 from charlie.strategy import load_strategy, row_units
 
 BARS = pd.DataFrame({
@@ -797,12 +804,13 @@ def scripted(tokenizer, *texts, context=4096):
 
 def test_generation_stops_at_the_end_of_the_action_and_flags_rows_that_ran_out(tokenizer):
     model = scripted(tokenizer, THESIS, RAMBLING, SILENT)
-    stop = tokenizer.convert_tokens_to_ids(STOP_TOKEN)
-    assert stop_token_ids(tokenizer, model) == [tokenizer.eos_token_id, stop]
+    stops = [tokenizer.eos_token_id, *tokenizer.convert_tokens_to_ids([STOP_TOKEN, END_OF_TURN])]
+    assert stop_token_ids(tokenizer, model) == stops
     thesis_tokens = count(tokenizer, THESIS)
-    out = generate(model, tokenizer, ["p1", "a longer prompt 2", "p3", "p4"], batch_size=3,
-                   max_new_tokens=thesis_tokens + 5)  # fmt: skip
-    assert [call["eos_token_id"] for call in model.calls] == [[tokenizer.eos_token_id, stop]] * 2
+    # Prompts longest first, so the length order is the scripts' order.
+    out = generate(model, tokenizer, ["a much longer prompt 1", "a longer prompt 2", "p3", "p4"],
+                   batch_size=3, max_new_tokens=thesis_tokens + 5)  # fmt: skip
+    assert [call["eos_token_id"] for call in model.calls] == [stops] * 2
     assert [(g.finished, g.new_tokens) for g in out] == [
         (True, thesis_tokens), (False, thesis_tokens + 5), (True, count(tokenizer, SILENT) + 1), (True, thesis_tokens),
     ]  # fmt: skip
@@ -812,7 +820,65 @@ def test_generation_stops_at_the_end_of_the_action_and_flags_rows_that_ran_out(t
         ("BUY", False), (UNPARSEABLE, True), (UNPARSEABLE, False), ("BUY", False),
     ]  # fmt: skip
     first = model.calls[0]["input_ids"]
-    assert first[0][0] == first[2][0] == tokenizer.pad_token_id != first[1][0]  # left padding
+    assert first[2][0] == first[1][0] == tokenizer.pad_token_id != first[0][0]  # left padding
+
+
+class LengthEcho:
+    """Each row generates one token, the id equal to its prompt's length, then eos."""
+
+    device = "cpu"
+
+    def __init__(self, tokenizer):
+        from types import SimpleNamespace
+
+        self.eos, self.batches = tokenizer.eos_token_id, []
+        self.generation_config = SimpleNamespace(eos_token_id=None)
+
+    def eval(self):
+        return self
+
+    def generate(self, input_ids, attention_mask, **_):
+        import torch
+
+        lengths = attention_mask.sum(dim=1).tolist()
+        self.batches.append(lengths)
+        new = torch.tensor([[n, self.eos] for n in lengths], dtype=input_ids.dtype)
+        return torch.cat([input_ids, new], dim=1)
+
+
+def test_batches_run_longest_prompt_first_and_rows_come_back_in_their_order(tokenizer):
+    model = LengthEcho(tokenizer)
+    prompts = ["p", "a much longer prompt than the rest", "a mid prompt", "p", "a mid prompt!"]
+    lengths = [count(tokenizer, chat_prompt(tokenizer, p)) for p in prompts]
+    out = generate(model, tokenizer, prompts, batch_size=2, max_new_tokens=4)
+    assert [g.text for g in out] == [tokenizer.decode([n]) + tokenizer.eos_token for n in lengths]
+    assert model.batches == [sorted(lengths, reverse=True)[i : i + 2] for i in (0, 2, 4)]
+    assert [g.finished for g in out] == [True] * 5
+
+
+def test_an_adapter_loads_as_its_merged_copy_only_while_that_is_this_adapter(trained, monkeypatch):
+    from charlie import models
+
+    run = trained / "run"
+    assert models.current_merge(run) == run / models.MERGED
+    merges = []
+    real = models.merge_adapter
+    monkeypatch.setattr(models, "merge_adapter", lambda *a, **k: merges.append(a) or real(*a, **k))
+    fast, _ = models.load_for_inference(run)
+    assert merges == []  # no PEFT, no merge: the saved copy
+    record = run / models.MERGED / models.MERGED_FROM
+    saved = record.read_text()
+    try:
+        record.write_text(json.dumps({"adapter_sha256": "0" * 64}))  # another adapter's merge
+        assert models.current_merge(run) is None
+        slow, _ = models.load_for_inference(run)
+        record.unlink()  # a merged/ from before the record: not trusted either
+        assert models.current_merge(run) is None
+    finally:
+        record.write_text(saved)
+    assert len(merges) == 1
+    a, b = fast.state_dict(), slow.state_dict()
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)  # bit for bit
 
 
 def test_a_real_model_stops_at_the_end_of_the_action(trained, tokenizer):

@@ -18,11 +18,12 @@ from tests.kfp_harness import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_YAML = ROOT / package.PIPELINE_YAML
-STAGES = ["parse", "dataset", "init-model", "tokenize", "train", "evaluate", "backtest"]
+STAGES = ["parse", "dataset", "init-model", "tokenize", "train", "grpo", "evaluate", "backtest"]
 STEPS = [*STAGES, "fetch-model", "plan", "train-job"]  # every executor: stages + cluster steps
-GPU_STEPS = {"train"}
+GPU_STEPS = {"train", "grpo"}  # the trainers: GPU pool, volume, shm, never cached
 NEVER_CACHED = {
     "train",
+    "grpo",
     "train-job",
     "fetch-model",
 }  # fetch-model: its volume copy may be gone  # the only pod that requests GPUs (train-job's nodes are its TrainJob's)
@@ -102,24 +103,31 @@ def test_the_trainer_requests_gpus_on_the_gpu_pool(compiled):
                 holder = next((c for c in pipeline["components"].values()
                                if "dag" in c and name in c["dag"]["tasks"]), pipeline["root"])  # fmt: skip
                 assert channel in holder["inputDefinitions"]["parameters"], (name, key)
-    assert (resources["resourceCpuRequest"], resources["resourceMemoryLimit"]) == ("8", "64Gi")
     assert "--smoke-test={{$.inputs.parameters['smoke_test']}}" in train["args"]
-    k8s = platform["exec-train"]
-    assert k8s["nodeSelector"] == {
-        "nodeSelectorJson": {"componentInputParameter": "pipelinechannel--gpu_node_selector"}
-    }
-    assert k8s["tolerations"] == [
-        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-    ]
-    assert k8s["pvcMount"][0]["mountPath"] == "/mnt/charlie-cache"
-    assert k8s["pvcMount"][0]["pvcNameParameter"] == {
-        "componentInputParameter": "pipelinechannel--cache_pvc"
-    }
-    assert {"name": "HF_HOME", "value": "/mnt/charlie-cache/huggingface"} in train["env"]
-    assert int(k8s["activeDeadlineSeconds"]) == 24 * 3600
-    assert k8s["emptyDirMounts"] == [
-        {"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory"}
-    ]  # NCCL's shared memory
+    for step in GPU_STEPS:
+        container = pipeline["deploymentSpec"]["executors"][f"exec-{step}"]["container"]
+        accelerator = container["resources"]["accelerator"]
+        assert (accelerator["resourceType"], accelerator["type"]) == ("nvidia.com/gpu",) * 2
+        if step == "grpo":  # one process, one GPU (vLLM colocated on the GPU config)
+            assert accelerator["resourceCount"] == "1", accelerator
+        assert (container["resources"]["resourceCpuRequest"],
+                container["resources"]["resourceMemoryLimit"]) == ("8", "64Gi")  # fmt: skip
+        k8s = platform[f"exec-{step}"]
+        assert k8s["nodeSelector"] == {
+            "nodeSelectorJson": {"componentInputParameter": "pipelinechannel--gpu_node_selector"}
+        }
+        assert k8s["tolerations"] == [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+        assert k8s["pvcMount"][0]["mountPath"] == "/mnt/charlie-cache"
+        assert k8s["pvcMount"][0]["pvcNameParameter"] == {
+            "componentInputParameter": "pipelinechannel--cache_pvc"
+        }
+        assert {"name": "HF_HOME", "value": "/mnt/charlie-cache/huggingface"} in container["env"]
+        assert int(k8s["activeDeadlineSeconds"]) == 24 * 3600
+        assert k8s["emptyDirMounts"] == [
+            {"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory"}
+        ]  # NCCL's shared memory
     for stage in STEPS:
         if stage not in GPU_STEPS:
             container = pipeline["deploymentSpec"]["executors"][f"exec-{stage}"]["container"]
@@ -166,6 +174,7 @@ def test_results_reach_the_kfp_ui_as_typed_artifacts(compiled):
         "init-model": {},
         "tokenize": {},
         "train": {"metrics": "system.Metrics"},
+        "grpo": {"metrics": "system.Metrics"},
         "evaluate": {"metrics": "system.Metrics", "summary": "system.Markdown",
                      "confusion_matrix": "system.ClassificationMetrics"},
         "backtest": {"metrics": "system.Metrics", "report": "system.HTML"},
@@ -198,6 +207,7 @@ def test_secrets_come_from_kubernetes_secrets_only(compiled):
         "backtest": {**s3, **eodhd},
         "fetch-model": {**s3, **hf},  # a gated hub model, or an s3:// model folder
         "train": {**s3, **hf},
+        "grpo": {**s3, **hf, **eodhd},  # the rewards' prices, as the backtest reads them
         "init-model": {}, "tokenize": {}, "plan": {}, "evaluate": {},
         "train-job": {},  # its TrainJob's nodes read the Secrets by name, not this pod
     }  # fmt: skip
@@ -212,10 +222,10 @@ def test_the_cache_volume_is_mounted_where_data_persists_across_runs(compiled):
               for s in STEPS}  # fmt: skip
     on_volume = {s for s, paths in mounts.items() if paths}
     # price answers, downloaded base models, checkpoints and TrainJob inputs outlive a pod
-    assert on_volume == {"dataset", "backtest", "fetch-model", "train", "train-job"}
+    assert on_volume == {"dataset", "backtest", "fetch-model", "train", "grpo", "train-job"}
     assert all(paths == ["/mnt/charlie-cache"] for s, paths in mounts.items() if paths)
     executors = pipeline["deploymentSpec"]["executors"]
-    for stage in ("dataset", "backtest"):
+    for stage in ("dataset", "backtest", "grpo"):
         args = executors[f"exec-{stage}"]["container"]["args"]
         assert args[args.index("--price-cache-dir") + 1].startswith("{{$.inputs.parameters")
     tasks = _tasks(pipeline)
@@ -268,7 +278,8 @@ def test_caching_and_retries(compiled):
         "backoffMaxDuration": "600s",
     }  # a preempted GPU node: the retry resumes from the PVC's checkpoints
     assert tasks["train-job"]["retryPolicy"] == tasks["train"]["retryPolicy"]  # attaches
-    retried = {"dataset", "train", "train-job"}
+    assert tasks["grpo"]["retryPolicy"] == tasks["train"]["retryPolicy"]  # resumes the same way
+    retried = {"dataset", "train", "grpo", "train-job"}
     assert all("retryPolicy" not in tasks[s] for s in STEPS if s not in retried)
 
 
@@ -315,13 +326,25 @@ def _smoke(tmp_path: Path) -> dict:
     smoke = {**yaml.safe_load((ROOT / "configs/eval_config.yaml").read_text()),
              "min_parse_rate": 0.0, "max_new_tokens": 48, "bootstrap_samples": 100}  # fmt: skip
     eval_config.write_text(yaml.safe_dump(smoke))
+    grpo_config = tmp_path / "grpo_smoke.yaml"
+    grpo = {**yaml.safe_load((ROOT / "configs/grpo_tiny_cpu.yaml").read_text()),
+            "max_steps": 1, "num_generations": 2, "per_device_train_batch_size": 2,
+            "per_device_eval_batch_size": 2, "max_completion_length": 16, "eval_rows": 2,
+            "eval_strategy": "no", "save_steps": 1, "report_to": ["none"]}  # fmt: skip
+    grpo_config.write_text(yaml.safe_dump(grpo))
     return {"config": "configs/sft_tiny_lora_cpu.yaml", "smoke_test": True, "eval_limit": 8,
-            "eval_config": str(eval_config), "force_backtest": True}  # fmt: skip
+            "eval_config": str(eval_config), "force_backtest": True,
+            "grpo_config": str(grpo_config)}  # fmt: skip
 
 
 def _theses(*tickers: str) -> list[Path]:
     """Some of the sample's theses files: a user's own, smaller corpus."""
     return [SAMPLES / "xml" / f"{ticker}.xml" for ticker in tickers]
+
+
+def meta_steps(run) -> int:
+    """The steps a grpo task reports in its KFP metrics (its headline)."""
+    return int(run.metadata["metrics"]["steps"])
 
 
 def _timings(runs) -> None:
@@ -336,7 +359,7 @@ def test_the_compiled_pipeline_runs_on_the_host(tmp_path):
     runs = run_pipeline(
         PIPELINE_YAML,
         tmp_path,
-        {**_smoke(tmp_path), "eval_limit": 16},
+        {**_smoke(tmp_path), "eval_limit": 16, "run_grpo": True},
         cwd=ROOT,  # the build context: each task runs in its image's /app, built from it
         env={"CHARLIE_LOG_DIR": str(tmp_path / "logs")},
         retry={"train"},  # its pod is lost after training: KFP runs it again
@@ -345,7 +368,7 @@ def test_the_compiled_pipeline_runs_on_the_host(tmp_path):
     _timings(runs)
 
     assert list(runs) == ["parse", "dataset", "init-model", "tokenize", "plan", "train",
-                          "evaluate", "backtest"]  # fmt: skip
+                          "grpo", "evaluate", "backtest"]  # fmt: skip
     assert set(runs.skipped) == {"fetch-model", "train-job"}  # the demo: tiny model, one node
     plan_md = (runs["plan"].outputs["report"] / "plan.md").read_text()
     assert "no GPU memory to check" in plan_md and runs["plan"].metadata["metrics"]["fits"] == 1
@@ -362,6 +385,10 @@ def test_the_compiled_pipeline_runs_on_the_host(tmp_path):
     assert (out["dataset"]["card"] / "dataset_card.json").is_file()
     assert (out["train"]["model"] / "merged" / "config.json").is_file()
     assert (out["train"]["model"] / "manifest.json").is_file()
+    assert runs["grpo"].inputs["sft_model"] == out["train"]["model"]
+    assert runs["grpo"].inputs["sft_dataset"] == out["dataset"]["sft_dataset"]
+    assert (out["grpo"]["model"] / "merged" / "merged_from.json").is_file()
+    assert meta_steps(runs["grpo"]) == 1
     assert (out["evaluate"]["results"] / "eval_metrics.json").is_file()
     assert (out["backtest"]["portfolio"] / "baseline_report.html").is_file()
 

@@ -125,13 +125,12 @@ def test_a_failed_write_leaves_previous_outputs_intact(tmp_path, monkeypatch, ca
     real_write = parse_stage._write_jsonl
     calls = []
 
-    def crash_on_second_file(path, rows):
+    def crash_on_the_rejects(path, rows):  # the records are written by then
         calls.append(path)
         real_write(path, rows)
-        if len(calls) == 2:
-            raise OSError(28, "No space left on device")
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(parse_stage, "_write_jsonl", crash_on_second_file)
+    monkeypatch.setattr(parse_stage, "_write_jsonl", crash_on_the_rejects)
     assert main(["parse", "--input-dir", str(directory), *outputs(tmp_path)]) == 2
     assert capsys.readouterr().err.endswith("charlie parse: error: No space left on device.\n")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp files either

@@ -409,6 +409,37 @@ def test_conflict_rejects_every_occurrence_whatever_the_order(tmp_path: Path) ->
     assert outcome(["buy", "buy", "sell"]) == expected
 
 
+def test_a_duplicate_is_compared_with_the_first_exactly(tmp_path: Path) -> None:
+    """The first thesis is read back from the spool: one character apart is a conflict."""
+    long = "x" * 5000
+    theses = [{"date": "2024-01-08", "reasoning": long}, {"date": "2024-01-08", "reasoning": long}]
+    theses += [
+        {"date": "2024-01-09", "support": long},
+        {"date": "2024-01-09", "support": long + "y"},
+    ]
+    report = parse_one(tmp_path, theses).report("d")
+    assert report["totals"]["records"] == 1
+    assert report["totals"]["duplicates_collapsed"] == 1
+    assert report["reject_reasons"] == {"conflicting_duplicate": 2}
+
+
+def test_write_records_writes_what_iter_records_yields(tmp_path: Path) -> None:
+    """Conflicts first, in the middle and last: the block copy skips exactly their lines."""
+    dates = ["2024-01-08", "2024-01-09", "2024-01-10", "2024-01-11", "2024-01-12"]
+    theses = [{"date": d, "reasoning": f"On {d}."} for d in dates]
+    theses += [{"date": d, "action": "sell"} for d in (dates[0], dates[2], dates[4])]
+    result = parse_one(tmp_path, theses)
+    assert [r["as_of_date"] for r in result.records] == [dates[1], dates[3]]
+    with open(tmp_path / "out.jsonl", "wb") as handle:
+        result.write_records(handle)
+    assert (tmp_path / "out.jsonl").read_bytes() == b"".join(result.iter_records())
+    clean = parse_one(tmp_path, theses[:5])
+    with open(tmp_path / "clean.jsonl", "wb") as handle:
+        clean.write_records(handle)
+    written = (tmp_path / "clean.jsonl").read_text().splitlines()
+    assert [json.loads(line)["as_of_date"] for line in written] == dates
+
+
 # --------------------------------------------------------------- file-level faults
 
 

@@ -304,13 +304,27 @@ def test_sft_config_deepseek_on_one_h100_does_not_fit():
     assert str(refused.value) == sentence and refused.value.exit_code == 1
 
 
-def test_llama_8b_qlora_profile_fits_its_gpu():
+def test_llama_8b_qlora_profile_fits_its_gpu(tmp_path):
     cfg = load_train_config(CONFIGS / "sft_llama3_8b_qlora_1gpu.yaml")
+    cfg = cfg.model_copy(update={"dataset_dir": tmp_path})  # no tokenize report: no mean
     plan = check_fits(cfg, configs_dir=CONFIGS)
     assert plan.fits and plan.gpu.name == "L40S-48GB"
     assert plan.setup.method == "qlora" and plan.setup.gradient_checkpointing
     assert verdict(plan).endswith("it fits.")
     assert "fits" in render_table(plan)
+    # packed 8k rows on flash attention, 2 accumulated: 16,384 tokens an optimizer step
+    s = plan.setup
+    assert (s.packing, s.attention, s.attention_kind) == (True, "auto", "flash")
+    assert plan.attention == 0 and plan.step_tokens == 8192 * 2 == 16_384
+    assert (
+        "packing (padding-free): a micro-batch is 1 row of whole examples filled to at most "
+        "8,192 tokens; an optimizer step (x 2 accumulation x 1 GPU) trains on up to 16,384 "
+        "tokens\n"
+    ) in render_table(plan)
+    # the config's comment: checkpointing is on because memory needs it
+    off = estimate(model_shape(load_model_config(cfg.base_model, CONFIGS / "models")),
+                   replace(s, gradient_checkpointing=False), plan.gpu)  # fmt: skip
+    assert not off.fits and off.total > 2 * plan.capacity
 
 
 def test_multigpu_config_shards_by_the_zero3_factor_and_fits(monkeypatch):
@@ -326,6 +340,103 @@ def test_multigpu_config_shards_by_the_zero3_factor_and_fits(monkeypatch):
     assert many.total < one.total
     assert many.fits and not one.fits
     assert not plan_for(cfg, num_gpus=4, configs_dir=CONFIGS).fits  # the seed's 4 GPUs: refused
+
+
+def test_attention_masks_and_scores_by_hand():
+    """flash: none; sdpa: a bool mask per padded or packed row plus a 16-bit bias per layer
+    kept; eager: a 16-bit mask plus 6 bytes per head and query-key pair per layer kept."""
+    shape = model_shape(TINY)
+    assert shape.attention_heads == 4
+    pairs = 2 * 10 * 10  # batch 2 x max_length 10 squared
+    cases = {  # (attention, batch, packing, checkpointing): bytes
+        ("flash_attention_2", 2, False, False): 0,
+        ("kernels-community/flash-attn2", 2, True, False): 0,
+        ("sdpa", 1, False, False): 0,  # no padding, no mask: torch's own flash kernel
+        ("sdpa", 2, False, False): pairs * (1 + 2 * 2),  # 2 layers kept
+        ("sdpa", 2, False, True): pairs * (1 + 1 * 2),  # one layer recomputed at a time
+        ("sdpa", 1, True, True): 100 * (1 + 2),  # a packed row: transformers' block mask
+        ("eager", 2, False, False): pairs * (2 + 2 * 4 * 6),  # 10,000
+        ("eager", 2, False, True): pairs * (2 + 1 * 4 * 6),  # 5,200
+        ("auto", 2, True, False): 0,  # auto packs on flash attention only
+        ("auto", 2, False, False): pairs * (1 + 2 * 2),  # unpacked: planned as sdpa
+    }
+    flash = estimate(shape, setup(attention="flash_attention_2"), GPU)
+    for (attention, batch, packing, ckpt), expected in cases.items():
+        plan = estimate(shape, setup(attention=attention, batch_size=batch, packing=packing,
+                                     gradient_checkpointing=ckpt), GPU)  # fmt: skip
+        assert plan.attention == expected, (attention, batch, packing, ckpt)
+        if (batch, ckpt) == (2, False):
+            assert plan.total - flash.total == expected
+            assert plan.activations - flash.activations == expected
+    assert estimate(shape, setup(attention="eager"), GPU).attention == 10_000
+    row = "  attention masks and scores (eager)"
+    assert f"{row:<42}{10_000 / GIB:>9.1f}" in render_table(
+        estimate(shape, setup(attention="eager"), GPU)
+    )
+
+
+def test_tokens_per_optimizer_step_and_what_packing_changes():
+    shape = model_shape(TINY, "tiny")
+    base = setup(batch_size=2, accumulation=3, num_gpus=2, mean_example_tokens=5.0)
+    unpacked = estimate(shape, base, GPU)
+    packed = estimate(shape, replace(base, packing=True), GPU)
+    # 2 rows or examples x max_length 10 x 3 accumulated x 2 GPUs
+    assert unpacked.step_tokens == packed.step_tokens == 120
+    assert unpacked.step_examples == 12
+    assert packed.tokens == unpacked.tokens == 20  # the worst micro-batch either way
+    assert (
+        "no packing: a micro-batch is 2 examples padded to the longest; an optimizer step (x 3 "
+        "accumulation x 2 GPUs) trains on 12 examples, up to 120 tokens (~60 tokens at the "
+        "tokenize report's mean of 5; packed, each row of 10 tokens would hold ~2 examples)"
+    ) in render_table(unpacked)
+    assert (
+        "packing (padding-free): a micro-batch is 2 rows of whole examples filled to at most 10 "
+        "tokens; an optimizer step (x 3 accumulation x 2 GPUs) trains on up to 120 tokens, ~24 "
+        "examples of the tokenize report's mean 5 tokens (~2 per row)"
+    ) in render_table(packed)
+    plain = estimate(shape, setup(batch_size=1), GPU)
+    assert (
+        "no packing: a micro-batch is 1 example; an optimizer step (x 1 accumulation x 1 GPU) "
+        "trains on 1 example, up to 10 tokens; packing would fill each row with whole examples "
+        "up to 10 tokens"
+    ) in render_table(plain)
+    metrics = plan_core.plan_metrics(packed)
+    assert (metrics["tokens_per_optimizer_step"], metrics["packing"]) == (120, 1)
+    assert metrics["attention_gib_per_gpu"] == 0
+
+
+def test_configs_packing_attention_and_report_reach_the_plan(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(TINY))
+    data = tmp_path / "tokenized"
+    data.mkdir()
+    (data / "tokenize_report.json").write_text(json.dumps(
+        {"max_length": 20, "splits": {"train": {"tokens": {"mean": 6.5}}}}))  # fmt: skip
+    config = tmp_path / "sft.yaml"
+
+    def plan(extra: str):
+        config.write_text(f"base_model: {model}\ndataset_dir: {data}\noutput_dir: out\n"
+                          f"max_length: 20\ngpu_type: H100-80GB\n{extra}")  # fmt: skip
+        return plan_for(load_train_config(config), configs_dir=CONFIGS)
+
+    packed = plan("packing: true\ngradient_accumulation_steps: 4\nper_device_train_batch_size: 1\n")
+    s = packed.setup
+    assert (s.packing, s.attention_kind, s.accumulation, s.mean_example_tokens) == (
+        True, "flash", 4, 6.5,
+    )  # fmt: skip
+    assert packed.step_tokens == 80 and "(~3 per row)" in render_table(packed)
+    assert plan("padding_free: true\n").setup.packing  # padding-free without packing counts too
+    assert not plan("packing: false\n").setup.packing
+    eager = plan("attn_implementation: eager\nper_device_train_batch_size: 1\n")
+    # 20 x 20 pairs: the mask, and one recomputed layer's scores (checkpointing: TRL's default)
+    assert eager.setup.attention_kind == "eager" and eager.attention == 400 * (2 + 4 * 6)
+    # charlie train would refuse these: so does the plan, in the same sentence
+    with pytest.raises(CharlieError, match=r"^packing \(padding-free batches\) needs a flash-"
+                       r"attention kernel, and sdpa is none"):  # fmt: skip
+        plan("packing: true\nattn_implementation: sdpa\n")
+    with pytest.raises(CharlieError, match=r"^packing_strategy wrapped cuts examples"):
+        plan("packing: true\npacking_strategy: wrapped\n")
 
 
 # --------------------------------------------------------------------------- bad input

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
+import os
+from collections import Counter
 
 import pandas as pd
 import pytest
 
 from charlie.cli import main
 from charlie.errors import CharlieError
-from charlie.prices.base import AuthError, NotAvailable, TransientError
+from charlie.prices.base import AuthError, NotAvailable, TransientError, normalize_frame
 from charlie.prices.cache import CachedProvider, merge_ranges, missing_ranges
 from charlie.prices.eodhd import EodhdProvider
 from charlie.prices.files import FileProvider
 from charlie.prices.service import fetch_prices, require_all
+from charlie.prices.validate import describe
 
 from .conftest import SAMPLES
 from .eodhd_server import FakeEodhd, make_bars
@@ -65,6 +69,71 @@ def test_file_provider_reads_csv_and_parquet(tmp_path):
     (tmp_path / "BAD.csv").write_text("date,close\n2024-01-02,1\n")
     with pytest.raises(NotAvailable, match="lacks the column"):
         FileProvider(tmp_path).fetch("BAD", D(2024, 1, 2), D(2024, 1, 31))
+
+
+def test_the_file_provider_keeps_the_sha256_of_the_bytes_it_read(tmp_path):
+    """The dataset's input hash is made of it: the file's bytes, not the bars served."""
+    path = tmp_path / "ACME.csv"
+    path.write_bytes((SAMPLES / "prices" / "ACME.csv").read_bytes())
+    window = (D(2024, 1, 2), D(2024, 1, 31))
+    first = FileProvider(tmp_path).fetch("ACME", *window)
+    assert first.attrs["file_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    os.utime(path, (1, 1))  # touched, or rewritten with the same bytes: the same hash
+    path.write_bytes(path.read_bytes())
+    assert FileProvider(tmp_path).fetch("ACME", *window).attrs == first.attrs
+    lines = path.read_text().splitlines()
+    lines[-1] = lines[-1][:-1] + ("1" if lines[-1][-1] != "1" else "2")  # a bar outside the window
+    path.write_text("\n".join(lines) + "\n")
+    edited = FileProvider(tmp_path).fetch("ACME", *window)
+    pd.testing.assert_frame_equal(edited, first)  # the same bars ...
+    assert edited.attrs["file_sha256"] != first.attrs["file_sha256"]  # ... from other bytes
+
+
+def test_a_csv_whose_dates_do_not_all_parse_is_still_validated_row_by_row(tmp_path):
+    (tmp_path / "ACME.csv").write_text(
+        "date,open,high,low,close,adj_close,volume\n"
+        "2024-01-02,10,11,9.5,10.5,10.5,1000\n"
+        "not a date,10,11,9.5,10.5,10.5,1000\n"
+        "2024-01-03,10,11,9.5,10.5,,1000\n"  # no adjusted close: the close stands in
+        "9999-12-31,10,11,9.5,10.5,10.5,1000\n"  # beyond datetime64[ns]: not a date either
+        "2023-06-01,10,11,9.5,10.5,10.5,1000\n"  # outside the window: not counted
+    )
+    frame = FileProvider(tmp_path).fetch("ACME", D(2024, 1, 1), D(2024, 1, 31))
+    assert frame["date"].dt.strftime("%Y-%m-%d").tolist() == ["2024-01-02", "2024-01-03"]
+    assert frame["adj_close"].tolist() == [10.5, 10.5]
+    assert frame.attrs["dropped"] == {"bad_date": 2}
+    (tmp_path / "NODATE.csv").write_text("day,open,high,low,close,volume\n2024-01-02,1,1,1,1,1\n")
+    with pytest.raises(NotAvailable, match=r"lacks the column\(s\) date$"):
+        FileProvider(tmp_path).fetch("NODATE", D(2024, 1, 1), D(2024, 1, 31))
+
+
+def test_a_blank_adjusted_close_means_the_close_never_a_missing_number():
+    columns = ["date", "open", "high", "low", "close", "adj_close", "volume"]
+    rows = [("2024-01-02", 10.0, 11.0, 9.5, 10.5, " ", 1000.0),
+            ("2024-01-03", 10.0, 11.0, 9.5, 10.4, 10.3, 1000.0)]  # fmt: skip
+    for raw in (
+        pd.DataFrame(rows, columns=columns),
+        pd.DataFrame(rows, columns=columns).astype(object),
+    ):
+        frame = normalize_frame(raw)
+        assert frame["adj_close"].tolist() == [10.5, 10.3] and not frame.attrs["dropped"]
+
+
+def test_reasons_are_counted_in_the_order_rows_first_show_them():
+    """describe() breaks ties by first appearance, as counting row by row did."""
+    good = ("2024-01-05", 10.0, 11.0, 9.5, 10.5, 10.5, 1000.0)
+    bad = [("2024-01-02", 10.0, 11.0, 9.5, float("inf"), 10.5, 1000.0),  # not_finite
+           ("2024-01-03", 0.0, 11.0, 9.5, 10.5, 10.5, 1000.0),  # non_positive_price
+           ("2024-13-45", 10.0, 11.0, 9.5, 10.5, 10.5, 1000.0)]  # bad_date  # fmt: skip
+    columns = ["date", "open", "high", "low", "close", "adj_close", "volume"]
+    frame = normalize_frame(pd.DataFrame([*bad, good, good], columns=columns))
+    assert list(frame.attrs["dropped"].items()) == [
+        ("not_finite", 1), ("non_positive_price", 1), ("bad_date", 1), ("duplicate_date", 1)
+    ]  # fmt: skip
+    assert describe(Counter(frame.attrs["dropped"])) == (
+        "4 dropped (1 not_finite, 1 non_positive_price, 1 bad_date, 1 duplicate_date)"
+    )
+    assert len(frame) == 1 and frame.index.tolist() == [0]
 
 
 # -------------------------------------------------------------------------- cache

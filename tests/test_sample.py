@@ -1,6 +1,7 @@
 """The sample corpus: reproducible, faithful to its documented rule, and rewarding that rule."""
 
 import csv
+import datetime as dt
 import re
 from collections import defaultdict
 
@@ -8,7 +9,15 @@ import pytest
 
 from charlie.cli import main
 from charlie.parsing import parse_files
-from charlie.sample import SampleSpec, generate, render_xml, score_to_action
+from charlie.sample import (
+    TICKER_NAMES,
+    SampleSpec,
+    generate,
+    render_xml,
+    score_to_action,
+    ticker_names,
+)
+from charlie.tickers import valid_ticker
 
 from .conftest import REPO, SAMPLES
 from .test_indicators import reference_rsi
@@ -68,6 +77,26 @@ def test_generation_is_deterministic_and_per_ticker():
     wider = generate(SampleSpec(tickers=3, ipo_ticker=False))
     assert wider[0].bars == a[0].bars  # adding a ticker leaves the others unchanged
     assert generate(SampleSpec(tickers=2, ipo_ticker=False, seed=8))[0].bars != a[0].bars
+
+
+def test_more_tickers_than_names_get_numbered_distinct_valid_names():
+    names = ticker_names(45)
+    assert names[:20] == list(TICKER_NAMES)
+    assert names[20:22] == ["ACME2", "BOLT2"]
+    assert names[40:] == ["ACME3", "BOLT3", "CRUX3", "DYNA3", "EONX3"]
+    assert len(set(names)) == 45 and all(valid_ticker(n) for n in names)
+    assert ticker_names(21)[:20] == ticker_names(20) == list(TICKER_NAMES)
+    assert ticker_names(4, ["A", "A2"]) == ["A", "A2", "A22", "A3"]  # a taken name is skipped
+
+
+def test_25_tickers_leave_the_first_20_byte_identical():
+    short = {"start": dt.date(2024, 1, 2), "end": dt.date(2024, 1, 31), "detail": "full"}
+    twenty = generate(SampleSpec(tickers=20, ipo_ticker=False, **short))
+    more = generate(SampleSpec(tickers=25, **short))  # the IPO ticker is now the 25th
+    assert [s.ticker for s in more] == ticker_names(25)
+    assert [render_xml(s, 7) for s in more[:20]] == [render_xml(s, 7) for s in twenty]
+    assert [s.bars for s in more[:20]] == [s.bars for s in twenty]
+    assert more[-1].ticker == "EONX2" and more[-1].listed > more[0].listed
 
 
 def test_sample_has_the_promised_shape(sample_manifest, prices):
@@ -133,3 +162,12 @@ def test_manifest_predicts_the_parse(sample_manifest):
     assert report["reject_reasons"] == expected["rejects"]
     assert report["totals"]["duplicates_collapsed"] == expected["duplicates_collapsed"]
     assert report["totals"]["theses_seen"] == sample_manifest["theses_written"]
+
+
+def test_charlie_sample_takes_more_than_20_tickers(tmp_path):
+    out = tmp_path / "wide"
+    argv = ["sample", "--params", str(REPO / "params.yaml"), "--out-dir", str(out),
+            "--tickers", "22", "--start", "2024-01-02", "--end", "2024-01-12"]  # fmt: skip
+    assert main(argv) == 0
+    assert sorted(p.stem for p in (out / "xml").glob("*.xml")) == sorted(ticker_names(22))
+    assert (out / "prices" / "BOLT2.csv").is_file()

@@ -143,6 +143,35 @@ def test_every_shipped_config_loads():
         assert isinstance(load_train_config(REPO / f"configs/{name}.yaml").max_length, int)
 
 
+def test_every_shipped_gpu_config_builds_its_trl_arguments_and_packs_on_flash_only():
+    from charlie.training.config import packs, varlen
+    from charlie.training.sft import sft_arguments
+
+    gpu = [
+        p for p in sorted((REPO / "configs").glob("sft_*.yaml")) if p.stem != "sft_tiny_lora_cpu"
+    ]
+    assert {p.stem for p in gpu} == {
+        "sft_config",
+        "sft_config_multigpu",
+        "sft_llama3_8b_qlora_1gpu",
+    }
+    for path in gpu:
+        cfg = load_train_config(path)
+        assert cfg.gpu_type != "CPU", path
+        if packs(cfg):  # packing needs a varlen kernel: auto finds one, or a flash one is named
+            assert cfg.attn_implementation == "auto" or varlen(cfg.attn_implementation), path
+        kernel = "flash_attention_2" if packs(cfg) else cfg.attn_implementation
+        # cuda=False: TrainingArguments refuses bf16 on this CPU; packing does not depend on it
+        args = sft_arguments(cfg, cuda=False, smoke_test=False, report_to=["none"],
+                             attn_implementation=kernel)  # fmt: skip
+        assert args.packing == packs(cfg) and args.max_length == cfg.max_length, path
+    llama = load_train_config(REPO / "configs/sft_llama3_8b_qlora_1gpu.yaml")
+    assert packs(llama) and llama.sft_args["packing_strategy"] == "bfd"
+    # the demo keeps its attention (transformers' default, sdpa) and its unpacked batches
+    demo = load_train_config(REPO / "configs/sft_tiny_lora_cpu.yaml")
+    assert demo.attn_implementation == "auto" and not packs(demo)
+
+
 def test_max_length_is_a_flag_taking_a_number_or_auto(capsys):
     import argparse
 
@@ -315,6 +344,188 @@ def test_the_models_own_loss_is_trls_fused_loss_and_keeps_its_metrics(tmp_path, 
     assert torch.allclose(own_grad, fused_grad, atol=1e-6)
     for key in ("mean_token_accuracy", "entropy", "num_tokens"):
         assert own_metrics[key] == pytest.approx(fused_metrics[key], rel=1e-4), key
+
+
+# ---------------------------------------------------------------- attention and packing
+
+
+def _cfg(tmp_path, **keys):
+    return TrainConfig(base_model=str(tmp_path / "no-such-model"), output_dir=tmp_path / "run",
+                       max_length=64, gpu_type="CPU", **keys)  # fmt: skip
+
+
+def test_auto_takes_flash_attention_only_on_cuda_in_16_bit_where_it_is_installed(tmp_path):
+    from charlie.training.config import choose_attention
+
+    packed = _cfg(tmp_path, packing=True)
+    both = {"flash_attention_2", "flash_attention_3"}
+    chosen = choose_attention(packed, cuda=True, half=True, installed=both)
+    assert (chosen.implementation, chosen.packing) == ("flash_attention_3", True)  # Hopper's
+    assert chosen.reason == "auto: flash-attn-3 is installed, on CUDA, in 16-bit"
+    two = choose_attention(packed, cuda=True, half=True, installed={"flash_attention_2"})
+    assert two.implementation == "flash_attention_2" and two.packing
+    for cuda, half, installed, why in (
+        (False, False, both, "no CUDA device"),
+        (True, False, both, "the model loads in float32 (no bf16 on this GPU)"),
+        (True, True, {"kernels"}, "neither flash-attn nor flash-attn-3 is installed"),
+    ):
+        fallback = choose_attention(packed, cuda=cuda, half=half, installed=installed)
+        assert (fallback.implementation, fallback.packing) == (None, False)  # packing off
+        assert fallback.reason == f"auto: {why}, so transformers' default"
+
+
+def test_a_named_kernel_that_cannot_run_is_one_sentence_saying_when_packing_needs_it(tmp_path):
+    from charlie.training.config import choose_attention
+
+    def refusal(cfg, **machine):
+        with pytest.raises(CharlieError) as error:
+            choose_attention(cfg, **{"cuda": True, "half": True, "installed": set(), **machine})
+        return str(error.value)
+
+    flash = _cfg(tmp_path, attn_implementation="flash_attention_2")
+    assert refusal(flash) == (
+        "attn_implementation flash_attention_2 needs the flash-attn package, which is not "
+        "installed: install what it needs or set attn_implementation: auto (transformers' "
+        "default, sdpa, unpacked, where no flash kernel runs)."
+    )
+    packed = _cfg(tmp_path, attn_implementation="flash_attention_3", packing=True)
+    assert refusal(packed).startswith(
+        "attn_implementation flash_attention_3 needs the flash-attn-3 package, which is not "
+        "installed, and packing (padding-free batches) needs a flash kernel: "
+    )
+    assert "needs a CUDA device, and this machine has none" in refusal(flash, cuda=False)
+    assert "needs bf16 or fp16, and this run loads the model in float32" in refusal(
+        flash, half=False
+    )
+    hub = _cfg(tmp_path, attn_implementation="kernels-community/flash-attn2", padding_free=True)
+    assert "needs the kernels package, which is not installed, and packing" in refusal(hub)
+    assert choose_attention(hub, cuda=True, half=True, installed={"kernels"}).packing
+    # sdpa or eager named with packing, and wrapped packing on any kernel, are refused
+    sdpa = _cfg(tmp_path, attn_implementation="sdpa", packing=True)
+    assert refusal(sdpa).startswith(
+        "packing (padding-free batches) needs a flash-attention kernel, and sdpa is none: it "
+        "would build a dense block mask over each packed row or attend across examples; "
+    )
+    wrapped = _cfg(tmp_path, packing=True, packing_strategy="wrapped")
+    assert refusal(wrapped, installed={"flash_attention_2"}).startswith(
+        "packing_strategy wrapped cuts examples at max_length"
+    )
+    eager = choose_attention(_cfg(tmp_path, attn_implementation="eager"), cuda=False, half=False,
+                             installed=set())  # fmt: skip
+    assert (eager.implementation, eager.packing) == ("eager", False)
+
+
+def test_attn_implementation_values_are_checked_on_load(tmp_path):
+    config = tmp_path / "sft.yaml"
+    config.write_text("base_model: m\noutput_dir: o\nattn_implementation: flash2\n")
+    with pytest.raises(CharlieError, match=r"'attn_implementation' = 'flash2' is not allowed: use "
+                       r"auto, sdpa, eager, flash_attention_2, flash_attention_3 or a hub kernel "
+                       r"id \(org/name\)\.$"):  # fmt: skip
+        load_train_config(config)
+    config.write_text("base_model: m\noutput_dir: o\nattn_implementation: acme/flash@v2:fwd\n")
+    assert load_train_config(config).attn_implementation == "acme/flash@v2:fwd"
+
+
+def test_packing_trains_on_flash_only_and_auto_turns_it_off_saying_so(tmp_path, caplog):
+    from charlie.training.sft import sft_arguments
+
+    packed = _cfg(tmp_path, packing=True, per_device_train_batch_size=1)
+    on = sft_arguments(packed, cuda=False, smoke_test=False, report_to=["none"],
+                       attn_implementation="flash_attention_2")  # fmt: skip
+    assert on.packing and on.max_length == 64
+    with caplog.at_level("WARNING", logger="charlie.train"):
+        off = sft_arguments(packed, cuda=False, smoke_test=False, report_to=["none"],
+                            attn_implementation="sdpa")  # fmt: skip
+    assert not off.packing and not off.padding_free and off.eval_packing is False
+    assert (
+        "packing is off: padding-free rows need a flash-attention kernel and the model attends "
+        "with sdpa, so each micro-batch is 1 example(s) padded to the longest, not packed rows "
+        "of 64 tokens"
+    ) in caplog.text
+    named = _cfg(tmp_path, packing=True, attn_implementation="eager")
+    with pytest.raises(CharlieError, match=r"and eager is none"):
+        sft_arguments(named, cuda=False, smoke_test=False, report_to=["none"],
+                      attn_implementation="eager")  # fmt: skip
+    # padding-free without packing: Charlie enforces max_length itself, TRL refuses one
+    rows = sft_arguments(_cfg(tmp_path, padding_free=True), cuda=False, smoke_test=False,
+                         report_to=["none"], attn_implementation="flash_attention_2")  # fmt: skip
+    assert rows.padding_free and not rows.packing and rows.max_length is None
+
+
+def test_packed_rows_count_as_trls_best_fit_decreasing_packs_them():
+    import random
+
+    from datasets import Dataset
+    from trl.data_utils import pack_dataset
+
+    from charlie.training.sft import packed_rows
+
+    # 6 opens a row (4 left), 5 another (5 left), 4 fills the first, 3 and 2 the second
+    assert packed_rows([3, 6, 2, 5, 4], 10) == 2
+    assert packed_rows([10, 10, 1], 10) == 3 and packed_rows([], 10) == 0
+    rng = random.Random(0)
+    lengths = [rng.randint(20, 300) for _ in range(500)]
+    data = Dataset.from_dict({"input_ids": [[1] * n for n in lengths]})
+    for length in (300, 1024):
+        assert packed_rows(lengths, length) == len(pack_dataset(data, length, "bfd"))
+
+
+def test_the_cost_counts_packed_rows_and_no_padding(tmp_path):
+    from charlie.training.sft import estimate_cost
+
+    lengths = [3, 6, 2, 5, 4]
+    common = {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 2,
+              "num_train_epochs": 1}  # fmt: skip
+    packed = estimate_cost(_cfg(tmp_path, packing=True, **common), lengths, max_length=10,
+                           vocab_size=100, smoke_test=False, packed=True)  # fmt: skip
+    assert (packed["steps"], packed["padded_tokens_per_epoch"]) == (1, 20)  # 2 rows, 2 a step
+    assert "x 1 process packed rows: 5 examples in 2 rows of up to 10 tokens)" in packed["line"]
+    assert "~20 tokens/epoch (padding-free)" in packed["line"]
+    # the same config where packing was turned off (no flash kernel): 5 examples, 3 steps
+    unpacked = estimate_cost(_cfg(tmp_path, packing=True, **common), lengths, max_length=10,
+                             vocab_size=100, smoke_test=False)  # fmt: skip
+    assert unpacked["steps"] == 3 and "packed rows" not in unpacked["line"]
+
+
+def test_auto_loads_with_transformers_default_where_the_model_refuses_flash(
+    tmp_path, tokenizer, rows, monkeypatch, caplog
+):
+    """transformers refuses flash attention for an architecture without it (DeepSeek-V3.2) as it
+    builds the model, before the weights: auto then loads the default, a named kernel is one
+    sentence."""
+    from transformers import AutoModelForCausalLM
+
+    from charlie.training.config import Attention
+    from charlie.training.sft import load_training_model
+
+    small = {"train": rows["train"][:2], "validation": rows["validation"][:2]}
+    base = save_base_and_data(tmp_path, tokenizer, tokenized(tokenizer, small))
+    real = AutoModelForCausalLM.from_pretrained
+
+    def refusing(*args, attn_implementation=None, **kwargs):
+        if attn_implementation and "flash" in attn_implementation:
+            raise ValueError(  # transformers' words
+                "LlamaForCausalLM does not support Flash Attention 2 yet. Please request to add "
+                "support where the model is hosted, on its model hub page: https://hf.co/x"
+            )
+        return real(*args, attn_implementation=attn_implementation, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refusing)
+    flash = Attention(
+        "flash_attention_2", "auto: flash-attn is installed, on CUDA, in 16-bit", True
+    )
+    cfg = TrainConfig(base_model=str(base), output_dir=tmp_path / "run", gpu_type="CPU")
+    with caplog.at_level("WARNING", logger="charlie.train"):
+        model = load_training_model(cfg, flash, dtype=None, quantization=None)
+    assert model.config._attn_implementation == "sdpa"  # the demo's, as before
+    assert "refuses flash_attention_2 (LlamaForCausalLM does not support Flash Attention 2" in (
+        caplog.text
+    )
+    named = cfg.model_copy(update={"attn_implementation": "flash_attention_2"})
+    with pytest.raises(CharlieError, match=r"cannot attend with attn_implementation "
+                       r"flash_attention_2: LlamaForCausalLM does not support Flash Attention 2 "
+                       r"yet; set attn_implementation: auto or sdpa\.$"):  # fmt: skip
+        load_training_model(named, flash, dtype=None, quantization=None)
 
 
 # ---------------------------------------------------------------- learning

@@ -30,6 +30,7 @@ STAGES: dict[str, str] = {
     "init-model": "build the tiny local tokenizer and Llama model the CPU demo trains",
     "tokenize": "apply the chat template and special tokens; save tokenized shards",
     "train": "fine-tune with TRL SFTTrainer + LoRA/QLoRA (resumable, with a manifest)",
+    "grpo": "align the SFT model with trading rewards: TRL GRPOTrainer + LoRA (Phase 2)",
     "evaluate": "generate theses for a split and score them against baselines",
     "backtest": "simulate the predictions as a cost-aware daily portfolio, with an HTML report",
     "submit": "upload the compiled pipeline to Kubeflow Pipelines and start (and follow) a run",

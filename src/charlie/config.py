@@ -15,7 +15,7 @@ import datetime as dt
 import os
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from charlie.errors import ConfigError, did_you_mean
+from charlie.errors import CharlieError, ConfigError, did_you_mean
 from charlie.prices.registry import PROVIDERS
 
 ENV_PREFIX = "CHARLIE_"
@@ -45,7 +45,9 @@ class SampleParams(Section):
 
     out_dir: Path = Field(Path("data/samples"), description="Writes xml/ and prices/ here.")
     seed: int = Field(7, description="Everything generated follows from this seed.")
-    tickers: int = Field(6, ge=1, le=20, description="How many tickers (fictional names).")
+    tickers: int = Field(
+        6, ge=1, description="How many tickers (fictional names; past 20, ACME2, BOLT2, ...)."
+    )
     start: dt.date = Field(dt.date(2023, 10, 24), description="First thesis date.")
     end: dt.date = Field(dt.date(2025, 4, 24), description="Last thesis date.")
     detail: Literal["compact", "full"] = Field(
@@ -314,6 +316,26 @@ class TrainParams(Section):
     seed: int | None = Field(None, ge=0, description="Replaces the config's.")
 
 
+class GRPOParams(Section):
+    """``charlie grpo``: which GRPO config runs, and the pipeline's paths (null: the config's)."""
+
+    config: Path = Field(
+        Path("configs/grpo_tiny_cpu.yaml"), description="The GRPO config (configs/grpo_*.yaml)."
+    )
+    sft_model: Path | None = Field(
+        Path("checkpoints/sft"),
+        description="The SFT model GRPO starts from; replaces the config's (null: keep it).",
+    )
+    dataset_dir: Path | None = Field(
+        Path("data/hf_datasets/sft_dataset"),
+        description="The DatasetDict of prompts; replaces the config's (null: keep it).",
+    )
+    output_dir: Path | None = Field(
+        Path("checkpoints/grpo"),
+        description="Where the GRPO adapter goes; replaces the config's (null: keep it).",
+    )
+
+
 class EvaluateParams(Section):
     """``charlie evaluate``: which eval config the pipeline runs (its settings live there)."""
 
@@ -355,6 +377,7 @@ class Params(Section):
     dataset: DatasetParams = DatasetParams()
     init_model: InitModelParams = InitModelParams()
     train: TrainParams = TrainParams()
+    grpo: GRPOParams = GRPOParams()
     evaluate: EvaluateParams = EvaluateParams()
     backtest: BacktestParams = BacktestParams()
 
@@ -581,6 +604,52 @@ def switch(value: str) -> bool:
     if lowered in ("false", "0", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def refuse_passthrough_keys(
+    given: Iterable[str],
+    known: Iterable[str],
+    ours: Iterable[str],
+    charlie_sets: Mapping[str, str],
+    *,
+    config: str,
+    target: str,
+    see: str,
+) -> None:
+    """Refuse, in one sentence, a key a config file passes through to a library's arguments
+    (``target``: ``trl.SFTConfig``, ``trl.GRPOConfig``) that is not one of its ``known``
+    fields (naming the closest of ``known`` and ``ours``), or that Charlie sets itself
+    (``charlie_sets``: key -> why)."""
+    given = list(given)
+    clash = [k for k in given if k in charlie_sets]
+    if clash:
+        raise CharlieError(
+            f"the {config} sets {clash[0]}, which Charlie sets itself "
+            f"({charlie_sets[clash[0]]}): remove it."
+        )
+    known = set(known)
+    unknown = sorted(set(given) - known)
+    if unknown:
+        names = [*known, *ours]
+        hints = "; ".join(f"'{k}'{did_you_mean(k, names)}" for k in unknown)
+        raise CharlieError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} in the {config}: {hints}: "
+            f"neither Charlie's (see {see}) nor a {target} field."
+        )
+
+
+def add_resume_flags(parser: argparse.ArgumentParser) -> None:
+    """``--resume`` / ``--no-resume`` (dest ``resume``: True, False, or None when neither), for
+    the stages that checkpoint (train, grpo)."""
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume", action="store_const", const=True, dest="resume",
+        help="continue from the latest checkpoint (error if there is none)",
+    )  # fmt: skip
+    resume.add_argument(
+        "--no-resume", action="store_const", const=False, dest="resume",
+        help="start over even if checkpoints exist (default: continue when one exists)",
+    )  # fmt: skip
 
 
 def _comma_list(value: str) -> list[str]:

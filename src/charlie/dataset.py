@@ -26,16 +26,22 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from charlie import ACTIONS
 from charlie.calendar import DEFAULT as DEFAULT_CALENDAR
 from charlie.calendar import get_calendar
 from charlie.errors import CharlieError
 from charlie.prompts import prompt_text
-from charlie.snapshot import snapshots_for_ticker
+from charlie.snapshot import TickerSnapshots
 
 SPLITS = ("train", "validation", "test")
+COLUMNS = ("prompt", "completion", "uid", "ticker", "as_of_date", "action")
+"""The DatasetDict's columns, in order; every one is an Arrow string."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +148,7 @@ class Audit:
 
 
 def audit(
-    rows: dict[str, list[dict[str, Any]]],
+    rows: dict[str, pa.Table],
     bar_dates: dict[str, dt.date | None],
     spec: SplitSpec,
     longest_window: int,
@@ -154,44 +160,44 @@ def audit(
     reaches the validation (test) period, i.e. one the purge should have dropped.
 
     Args:
-        rows: Split name to rows (each with ``uid`` and ``as_of_date``).
+        rows: Each split's rows (:func:`build_tables`; ``uid`` and ``as_of_date`` at least).
         bar_dates: uid to the date of the bar its snapshot used.
         spec: The split settings.
         longest_window: The longest forward-return horizon in trading days.
     """
     result = Audit()
+    keys = {  # split to its (uid, as_of_date) pairs
+        split: list(zip(*(rows[split][c].to_pylist() for c in ("uid", "as_of_date")), strict=True))
+        for split in SPLITS
+    }
     seen_uid: dict[str, str] = {}
     seen_date: dict[str, str] = {}
-    for split in SPLITS:
-        for row in rows.get(split, []):
-            for key, seen in ((row["uid"], seen_uid), (row["as_of_date"], seen_date)):
+    for split, pairs in keys.items():
+        for uid, as_of in pairs:
+            for key, seen in ((uid, seen_uid), (as_of, seen_date)):
                 other = seen.setdefault(key, split)
                 if other != split:
                     result.problems.append(f"{key} is in both {other} and {split}")
-            used = bar_dates.get(row["uid"])
-            if used is not None and used.isoformat() > row["as_of_date"]:
+            used = bar_dates.get(uid)
+            if used is not None and used.isoformat() > as_of:
                 result.problems.append(
-                    f"the snapshot of {row['uid']} used a bar from {used}, after its date"
+                    f"the snapshot of {uid} used a bar from {used}, after its date"
                 )
     bounds = [
-        (
-            split,
-            min(r["as_of_date"] for r in rows[split]),
-            max(r["as_of_date"] for r in rows[split]),
-        )
-        for split in SPLITS
-        if rows.get(split)
+        (split, min(d for _, d in pairs), max(d for _, d in pairs))
+        for split, pairs in keys.items()
+        if pairs
     ]
     for (a, _, a_last), (b, b_first, _) in itertools.pairwise(bounds):
         if a_last >= b_first:
             result.problems.append(f"{a} ends on {a_last}, not before {b} starts on {b_first}")
     for split, later in (("train", "validation"), ("validation", "test")):
         start = spec.next_start(split)
-        for row in rows.get(split, []):
-            end = spec.shift(dt.date.fromisoformat(row["as_of_date"]), longest_window)
+        for uid, as_of in keys[split]:
+            end = spec.shift(dt.date.fromisoformat(as_of), longest_window)
             if end >= start:
                 result.problems.append(
-                    f"the {longest_window}-day forward window of {split} record {row['uid']} "
+                    f"the {longest_window}-day forward window of {split} record {uid} "
                     f"ends on {end}, in the {later} period (from {start}): it was not purged"
                 )
     return result
@@ -211,7 +217,7 @@ def percentiles(values: Sequence[int]) -> dict[str, float]:
 
 
 def card(
-    rows: dict[str, list[dict[str, Any]]],
+    rows: dict[str, pa.Table],
     spec: SplitSpec,
     dropped: Counter[str],
     findings: Audit,
@@ -225,20 +231,21 @@ def card(
     """
     splits = []
     for split in SPLITS:
-        part = rows.get(split, [])
-        actions = Counter(r["action"] for r in part)
+        part = rows[split]
+        n = part.num_rows
+        actions = Counter(part["action"].to_pylist())
+        dates = part["as_of_date"]
         splits.append({
             "split": split,
-            "records": len(part),
-            "first_date": min((r["as_of_date"] for r in part), default=None),
-            "last_date": max((r["as_of_date"] for r in part), default=None),
+            "records": n,
+            "first_date": pc.min(dates).as_py(),
+            "last_date": pc.max(dates).as_py(),
             "actions": {a: actions.get(a, 0) for a in ACTIONS},
-            "label_balance": {
-                a: round(actions.get(a, 0) / len(part), 4) if part else 0.0 for a in ACTIONS
-            },
-            "tickers": dict(sorted(Counter(r["ticker"] for r in part).items())),
-            "prompt_chars": percentiles([len(r["prompt"]) for r in part]),
-            "completion_chars": percentiles([len(r["completion"]) for r in part]),
+            "label_balance": {a: round(actions.get(a, 0) / n, 4) if n else 0.0 for a in ACTIONS},
+            "tickers": dict(sorted(Counter(part["ticker"].to_pylist()).items())),
+            # utf8_length counts code points, as len() of a Python string does
+            "prompt_chars": percentiles(pc.utf8_length(part["prompt"]).to_pylist()),
+            "completion_chars": percentiles(pc.utf8_length(part["completion"]).to_pylist()),
         })  # fmt: skip
     # Headline numbers first; the details are lists, which `dvc metrics show` leaves out.
     return {
@@ -305,21 +312,35 @@ def card_markdown(info: dict[str, Any], longest_window: int) -> str:
     return "\n".join(lines)
 
 
-def input_hash(record_bytes: bytes, frames: Iterable[tuple[str, Any]]) -> str:
-    """sha256 over the records file and every ticker's price bars used."""
-    digest = hashlib.sha256(record_bytes)
+def input_hash(records: BinaryIO, frames: Iterable[tuple[str, pd.DataFrame]]) -> str:
+    """sha256 over the records file and, per ticker, what its price bars were read from.
+
+    Each ticker adds its name and a sha256: of the price file's bytes where the bars came
+    from one (the ``file`` provider keeps it in ``frame.attrs["file_sha256"]``), else of
+    pandas' row hashes of the bars served (a network provider's answer, through the parquet
+    cache: the cache file also holds other ranges and its coverage, which change without the
+    bars changing). Formatting every bar as CSV to hash it cost a tenth of the stage.
+
+    Args:
+        records: The records file, open for reading bytes (read in blocks, not held whole).
+        frames: (ticker, bars) in a fixed order.
+    """
+    digest = hashlib.file_digest(records, "sha256")
     for ticker, frame in frames:
-        digest.update(ticker.encode())
-        digest.update(frame.to_csv(index=False).encode())
+        source = frame.attrs.get("file_sha256")
+        if source is None:
+            rows = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+            source = hashlib.sha256(rows.tobytes()).hexdigest()
+        digest.update(f"{ticker}\0{source}\n".encode())
     return digest.hexdigest()
 
 
 def check_splits(
-    rows: dict[str, list[dict[str, Any]]], spec: SplitSpec, dropped: Counter[str] | None = None
+    rows: dict[str, pa.Table], spec: SplitSpec, dropped: Counter[str] | None = None
 ) -> None:
     """One sentence for an empty split (naming the purged records when there were any)."""
     for split in SPLITS:
-        if not rows.get(split):
+        if not rows[split].num_rows:
             window = {
                 "train": f"{spec.train_start} and {spec.validation_start - dt.timedelta(days=1)}",
                 "validation": f"{spec.validation_start} and {spec.train_end}",
@@ -348,14 +369,21 @@ def check_history(bar_dates: dict[str, dt.date | None], max_share: float) -> Non
         )
 
 
-def build_rows(
+def build_tables(
     records: list[dict[str, Any]],
-    frames: dict[str, Any],
+    frames: dict[str, pd.DataFrame],
     spec: SplitSpec,
     *,
     drop_outside: bool,
-) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dt.date | None], Counter[str]]:
-    """Split records and turn each into a prompt/completion row.
+) -> tuple[dict[str, pa.Table], dict[str, dt.date | None], Counter[str]]:
+    """Split records and turn each into a prompt/completion row, one Arrow table per split.
+
+    The rows are ordered (chronologically, then by ticker) before any text exists, and each
+    column is then written straight into Arrow from a generator: the prompts and completions
+    are never all held as Python strings beside their Arrow copy, which at hundreds of
+    tickers doubled the stage's memory. Each column is one Arrow chunk, as
+    ``Dataset.from_list`` makes it, so the saved DatasetDict (fingerprint included) is the
+    same as one built from the rows as dicts.
 
     Args:
         records: Parsed records (``charlie parse``'s contract).
@@ -364,8 +392,9 @@ def build_rows(
         drop_outside: Drop records outside every split (counted) instead of failing.
 
     Returns:
-        Rows per split, the bar date each snapshot used (by uid), and drop counts
-        (``embargo``, ``outside``, ``purged_train``, ``purged_validation``).
+        One table per split (columns :data:`COLUMNS`), the bar date each snapshot used (by
+        uid), and drop counts (``embargo``, ``outside``, ``purged_train``,
+        ``purged_validation``).
 
     Raises:
         CharlieError: Records outside every split when ``drop_outside`` is false.
@@ -388,24 +417,53 @@ def build_rows(
             "adjust the split dates or set dataset.outside_splits: drop."
         )
 
-    rows: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
+    # (record, its ticker's indicators, its date, its bar's position) per split
+    placed: dict[str, list[tuple[dict[str, Any], TickerSnapshots, dt.date, int]]] = {
+        split: [] for split in SPLITS
+    }
     bar_dates: dict[str, dt.date | None] = {}
     for ticker, items in by_ticker.items():
+        source = TickerSnapshots(ticker, frames[ticker])
         dates = [dt.date.fromisoformat(r["as_of_date"]) for r, _ in items]
-        for (record, split), snap in zip(
-            items, snapshots_for_ticker(ticker, frames[ticker], dates), strict=True
-        ):
-            bar_dates[record["uid"]] = snap.bar_date
-            rows[split].append(
-                {
-                    "prompt": prompt_text(snap.text),
-                    "completion": completion_text(record),
-                    "uid": record["uid"],
-                    "ticker": ticker,
-                    "as_of_date": record["as_of_date"],
-                    "action": record["action"],
-                }
-            )
-    for split in SPLITS:  # chronological, then by ticker: the order a reader expects
-        rows[split].sort(key=lambda r: (r["as_of_date"], r["ticker"]))
-    return rows, bar_dates, dropped
+        for (record, split), day, pos in zip(items, dates, source.locate(dates), strict=True):
+            bar_dates[record["uid"]] = source.bar_date(pos)
+            placed[split].append((record, source, day, pos))
+    tables = {}
+    for split, part in placed.items():
+        part.sort(key=lambda p: (p[0]["as_of_date"], p[0]["ticker"]))  # the order a reader expects
+        columns = {
+            "prompt": (prompt_text(source.text(day, pos)) for _, source, day, pos in part),
+            "completion": (completion_text(record) for record, *_ in part),
+            **{key: [record[key] for record, *_ in part] for key in COLUMNS[2:]},  # short: lists
+        }
+        tables[split] = pa.table({name: _strings(values) for name, values in columns.items()})
+    return tables, bar_dates, dropped
+
+
+def _strings(values: Iterable[str], batch: int = 1024) -> pa.Array:
+    """One Arrow string array (a single chunk, as ``Dataset.from_list`` makes) from strings.
+
+    ``pa.array`` collects a generator into a list first, which would hold a whole column as
+    Python strings again; made ``batch`` at a time, a column costs one Arrow copy at most,
+    while the batches are joined.
+    """
+    values, parts = iter(values), []
+    while chunk := list(itertools.islice(values, batch)):
+        parts.append(pa.array(chunk, type=pa.string()))
+    return pa.concat_arrays(parts) if parts else pa.array([], type=pa.string())
+
+
+def build_rows(
+    records: list[dict[str, Any]],
+    frames: dict[str, pd.DataFrame],
+    spec: SplitSpec,
+    *,
+    drop_outside: bool,
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dt.date | None], Counter[str]]:
+    """:func:`build_tables` with each split as a list of row dicts (keys :data:`COLUMNS`).
+
+    For callers that want a sample's rows in hand (tests, benchmarks); the stage keeps the
+    tables, which is what bounds its memory.
+    """
+    tables, bar_dates, dropped = build_tables(records, frames, spec, drop_outside=drop_outside)
+    return {split: table.to_pylist() for split, table in tables.items()}, bar_dates, dropped

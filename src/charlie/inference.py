@@ -1,10 +1,15 @@
 """Greedy generation of theses and extraction of the action from the generated text.
 
-Generation stops at the end of the thesis: the ``</action>`` special token (when the tokenizer
-has it) is a stop token beside the tokenizer's and the model's end-of-sequence ids, so a
-finished thesis does not spend the rest of ``max_new_tokens``. A row that reaches
-``max_new_tokens`` without stopping is *unfinished*; if it has no action token either, it is
-*truncated* (:func:`extract_prediction`): it ran out of budget before its action.
+Generation stops at the end of the thesis: the ``</action>`` special token and the chat
+template's end of turn ``<|end|>`` (when the tokenizer has them) are stop tokens beside the
+tokenizer's and the model's end-of-sequence ids, so a finished thesis does not spend the rest
+of ``max_new_tokens``, each row on its own. A row that reaches ``max_new_tokens`` without
+stopping is *unfinished*; if it has no action token either, it is *truncated*
+(:func:`extract_prediction`): it ran out of budget before its action.
+
+Rows are batched longest prompt first (and returned in their own order), so a batch's rows
+need little left padding: fewer pad positions in every attention step, and the longest batch
+runs first, where an out-of-memory error costs least.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from charlie import ACTIONS, UNPARSEABLE
 
 STOP_TOKEN = "</action>"
 """The special token that ends a thesis; generation stops at it."""
+END_OF_TURN = "<|end|>"
+"""The chat template's end of a turn (:data:`charlie.training.tokens.CHAT_TEMPLATE`); a model
+that closes its turn without an action stops there too, not at the budget."""
 
 _TOKEN = re.compile(r"<(STRONG_BUY|BUY|HOLD|SELL|STRONG_SELL)>")
 _TEXT = re.compile(r"\b(strong[\s_-]*buy|strong[\s_-]*sell|buy|hold|sell)\b", re.IGNORECASE)
@@ -72,9 +80,10 @@ def prompt_tokens(tokenizer: Any, prompt: str) -> int:
 
 
 def stop_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
-    """The ids generation stops at: the tokenizer's eos, the model's eos ids, ``</action>``.
+    """The ids generation stops at: the tokenizer's eos, the model's eos ids, ``</action>`` and
+    the end of turn ``<|end|>``.
 
-    ``</action>`` is included only when the tokenizer has it as one token; the model's
+    The last two are included only when the tokenizer has them as one token each; the model's
     ``generation_config.eos_token_id`` (an int or a list, e.g. an end-of-turn token) is kept
     because passing ``eos_token_id`` to ``generate`` replaces it.
     """
@@ -89,9 +98,10 @@ def stop_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
     config = getattr(model, "generation_config", None)
     if config is not None:
         add(getattr(config, "eos_token_id", None))
-    stop = tokenizer.get_vocab().get(STOP_TOKEN)
-    if stop is not None:
-        add(int(stop))
+    vocab = tokenizer.get_vocab()
+    for token in (STOP_TOKEN, END_OF_TURN):
+        if token in vocab:
+            add(int(vocab[token]))
     return ids
 
 
@@ -104,26 +114,28 @@ def generate(
     max_new_tokens: int = 256,
     progress: Any = None,
 ) -> list[Generation]:
-    """Greedy completions of chat-templated prompts, batched with left padding.
+    """Greedy completions of chat-templated prompts, batched with left padding, in order.
 
-    Each row stops at the first of :func:`stop_token_ids`; its text is decoded (special tokens
-    kept) up to and including that token, so the padding after it is not part of the text.
+    Rows are batched longest prompt first (stable, so equal lengths keep their order) and
+    returned in the order of ``prompts``. Each row stops at the first of
+    :func:`stop_token_ids`; its text is decoded (special tokens kept) up to and including that
+    token, so the padding after it is not part of the text.
     """
     import torch
 
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
     texts = [chat_prompt(tokenizer, p) for p in prompts]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
     stops = stop_token_ids(tokenizer, model)
-    out: list[Generation] = []
+    is_stop = set(stops).__contains__
+    out: list[Generation | None] = [None] * len(texts)
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(
-                texts[start : start + batch_size],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
-            ).to(model.device)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]},
+                                  return_tensors="pt").to(model.device)  # fmt: skip
             generated = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
@@ -132,14 +144,14 @@ def generate(
                 eos_token_id=stops,
             )
             new = generated[:, batch["input_ids"].shape[1] :].tolist()
-            for ids in new:
-                end = next((i + 1 for i, t in enumerate(ids) if t in stops), None)
+            for row, ids in zip(rows, new, strict=True):
+                end = next((i + 1 for i, t in enumerate(ids) if is_stop(t)), None)
                 kept = ids if end is None else ids[:end]
-                out.append(Generation(tokenizer.decode(kept, skip_special_tokens=False),
-                                      len(kept), end is not None))  # fmt: skip
+                out[row] = Generation(tokenizer.decode(kept, skip_special_tokens=False),
+                                      len(kept), end is not None)  # fmt: skip
             if progress is not None:
                 progress.update(len(new))
-    return out
+    return out  # type: ignore[return-value]  # every row filled
 
 
 def greedy_complete(

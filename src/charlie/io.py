@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -23,6 +24,12 @@ def require_dataset_dict(path: Path | str, made_by: str = "charlie dataset") -> 
     if not (path / "dataset_dict.json").is_file():
         raise CharlieError(f"{path} is not a DatasetDict; run `{made_by}` first.")
     return path
+
+
+def sha256_file(path: Path | str) -> str:
+    """The hex SHA-256 of a file's bytes, read in chunks (a model's weights need not fit)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def read_json_object(path: Path | str) -> dict[str, Any]:

@@ -15,6 +15,10 @@ from typing import Any
 from charlie.errors import CharlieError
 
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MERGED = "merged"
+MERGED_FROM = "merged_from.json"
+"""In ``<adapter_dir>/merged``: the SHA-256 of the adapter weights it was merged from."""
 
 
 def load_base_model(name: str, vocab_size: int, *, trust_remote_code: bool = False) -> Any:
@@ -102,13 +106,48 @@ def load_model_dir(model_dir: Path | str) -> Any:
     return AutoModelForCausalLM.from_pretrained(str(model_dir))
 
 
+def adapter_digest(adapter_dir: Path | str) -> str | None:
+    """The SHA-256 of an adapter's weights file, or None when it has none (a .bin adapter)."""
+    from charlie.io import sha256_file
+
+    weights = Path(adapter_dir) / ADAPTER_WEIGHTS
+    return sha256_file(weights) if weights.is_file() else None
+
+
+def record_merge(adapter_dir: Path | str, merged_dir: Path | str) -> None:
+    """Write :data:`MERGED_FROM` into ``merged_dir``: which adapter weights it folds in."""
+    record = {"adapter_sha256": adapter_digest(adapter_dir)}
+    (Path(merged_dir) / MERGED_FROM).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def current_merge(adapter_dir: Path | str) -> Path | None:
+    """``<adapter_dir>/merged`` when it is this adapter merged (its :data:`MERGED_FROM` names
+    the adapter weights' digest), else None: a missing, older or hand-made ``merged/`` is not
+    trusted, and the adapter is merged on load instead."""
+    merged = Path(adapter_dir) / MERGED
+    try:
+        record = json.loads((merged / MERGED_FROM).read_text())
+    except (OSError, ValueError):
+        return None
+    digest = record.get("adapter_sha256") if isinstance(record, dict) else None
+    return merged if digest and digest == adapter_digest(adapter_dir) else None
+
+
 def load_for_inference(model_dir: Path | str) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` from an adapter directory (merged on load) or a whole model's."""
+    """``(model, tokenizer)`` from an adapter directory or a whole model's.
+
+    An adapter loads as its ``merged/`` copy when :func:`current_merge` vouches for it (the
+    same weights, bit for bit, without importing PEFT or merging: seconds of every evaluate
+    run), and is merged on load otherwise.
+    """
     from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
     if (model_dir / ADAPTER_CONFIG).is_file():
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        return merge_adapter(model_dir, len(tokenizer)), tokenizer
+        merged = current_merge(model_dir)
+        if merged is None:
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+            return merge_adapter(model_dir, len(tokenizer)), tokenizer
+        model_dir = merged
     model = load_model_dir(model_dir)
     return model, AutoTokenizer.from_pretrained(str(model_dir))

@@ -15,8 +15,8 @@ content they point at is never read.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import itertools
+import os
 import re
 import tempfile
 from collections import Counter
@@ -108,6 +108,7 @@ _ACTION_KEYS = {
 }
 
 
+@lru_cache(maxsize=4096)  # a corpus repeats its dates across tickers: most calls are hits
 def normalize_date(text: str | None) -> tuple[str | None, str | None]:
     """Normalise a thesis date to ISO ``YYYY-MM-DD``.
 
@@ -192,14 +193,16 @@ class ParseResult:
     """Everything ``charlie parse`` writes.
 
     The records stay on disk (an anonymous temporary file) until they are read:
-    :meth:`iter_records` streams them in order, ``records`` is the list, so a corpus of any
-    size parses in bounded memory when the caller streams.
+    :meth:`iter_records` streams them in order, :meth:`write_records` copies them to a file,
+    ``records`` is the list, so a corpus of any size parses in bounded memory when the caller
+    streams.
     """
 
     rejects: list[dict[str, Any]]
     files: dict[str, FileStats]
     file_faults: list[dict[str, Any]] = field(default_factory=list)
-    spool: Any = None  # the decided records, one JSON line each
+    spool: Any = None  # each (ticker, date)'s first thesis, one JSON line each, in order
+    skipped: dict[int, int] = field(default_factory=dict)  # spool offset -> size: conflicts
     n_records: int = 0
     by_ticker: Counter[str] = field(default_factory=Counter)
     by_action: Counter[str] = field(default_factory=Counter)
@@ -210,7 +213,28 @@ class ParseResult:
         if self.spool is None:
             return
         self.spool.seek(0)
-        yield from self.spool
+        offset, skipped = 0, self.skipped
+        for line in self.spool:
+            if offset not in skipped:
+                yield line
+            offset += len(line)
+
+    def write_records(self, handle: Any) -> None:
+        """Write the records to a binary file: :meth:`iter_records`' lines, copied in blocks.
+
+        The spool's bytes go across in 1 MiB blocks around the skipped lines, not a line at a
+        time, so writing costs a few system calls rather than a Python call per record.
+        """
+        if self.spool is None:
+            return
+        self.spool.flush()
+        fd, offset, end = self.spool.fileno(), 0, self.spool.seek(0, os.SEEK_END)
+        for start, size in [*sorted(self.skipped.items()), (end, 0)]:
+            while offset < start:
+                block = os.pread(fd, min(_SPOOL_BUFFER, start - offset), offset)
+                handle.write(block)
+                offset += len(block)
+            offset = start + size
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -270,17 +294,6 @@ class ParseResult:
 # -------------------------------------------------------------------------- parsing
 
 
-@dataclass(slots=True)
-class _Candidate:
-    ticker: str
-    date: str
-    action: str
-    reasoning: str
-    support: str
-    source_file: str
-    source_line: int
-
-
 def _reject(name: str, line: int, reason: str, excerpt: str, scope: str = "thesis") -> dict:
     return {
         "source_file": name,
@@ -332,8 +345,10 @@ def _classify_error(exc: etree.XMLSyntaxError, root_seen: bool, path: Path) -> s
     return "malformed_xml"
 
 
+_FIELDS = frozenset(("as-of-date", "reasoning", "action", "support"))
 _THESIS_START = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?thesis[\s>/]")
 _SCAN_CHUNK = 1 << 20
+_SPOOL_BUFFER = 1 << 20  # a 2.5 kB record line per write: one system call per ~400 of them
 
 
 def thesis_starts(path: Path) -> Iterator[tuple[int, int]]:
@@ -388,8 +403,9 @@ def _file_events(
     stats: FileStats,
     rejects: list[dict],
     faults: list[dict],
-) -> Iterator[_Candidate]:
-    """Stream one file's theses; record its fault and any incomplete thesis on error."""
+) -> Iterator[dict[str, Any]]:
+    """Stream one file's valid theses as records; record its fault and any incomplete thesis
+    on error."""
     context = etree.iterparse(
         source,
         events=("start", "end"),
@@ -434,26 +450,28 @@ def _file_events(
                          f"ticker {ticker[:40]!r}: {REASONS['invalid_ticker']}")  # fmt: skip
                     return
                 stats.ticker = ticker
-            if elem.tag == ROOT_TAG:
+            tag = elem.tag  # lxml builds a new string at each .tag: read it once
+            if tag == ROOT_TAG:
                 continue
             if event == "start":
                 stats.theses_seen += 1
                 open_lines.append(elem.sourceline or 0)
                 continue
-            open_lines.pop()
-            line = elem.sourceline or 0
-            if elem.tag != THESIS_TAG or open_lines:
-                reason = "namespaced_thesis" if elem.tag != THESIS_TAG else "nested_thesis"
+            line = open_lines.pop()  # an element's sourceline is its start tag's
+            if tag != THESIS_TAG or open_lines:
+                reason = "namespaced_thesis" if tag != THESIS_TAG else "nested_thesis"
                 stats.rejects += 1
-                rejects.append(_reject(name, line, reason, f"<{elem.tag}> at line {line}"))
+                rejects.append(_reject(name, line, reason, f"<{tag}> at line {line}"))
                 if not open_lines:  # a nested one goes with its outer thesis
                     _drop_read(elem)
                 continue
             fields: dict[str, str] = {}
-            for child in elem:
-                tag = child.tag
-                if tag in ("as-of-date", "reasoning", "action", "support") and tag not in fields:
-                    fields[tag] = _text(child)
+            for child in elem:  # the first of each field counts
+                field_tag = child.tag
+                if field_tag in _FIELDS and field_tag not in fields:
+                    # _text's common case inline: a call less per field (a tenth of the parse)
+                    text = _text(child) if len(child) else (child.text or "").strip()
+                    fields[field_tag] = text
             _drop_read(elem)
 
             date, reason = normalize_date(fields.get("as-of-date"))
@@ -466,9 +484,16 @@ def _file_events(
                 rejects.append(_reject(name, line, reason, _excerpt(fields)))
                 continue
             assert date is not None and action is not None
-            yield _Candidate(
-                ticker, date, action, fields["reasoning"], fields.get("support", ""), name, line
-            )
+            yield {
+                "uid": make_uid(ticker, date),
+                "ticker": ticker,
+                "as_of_date": date,
+                "action": action,
+                "reasoning": fields["reasoning"],
+                "support": fields.get("support", ""),
+                "source_file": name,
+                "source_line": line,
+            }
         if root is None and context.root is not None:  # a document with no thesis at all
             refuse(context.root)
     except etree.XMLSyntaxError as exc:
@@ -525,15 +550,21 @@ def parse_files(
     files: dict[str, FileStats] = {}
     rejects: list[dict] = []
     faults: list[dict] = []
-    # Candidates wait on disk as their finished record lines, each behind a "<key>\t<file>\t"
-    # header; memory holds one entry per (ticker, date): the content's digest, how many theses
-    # share the key, whether they disagree, whether its record is out, and its ticker, date
-    # and action (for the report).
-    candidates = tempfile.TemporaryFile()  # noqa: SIM115 - closed below
-    keys: dict[tuple[str, str], int] = {}
-    entries: list[list[Any]] = []
+    # Each (ticker, date)'s first thesis is written to the spool as its record line as soon as
+    # it is read; memory keeps, per key, where that line is and what the report needs, and
+    # for a later thesis of the same key only its place and action. A later one is compared
+    # with the first as read back from the spool: exactly, field by field, no digest. Tuples of
+    # numbers and strings, which the garbage collector stops tracking: a large corpus adds
+    # nothing to its collections.
+    spool = tempfile.TemporaryFile(buffering=_SPOOL_BUFFER)  # noqa: SIM115 - the result owns it
+    # (ticker, date) -> (seq, spool offset, line size, file index, source line, action)
+    firsts: dict[tuple[str, str], tuple[int, int, int, int, int, str]] = {}
+    # (ticker, date) -> [(seq, file index, source line, action)] of its later theses
+    later: dict[tuple[str, str], list[tuple[int, int, int, str]]] = {}
+    conflicts: set[tuple[str, str]] = set()
     names_by_index: list[str] = []
-    dumps = orjson.dumps
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    seq = offset = 0  # the thesis's place among all valid ones; the spool's size
     for path in paths:
         name = names(path)
         stats = files[name] = FileStats()
@@ -548,72 +579,60 @@ def parse_files(
         names_by_index.append(name)
         source = opener(path) if opener else str(path)
         try:
-            for cand in _file_events(source, path, name, stats, rejects, faults):
-                key = (cand.ticker, cand.date)
-                digest = hashlib.blake2b(
-                    "\x00".join((cand.action, cand.reasoning, cand.support)).encode(),
-                    digest_size=16,
-                ).digest()
-                index = keys.get(key)
-                if index is None:
-                    index = keys[key] = len(entries)
-                    entries.append([digest, 1, False, False, cand.ticker, cand.date, cand.action])
+            for record in _file_events(source, path, name, stats, rejects, faults):
+                key = (record["ticker"], record["as_of_date"])
+                first = firsts.get(key)
+                if first is None:
+                    line = dumps(record, option=newline)
+                    spool.write(line)
+                    firsts[key] = (seq, offset, len(line), file_index,
+                                   record["source_line"], record["action"])  # fmt: skip
+                    offset += len(line)
                 else:
-                    entry = entries[index]
-                    entry[1] += 1
-                    entry[2] = entry[2] or entry[0] != digest
-                record = {
-                    "uid": make_uid(cand.ticker, cand.date),
-                    "ticker": cand.ticker,
-                    "as_of_date": cand.date,
-                    "action": cand.action,
-                    "reasoning": cand.reasoning,
-                    "support": cand.support,
-                    "source_file": cand.source_file,
-                    "source_line": cand.source_line,
-                }
-                candidates.write(b"%d\t%d\t%b\n" % (index, file_index, dumps(record)))
+                    later.setdefault(key, []).append(
+                        (seq, file_index, record["source_line"], record["action"])
+                    )
+                    if key not in conflicts and not _agrees(spool, first[1], first[2], record):
+                        conflicts.add(key)
+                seq += 1
         finally:
             if hasattr(source, "close"):
                 source.close()
-    del keys
 
     # Decided once all files are read, so the outcome does not depend on document order: a
     # ticker and date whose theses all agree keep the first and collapse the rest; any
-    # disagreement rejects every one of them.
-    spool = tempfile.TemporaryFile()  # noqa: SIM115 - the result owns it
+    # disagreement rejects every one of them (the first's line stays in the spool, skipped).
     out = ParseResult(rejects=rejects, files=files, file_faults=faults, spool=spool)
-    first = last = None
-    candidates.seek(0)
-    for line in candidates:
-        index, file_index, body = line.split(b"\t", 2)
-        entry, name = entries[int(index)], names_by_index[int(file_index)]
-        if entry[2]:
-            record = orjson.loads(body)
+    conflicting: list[tuple[int, dict]] = []
+    for key in conflicts:
+        seq, at, size, file_index, line, action = firsts.pop(key)
+        out.skipped[at] = size
+        theses = [(seq, file_index, line, action), *later.pop(key)]
+        for seq, file_index, line, action in theses:
+            name = names_by_index[file_index]
             files[name].rejects += 1
-            rejects.append(
-                _reject(
-                    name,
-                    record["source_line"],
-                    "conflicting_duplicate",
-                    f"{record['ticker']} {record['as_of_date']}: {entry[1]} theses disagree "
-                    f"(this one says {record['action']})",
-                )
-            )
-            continue
-        if entry[3]:
-            files[name].duplicates_collapsed += 1
-            continue
-        entry[3] = True
-        files[name].records += 1
-        spool.write(body)
-        out.n_records += 1
-        out.by_ticker[entry[4]] += 1
-        out.by_action[entry[6]] += 1
-        first = entry[5] if first is None else min(first, entry[5])
-        last = entry[5] if last is None else max(last, entry[5])
-    candidates.close()
-    out.dates = (first, last)
+            message = f"{key[0]} {key[1]}: {len(theses)} theses disagree (this one says {action})"
+            conflicting.append((seq, _reject(name, line, "conflicting_duplicate", message)))
+    conflicting.sort(key=lambda pair: pair[0])  # in document order, as they were read
+    rejects.extend(reject for _, reject in conflicting)
+    for (ticker, _), (_, _, _, file_index, _, action) in firsts.items():
+        files[names_by_index[file_index]].records += 1
+        out.by_ticker[ticker] += 1
+        out.by_action[action] += 1
+    for theses in later.values():
+        for _, file_index, _, _ in theses:
+            files[names_by_index[file_index]].duplicates_collapsed += 1
+    out.n_records = len(firsts)
+    if firsts:
+        dates = [date for _, date in firsts]
+        out.dates = (min(dates), max(dates))
     rejects.extend(faults)
     rejects.sort(key=lambda r: (r["source_file"], r["source_line"]))
     return out
+
+
+def _agrees(spool: Any, offset: int, size: int, record: dict[str, Any]) -> bool:
+    """Whether ``record`` says what the record line at ``offset`` in the spool says."""
+    spool.flush()
+    kept = orjson.loads(os.pread(spool.fileno(), size, offset))
+    return all(kept[k] == record[k] for k in ("action", "reasoning", "support"))

@@ -67,8 +67,13 @@ Memory per GPU (GiB = 2^30 bytes)
         the ZeRO paper: with 16-bit weights, 2 (weight, above) + 2 (gradient) + 12 (fp32 master
         copy and two fp32 moments); in fp32, 4 + 4 + 8. This is an upper bound for a plain
         bf16 Trainer run, whose bf16 states need 8 bytes.
-    activations: a step holds ``per_device_train_batch_size x max_length`` tokens (the worst
-        step: a full batch of maximal length). With ``max_length: auto`` the length is the one
+    activations: a micro-batch holds ``per_device_train_batch_size x max_length`` tokens: with
+        packing (TRL's bfd, padding-free) every row is filled with whole examples up to
+        max_length; without, the worst micro-batch is a full batch of maximal-length examples
+        (``charlie train`` refuses any longer one), whatever the typical example's length. An
+        optimizer step adds ``gradient_accumulation_steps`` micro-batches on every GPU: the
+        table shows its tokens (examples, unpacked) and, from the tokenize report's mean
+        example, what packing changes. With ``max_length: auto`` the length is the one
         ``charlie tokenize`` chose (its report in the config's dataset_dir), or before that the
         base model's context length (the most auto can choose); the table says which. Per
         token and layer, the 16-bit elements saved for the backward pass: each RMSNorm 3 x
@@ -84,9 +89,17 @@ Memory per GPU (GiB = 2^30 bytes)
         passes through), its input and its output; 4 x width per norm; and twice the widest
         output (the activation function's result and the gate product). LoRA adds r per
         targeted linear a token passes through, plus 1.5 x in_features when ``lora_dropout`` > 0
-        (the dropped copy and its mask). The attention kernel is assumed memory-efficient (no
-        seq x seq scores); eager attention or the reference DSA indexer need more. With
-        gradient checkpointing the step keeps one hidden state per layer (the checkpoints)
+        (the dropped copy and its mask). Attention (``attn_implementation``): flash kernels and
+        sdpa keep O(seq) per token (the output, counted above; their softmax statistics are
+        negligible), except that sdpa on a padded batch (batch > 1 unpacked) or a packed row
+        gets a dense mask from transformers, 1 byte (bool) per query-key pair of each row, which
+        torch's memory-efficient kernel turns into a 16-bit bias in each layer and keeps for
+        the backward pass; eager attention always builds a 16-bit additive mask and keeps, per
+        head and pair, the fp32 softmax output and its 16-bit copy for the value product (6
+        bytes): O(seq²). ``auto`` is planned as flash attention when the config packs (packing
+        trains on nothing else) and as sdpa otherwise; the reference DSA indexer needs more.
+        Layers keep their attention terms as they keep their activations. With gradient
+        checkpointing the step keeps one hidden state per layer (the checkpoints)
         plus the largest layer's activations while it is recomputed; without it, every
         layer's. Logits cost 10 bytes per token per vocabulary entry (16-bit logits, the fp32
         copy the loss takes, its fp32 gradient) and no checkpointing avoids them. Activations
@@ -115,7 +128,14 @@ import yaml
 
 from charlie.errors import CharlieError
 from charlie.io import read_json_object
-from charlie.training.config import REPORT, context_length, read_tokenize_report
+from charlie.training.config import (
+    REPORT,
+    context_length,
+    packing_problem,
+    packs,
+    read_tokenize_report,
+    varlen,
+)
 from charlie.training.targets import AUTO, resolve_targets
 
 if TYPE_CHECKING:
@@ -130,6 +150,8 @@ QLORA_BYTES_PER_PARAM = 0.5 + (8 / 64 + 32 / (64 * 256)) / 8
 TRAINABLE_BYTES = 16  # weight + gradient + AdamW state per trainable parameter, in all
 LOGITS_BYTES = 10  # 16-bit logits + the loss's fp32 copy + its fp32 gradient, per token x vocab
 ACTIVATION_BYTES = 2  # activations are 16-bit (the plan's element counts are 16-bit elements)
+EAGER_SCORE_BYTES = 6  # eager, per head and query-key pair kept: fp32 softmax + its 16-bit copy
+BOOL_MASK_BYTES = 1  # transformers' sdpa mask: a bool per query-key pair of a row
 
 Method = Literal["full", "lora", "qlora"]
 
@@ -209,6 +231,7 @@ class ModelShape:
     kinds: tuple[LayerKind, ...]
     layers_path: str = "model.layers"  # the decoder layers' module path (for regex targets)
     counted: str = "exact"  # "exact" (config.json arithmetic) or "meta" (built by transformers)
+    attention_heads: int = 0  # query heads per layer (eager attention keeps scores per head)
 
     @property
     def num_layers(self) -> int:
@@ -409,6 +432,7 @@ def _exact_shape(config: Mapping[str, Any], name: str) -> ModelShape:
         lm_head_params=0 if tied else vocab * hidden,
         final_norm_params=hidden,
         kinds=tuple(kinds),
+        attention_heads=_int(config, "num_attention_heads", name),
     )
 
 
@@ -510,7 +534,13 @@ def _shape_of_module(model: Any, config: Mapping[str, Any], name: str) -> ModelS
         kinds=tuple(kinds),
         layers_path=layers_path,
         counted="meta",
+        attention_heads=_heads(text or config),
     )
+
+
+def _heads(config: Mapping[str, Any]) -> int:
+    """Query heads per layer from a config.json (Llama-style or GPT-2's name; 0 if neither)."""
+    return int(config.get("num_attention_heads") or config.get("n_head") or 0)
 
 
 def _layer_signature(layer: Any, top_k: int | None) -> tuple[tuple[Linear, ...], int, int]:
@@ -641,11 +671,25 @@ class TrainingSetup:
     num_gpus: int = 1  # GPUs per node
     max_length_source: str = ""  # with max_length: auto, where the length came from
     num_nodes: int = 1
+    accumulation: int = 1  # gradient_accumulation_steps
+    packing: bool = False  # padding-free rows (TRL's packing with bfd, or padding_free)
+    attention: str = "auto"  # attn_implementation
+    mean_example_tokens: float | None = None  # the tokenize report's train mean, if any
 
     @property
     def world_size(self) -> int:
         """GPUs in all: nodes x GPUs per node (what ZeRO shards across)."""
         return self.num_nodes * self.num_gpus
+
+    @property
+    def attention_kind(self) -> Literal["flash", "sdpa", "eager"]:
+        """The kernel memory is planned for: ``auto`` as flash when packing (which trains on
+        nothing else), as sdpa otherwise."""
+        if self.attention == "auto":
+            return "flash" if self.packing else "sdpa"
+        if varlen(self.attention):
+            return "flash"
+        return "eager" if self.attention == "eager" else "sdpa"
 
 
 @dataclass(frozen=True)
@@ -674,16 +718,28 @@ class MemoryPlan:
     fits: bool
     counted: str = "exact"  # how the parameters were counted (ModelShape.counted)
     config_source: str = ""  # where config.json was read (plan_for fills it in)
+    attention: float = 0.0  # activations: seq² attention masks and scores (sdpa padded, eager)
 
     @property
     def tokens(self) -> int:
-        """Tokens one GPU holds in a step: per_device_train_batch_size x max_length."""
+        """Tokens one GPU holds in a micro-batch: per_device_train_batch_size x max_length."""
         return self.setup.batch_size * self.setup.max_length
 
     @property
+    def step_tokens(self) -> int:
+        """Tokens of one optimizer step at most: every GPU's accumulated micro-batches."""
+        return self.tokens * self.setup.accumulation * self.setup.world_size
+
+    @property
+    def step_examples(self) -> int:
+        """Examples (unpacked) or packed rows of one optimizer step."""
+        s = self.setup
+        return s.batch_size * s.accumulation * s.world_size
+
+    @property
     def activations(self) -> float:
-        """Checkpoints + layer activations + logits."""
-        return self.checkpoints + self.layer_activations + self.logits
+        """Checkpoints + layer activations + logits + attention masks and scores."""
+        return self.checkpoints + self.layer_activations + self.logits + self.attention
 
     @property
     def embedding_state(self) -> float:
@@ -804,6 +860,7 @@ def estimate(shape: ModelShape, setup: TrainingSetup, gpu: Gpu) -> MemoryPlan:
             tokens * sum(k.count * per_layer[k.name] for k in shape.kinds) * ACTIVATION_BYTES
         )
     logits = tokens * shape.vocab_size * LOGITS_BYTES
+    attention = attention_bytes(shape, setup)
 
     # ---- ZeRO sharding
     n, stage = setup.world_size, setup.zero_stage
@@ -814,7 +871,7 @@ def estimate(shape: ModelShape, setup: TrainingSetup, gpu: Gpu) -> MemoryPlan:
     gathered = unit if stage >= 3 else 0.0
 
     per_gpu = per_gpu_weights + gathered + per_gpu_gradients + per_gpu_optimizer
-    per_gpu += checkpoints + layer_acts + logits
+    per_gpu += checkpoints + layer_acts + logits + attention
     return MemoryPlan(
         model=shape.name,
         setup=setup,
@@ -837,7 +894,27 @@ def estimate(shape: ModelShape, setup: TrainingSetup, gpu: Gpu) -> MemoryPlan:
         capacity=gpu.capacity_bytes,
         fits=per_gpu <= gpu.capacity_bytes,
         counted=shape.counted,
+        attention=attention,
     )
+
+
+def attention_bytes(shape: ModelShape, setup: TrainingSetup) -> float:
+    """The seq² part of attention for one GPU's micro-batch (the module docstring's rule).
+
+    Flash kernels keep none; sdpa none on an unpadded row (batch 1, unpacked: transformers
+    passes no mask and torch runs its own flash kernel), else a bool mask per row and, per
+    layer kept, the 16-bit bias made of it; eager a 16-bit mask per row and, per layer kept,
+    6 bytes per head and query-key pair. A layer is kept while it waits for the backward pass:
+    all of them, or the one being recomputed under gradient checkpointing.
+    """
+    pairs = setup.batch_size * setup.max_length**2
+    kept = 1 if setup.gradient_checkpointing else shape.num_layers
+    kind = setup.attention_kind
+    if kind == "eager":
+        return pairs * (ACTIVATION_BYTES + kept * shape.attention_heads * EAGER_SCORE_BYTES)
+    if kind == "sdpa" and (setup.batch_size > 1 or setup.packing):
+        return pairs * (BOOL_MASK_BYTES + kept * ACTIVATION_BYTES)
+    return 0.0
 
 
 # --------------------------------------------------------------------------- reporting
@@ -892,9 +969,10 @@ def _header(plan: MemoryPlan) -> list[str]:
     lines = [
         f"{plan.model}, {how}, {_hardware(plan)}, {zero}",
         f"parameters {_count(plan.total_params)}{_counted(plan)}, trainable {trainable}",
-        f"{plan.tokens:,} tokens per GPU per step (batch {s.batch_size} x max_length "
+        f"{plan.tokens:,} tokens per GPU per micro-batch (batch {s.batch_size} x max_length "
         f"{s.max_length}{f', {s.max_length_source}' if s.max_length_source else ''}), "
-        f"gradient checkpointing {checkpointing}",
+        f"gradient checkpointing {checkpointing}, attention {_attention(s)}",
+        _per_step(plan),
     ]
     if plan.embedding_params:
         which = (
@@ -917,6 +995,52 @@ def _header(plan: MemoryPlan) -> list[str]:
     return lines
 
 
+def _attention(setup: TrainingSetup) -> str:
+    """The attention implementation, and for ``auto`` what it is planned as."""
+    if setup.attention != "auto":
+        return setup.attention
+    if setup.packing:
+        return (
+            "auto (planned as flash attention, which packing needs; without flash-attn "
+            "charlie train trains unpacked)"
+        )
+    return "auto (planned as sdpa; flash attention, where installed, needs no more)"
+
+
+def _per_step(plan: MemoryPlan) -> str:
+    """What an optimizer step trains on, and what packing changes (the tokenize report's mean
+    example, when there is one, turns rows into examples)."""
+    s = plan.setup
+    n = s.max_length
+    mean = s.mean_example_tokens
+    step = f"x {s.accumulation} accumulation x {s.world_size} GPU{'s' if s.world_size > 1 else ''}"
+    if s.packing:
+        line = (
+            f"packing (padding-free): a micro-batch is {s.batch_size} row"
+            f"{'s' if s.batch_size > 1 else ''} of whole examples filled to at most {n:,} "
+            f"tokens; an optimizer step ({step}) trains on up to {plan.step_tokens:,} tokens"
+        )
+        if mean:
+            line += (
+                f", ~{plan.step_tokens / mean:,.0f} examples of the tokenize report's mean "
+                f"{mean:,.0f} tokens (~{n / mean:,.0f} per row)"
+            )
+        return line
+    batch = "1 example" if s.batch_size == 1 else f"{s.batch_size} examples padded to the longest"
+    line = (
+        f"no packing: a micro-batch is {batch}; an optimizer step ({step}) trains on "
+        f"{plan.step_examples:,} example{'s' if plan.step_examples > 1 else ''}, up to "
+        f"{plan.step_tokens:,} tokens"
+    )
+    if mean:
+        return line + (
+            f" (~{plan.step_examples * mean:,.0f} tokens at the tokenize report's mean of "
+            f"{mean:,.0f}; "
+            f"packed, each row of {n:,} tokens would hold ~{n / mean:,.0f} examples)"
+        )
+    return line + f"; packing would fill each row with whole examples up to {n:,} tokens"
+
+
 def _rows(plan: MemoryPlan) -> list[tuple[str, float]]:
     s = plan.setup
     rows = [
@@ -932,6 +1056,7 @@ def _rows(plan: MemoryPlan) -> list[tuple[str, float]]:
         ("  layer activations" + (" (largest layer)" if s.gradient_checkpointing else ""),
          plan.layer_activations),
         ("  logits", plan.logits),
+        (f"  attention masks and scores ({s.attention_kind})", plan.attention),
     ]  # fmt: skip
     if s.zero_stage >= 3:
         rows.append(("ZeRO-3 gathered layer", plan.gathered))
@@ -978,6 +1103,9 @@ def plan_metrics(plan: MemoryPlan) -> dict[str, float]:
         "gpus": s.world_size,
         "zero_stage": s.zero_stage,
         "tokens_per_gpu_per_step": plan.tokens,
+        "tokens_per_optimizer_step": plan.step_tokens,
+        "packing": int(s.packing),
+        "attention_gib_per_gpu": round(plan.attention / GIB, 3),
     }
 
 
@@ -1026,6 +1154,8 @@ def _scale_advice(plan: MemoryPlan) -> str:
             shrink += f", lower per_device_train_batch_size ({s.batch_size})"
         if not s.gradient_checkpointing:
             shrink += ", turn on activation_checkpointing"
+        if s.attention_kind == "eager":
+            shrink += ", attend with sdpa or flash attention instead of eager"
         unsharded = plan.activations + plan.gather_unit
         return (
             f"even sharded with ZeRO-3 its activations and largest layer ({_gib(unsharded)} GiB) "
@@ -1282,9 +1412,18 @@ def training_setup(
     """The memory-relevant settings of a training config, TRL's defaults filling the gaps.
 
     Reads the DeepSpeed JSON the config names, for its ZeRO stage, and for ``max_length:
-    auto`` the tokenize report or ``model_config``'s context (:func:`planned_max_length`).
+    auto`` the tokenize report or ``model_config``'s context (:func:`planned_max_length`); the
+    report's mean train example, when there is one, for what packing changes.
     ``num_gpus`` (default: the config's) is per node, ``num_nodes`` the nodes.
+
+    Raises:
+        CharlieError: As :func:`planned_max_length`, or packing ``charlie train`` would refuse
+            (wrapped, or on an sdpa or eager attention the config names).
     """
+    implementation = cfg.attn_implementation
+    # auto packs on the flash kernel it needs, or not at all: only wrapped is refused then
+    if problem := packing_problem(cfg, "flash" if implementation == "auto" else implementation):
+        raise CharlieError(problem)
     max_length, source = planned_max_length(cfg, model_config)
     sft = cfg.sft_args
     targets = cfg.lora_target_modules
@@ -1310,7 +1449,19 @@ def training_setup(
         zero_stage=cfg.zero_stage(),
         num_gpus=cfg.num_gpus if num_gpus is None else num_gpus,
         num_nodes=num_nodes,
+        accumulation=int(sft.get("gradient_accumulation_steps", 1)),
+        packing=packs(cfg),
+        attention=implementation,
+        mean_example_tokens=mean_example_tokens(cfg),
     )
+
+
+def mean_example_tokens(cfg: TrainConfig) -> float | None:
+    """The mean tokens of a train example in the config's tokenize report, or None."""
+    report = read_tokenize_report(cfg.dataset_dir) or {}
+    train = (report.get("splits") or {}).get("train") or {}
+    mean = (train.get("tokens") or {}).get("mean")
+    return float(mean) if isinstance(mean, int | float) and mean > 0 else None
 
 
 def is_cpu(gpu_type: str) -> bool:

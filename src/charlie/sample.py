@@ -36,6 +36,7 @@ formats vary on purpose (``Strong Buy``, ``01/08/2024``), and some reasoning sit
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import math
 import random
@@ -59,6 +60,7 @@ TICKER_NAMES = (
     "ACME", "BOLT", "CRUX", "DYNA", "EONX", "FLUX", "GRIT", "HALO", "IRIS", "JOLT",
     "KITE", "LUMA", "MOXY", "NOVA", "ONYX", "PIXL", "QUBE", "RUNE", "SOLR", "TIDE",
 )  # fmt: skip
+"""The first names; past them come numbered rounds of the same (see :func:`ticker_names`)."""
 SECTORS = ("software", "semiconductors", "industrials", "consumer staples", "biotech",
            "energy", "payments", "logistics", "media", "utilities")  # fmt: skip
 POSITION = {"STRONG_BUY": 2, "BUY": 1, "HOLD": 0, "SELL": -1, "STRONG_SELL": -2}
@@ -189,16 +191,35 @@ def generate(spec: SampleSpec) -> list[TickerSample]:
     return list(iter_generate(spec))
 
 
+def ticker_names(count: int, names: Sequence[str] = TICKER_NAMES) -> list[str]:
+    """The first ``count`` ticker names: ``names`` in order, then numbered rounds of them.
+
+    ``ACME ... TIDE``, then ``ACME2 ... TIDE2``, ``ACME3`` and so on (a name already taken is
+    skipped), so any count gets distinct, valid tickers and a larger count only appends: the
+    first names, and so their data, stay what they were.
+    """
+    if not names:
+        raise ValueError("no ticker names to start from")
+    first = list(dict.fromkeys(names))
+    numbered = (f"{name}{n}" for n in itertools.count(2) for name in first)
+    taken = set(first)
+    out = first[:count]
+    while len(out) < count:
+        name = next(numbered)
+        if name not in taken:
+            taken.add(name)
+            out.append(name)
+    return out
+
+
 def iter_generate(spec: SampleSpec) -> Iterator[TickerSample]:
     """:func:`generate`, one ticker at a time (for progress reporting)."""
-    if spec.tickers > len(spec.names):
-        raise ValueError(f"at most {len(spec.names)} tickers are available")
     thesis_days = trading_days(spec.start, spec.end)
     if not thesis_days:
         raise ValueError(f"no trading day between {spec.start} and {spec.end}")
     first_price = shift_trading_days(thesis_days[0], -WARMUP_SESSIONS)
     last_price = shift_trading_days(thesis_days[-1], TAIL_SESSIONS)
-    for index, ticker in enumerate(spec.names[: spec.tickers]):
+    for index, ticker in enumerate(ticker_names(spec.tickers, spec.names)):
         rng = random.Random(f"{spec.seed}:{ticker}")
         listed = first_price
         if spec.ipo_ticker and spec.tickers > 1 and index == spec.tickers - 1:

@@ -207,26 +207,48 @@ def render(ticker: str, as_of: dt.date, row: dict | None, bar_date: dt.date | No
     return "\n".join(lines)
 
 
-def snapshots_for_ticker(ticker: str, bars: pd.DataFrame, dates: list[dt.date]) -> list[Snapshot]:
-    """Snapshots for many record dates of one ticker, from one pass over its bars.
+class TickerSnapshots:
+    """One ticker's indicators, computed once; the snapshot of any record date from them.
 
-    Each date uses the last bar dated on or before it (found by binary search), so a record
-    never sees a later bar.
+    The indicators are kept as one float64 matrix (bars x columns) and a record's text is
+    rendered only when asked for, so the dataset can write its prompts in their final order
+    straight into Arrow instead of holding every prompt of every ticker as a Python string.
     """
-    frame = indicator_frame(bars)
-    bar_days = frame["date"].to_numpy(dtype="datetime64[D]")
-    bar_dates = bar_days.astype(dt.date).tolist()
-    # Plain Python floats, column by column: formatting numpy scalars one at a time, or
-    # DataFrame.to_dict("records"), costs several times more.
-    names = [c for c in frame.columns if c != "date"]
-    columns = [frame[c].tolist() for c in names]
-    wanted = np.array(dates, dtype="datetime64[D]")
-    positions = np.searchsorted(bar_days, wanted, side="right") - 1
-    out = []
-    for as_of, pos in zip(dates, positions.tolist(), strict=True):
-        if pos < 0:
-            out.append(Snapshot(render(ticker, as_of, None, None), None))
-        else:
-            row = dict(zip(names, [column[pos] for column in columns], strict=True))
-            out.append(Snapshot(render(ticker, as_of, row, bar_dates[pos]), bar_dates[pos]))
-    return out
+
+    def __init__(self, ticker: str, bars: pd.DataFrame) -> None:
+        frame = indicator_frame(bars)
+        self.ticker = ticker
+        self._days = frame["date"].to_numpy(dtype="datetime64[D]")
+        self._dates: list[dt.date] = self._days.astype(dt.date).tolist()
+        self._names = [c for c in frame.columns if c != "date"]
+        self._values = frame[self._names].to_numpy(dtype="float64")
+
+    def locate(self, dates: list[dt.date]) -> list[int]:
+        """For each date, the index of the last bar dated on or before it (-1: none).
+
+        A binary search: a record never sees a later bar.
+        """
+        wanted = np.array(dates, dtype="datetime64[D]")
+        return (np.searchsorted(self._days, wanted, side="right") - 1).tolist()
+
+    def bar_date(self, position: int) -> dt.date | None:
+        """The date of the bar at ``position`` (None for -1: no bar)."""
+        return self._dates[position] if position >= 0 else None
+
+    def text(self, as_of: dt.date, position: int) -> str:
+        """The snapshot for ``as_of`` from the bar at ``position`` (see :meth:`locate`)."""
+        if position < 0:
+            return render(self.ticker, as_of, None, None)
+        # Plain Python floats from one row of the matrix: formatting numpy scalars one at a
+        # time, or DataFrame.to_dict("records"), costs several times more.
+        row = dict(zip(self._names, self._values[position].tolist(), strict=True))
+        return render(self.ticker, as_of, row, self._dates[position])
+
+
+def snapshots_for_ticker(ticker: str, bars: pd.DataFrame, dates: list[dt.date]) -> list[Snapshot]:
+    """Snapshots for many record dates of one ticker, from one pass over its bars."""
+    source = TickerSnapshots(ticker, bars)
+    return [
+        Snapshot(source.text(as_of, pos), source.bar_date(pos))
+        for as_of, pos in zip(dates, source.locate(dates), strict=True)
+    ]

@@ -56,19 +56,8 @@ def normalize_frame(
     ``frame.attrs["dropped"]``). A missing ``adj_close`` becomes the close (no adjustment
     known).
     """
-    from charlie.prices.validate import calendar_dates, clean_bars
+    from charlie.prices.validate import clean_bars
 
-    frame = frame.copy()
-    if "adj_close" not in frame:
-        frame["adj_close"] = frame["close"]
-    frame = frame.loc[:, list(PRICE_COLUMNS)]
-    frame["adj_close"] = frame["adj_close"].where(frame["adj_close"].notna(), frame["close"])
-    dates = calendar_dates(frame["date"])
-    keep = pd.Series(True, index=frame.index)
-    if start is not None:
-        keep &= dates.isna() | (dates >= pd.Timestamp(start))
-    if end is not None:
-        keep &= dates.isna() | (dates <= pd.Timestamp(end))
-    clean, dropped = clean_bars(frame.loc[keep])
+    clean, dropped = clean_bars(frame, start, end)
     clean.attrs["dropped"] = dict(dropped)
     return clean

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         wanted_ranges(records, params.prices.history_days, params.prices.forward_days),
         params.prices,
     )
-    rows, bar_dates, dropped = core.build_rows(
+    rows, bar_dates, dropped = core.build_tables(
         records, prices.frames, spec, drop_outside=cfg.outside_splits == "drop"
     )
     core.check_history(bar_dates, cfg.max_no_history_share)
@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     sources = {r["ticker"]: r["provider"] for r in prices.rows if r["status"] == "ok"}
-    digest = core.input_hash(cfg.records.read_bytes(), sorted(prices.frames.items()))
+    with cfg.records.open("rb") as handle:
+        digest = core.input_hash(handle, sorted(prices.frames.items()))
     info = core.card(rows, spec, dropped, findings, digest, sources)
 
     import datasets  # heavy: imported only once everything else succeeded
@@ -127,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     if not sys.stderr.isatty():
         datasets.disable_progress_bars()
 
-    dataset = DatasetDict({split: Dataset.from_list(rows[split]) for split in core.SPLITS})
+    # the tables as they are: Arrow already, so nothing is copied
+    dataset = DatasetDict({split: Dataset(rows[split]) for split in core.SPLITS})
     headline = headline_path(cfg.card, "dataset")
     with atomic_directory(cfg.out) as tmp, atomic_outputs(cfg.card, card_md, headline) as (
         tj, tm, th,

@@ -1,9 +1,10 @@
 """Evaluate a fine-tuned model: generated actions as a classifier and as trades.
 
-Greedy-decodes a thesis for every row of --split (left padding, batched, torch.inference_mode)
-from an adapter directory or a merged model, stopping each row at </action>, extracts the action
-(the action special token first, then a tolerant text fallback; none found = UNPARSEABLE,
-counted, never dropped), and writes beside --out:
+Greedy-decodes a thesis for every row of --split (left padding, batched longest prompt first,
+torch.inference_mode) from an adapter directory (as its merged/ copy when merged_from.json
+vouches for it, else merged on load) or a merged model, stopping each row at </action> or the
+end of turn <|end|>, extracts the action (the action special token first, then a tolerant text
+fallback; none found = UNPARSEABLE, counted, never dropped), and writes beside --out:
   eval_results.csv       uid, ticker, as_of_date, true_action, pred_action, correct, truncated,
                          fwd_ret_<h>, exec_ret_<h>
   eval_generations.jsonl the generated text per row (with new_tokens and truncated)

@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         )
     headline = headline_path(params.report, "parse")
     with atomic_outputs(params.out, params.rejects, params.report, headline) as (out, rej, rep, hl):
-        _write_jsonl(out, result.iter_records())  # streamed: never all in memory at once
+        with open(out, "wb") as handle:  # copied from the spool: never all in memory at once
+            result.write_records(handle)
         _write_jsonl(
             rej, (orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in result.rejects)
         )

@@ -4,7 +4,9 @@ Reads the training config (configs/sft_*.yaml), the base model's config.json (a 
 folder, one with a base_model.json reference, the Hugging Face cache, the hub when it answers,
 or the copy shipped in configs/models/<hub id with / as __>/) and the GPU type's memory
 (configs/gpus.yaml), then prints a table of weights, gradients, optimizer state and activations
-per GPU, with ZeRO sharding across every GPU of every node, and a one-sentence verdict. No
+per GPU, with ZeRO sharding across every GPU of every node, what an optimizer step trains on
+(tokens and examples, packed rows with packing, and what packing would change), the attention
+kernel's seq² masks and scores (none for flash attention), and a one-sentence verdict. No
 weights are downloaded or loaded (architectures the planner does not count by arithmetic are
 built on PyTorch's meta device); the conventions are in charlie.plan's docstring. In a Kubeflow
 pipeline it runs on a CPU pod before any GPU is requested, and stops the run when it does not

@@ -7,7 +7,9 @@ returns and the defects are documented in charlie.sample and in the README.
 
 The bundled sample in data/samples/ is exactly `charlie sample` with params.yaml's defaults;
 the benchmark corpus (the real volume, ~19 MB) is
-`charlie sample --tickers 20 --detail full --no-ipo-ticker --out-dir DIR`.
+`charlie sample --tickers 20 --detail full --no-ipo-ticker --out-dir DIR`. Past the 20 names,
+tickers are numbered rounds of them (ACME2 ... TIDE2, ACME3 ...), so a larger corpus keeps the
+first 20 byte for byte (benchmarks/bench_scaling.py generates 100 and 500).
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ save_steps; when one exists the run continues from the latest (a preempted or re
 resumes, it does not restart) unless --no-resume. Before loading anything on a GPU config the
 memory plan is checked (`charlie plan`), and a run that cannot fit is refused in one sentence.
 With max_length: auto the length `charlie tokenize` chose (<dataset_dir>/tokenize_report.json)
-is used. Before the weights load, the cost is logged: optimizer steps, tokens per epoch and an
+is used. attn_implementation: auto attends with FlashAttention where flash-attn is installed (on
+CUDA, in bf16), else with transformers' default (sdpa), and logs which and why; packing (TRL's
+padding-free rows) trains on a flash kernel only, and auto turns it off, saying so, without one. Before the weights load, the cost is logged: optimizer steps, tokens per epoch and an
 estimated wall time (6 x parameters x tokens over this machine's measured FLOP/s; max_steps in
 the config, or --smoke-test, bounds a first look at a large corpus).
 Writes the adapter and tokenizer, TensorBoard logs under <output_dir>/runs (W&B too when
@@ -34,7 +36,15 @@ import os
 from pathlib import Path
 
 from charlie.basemodel import ResolvedModel, resolve, write_reference
-from charlie.config import CONFIG, TrainParams, add_flags, load_params, switch, train_settings
+from charlie.config import (
+    CONFIG,
+    TrainParams,
+    add_flags,
+    add_resume_flags,
+    load_params,
+    switch,
+    train_settings,
+)
 from charlie.kubeflow import executor as kfp_executor
 from charlie.logs import setup_logging
 from charlie.plan import check_fits, verdict
@@ -52,15 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run the config's smoke_test_steps (10) only (also --smoke-test=true|false, as a "
         "pipeline passes it)",
     )  # fmt: skip
-    resume = parser.add_mutually_exclusive_group()
-    resume.add_argument(
-        "--resume", action="store_const", const=True, dest="resume",
-        help="continue from the latest checkpoint (error if there is none)",
-    )  # fmt: skip
-    resume.add_argument(
-        "--no-resume", action="store_const", const=False, dest="resume",
-        help="start over even if checkpoints exist (default: continue when one exists)",
-    )  # fmt: skip
+    add_resume_flags(parser)
     kfp_executor.add_argument(parser)
 
 

@@ -4,12 +4,24 @@ The file is flat, as in the seed. Keys named here are Charlie's (what to train, 
 hardware); every other key is a field of ``trl.SFTConfig`` / ``transformers.TrainingArguments``
 and is passed through as is, so hyperparameters are never re-declared here. Unknown keys fail
 with one sentence when the trainer builds its ``SFTConfig`` (see ``sft_arguments``).
+
+The attention implementation and packing are decided together (:func:`choose_attention`):
+TRL's padding-free batches (``padding_free``, or ``packing`` with its default ``bfd``
+strategy) flatten a micro-batch into one row whose examples are told apart only by their
+``position_ids``. A flash-attention kernel reads those boundaries and attends within each
+example (varlen); sdpa and eager attention do not: transformers rebuilds a dense
+row x row block mask from the position ids where the architecture supports it (the seq²
+memory and work packing was meant to save), and a model that does not, attends across
+examples. So packing runs only on a flash kernel, is refused with an explicit sdpa or eager,
+and with ``auto`` is turned off, saying so, where no flash kernel can be used.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +38,11 @@ CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length",
                 "n_ctx")  # fmt: skip
 """Where model configs keep their context length (Llama-style first, then GPT-2 and others)."""
 SANE_TOKENIZER_MAX = 10_000_000  # transformers uses 1e30 for "no limit"
+FLASH = {"flash_attention_3": "flash-attn-3", "flash_attention_2": "flash-attn"}
+"""transformers' flash-attention implementations and the packages they need, the one ``auto``
+prefers first (FlashAttention-3 installs on Hopper GPUs only, where it is the faster)."""
+ATTENTION = ("auto", "sdpa", "eager", *sorted(FLASH))
+HUB_KERNEL = re.compile(r"^[\w.-]+/[\w.-]+(@[\w.-]+)?(:[\w.-]+)?$")  # org/name[@rev][:fn]
 
 
 class TrainConfig(Section):
@@ -94,6 +111,14 @@ class TrainConfig(Section):
         "full logits: the memory a large vocabulary needs) or through the model's own forward "
         "(at a plain loop's speed where Triton is absent); auto: fused on CUDA only.",
     )
+    attn_implementation: str = Field(
+        "auto",
+        description="Attention kernel: auto (flash_attention_3 or _2 where the package is "
+        "installed, on CUDA, in bf16/fp16; else transformers' default, sdpa), sdpa, eager, "
+        "flash_attention_2, flash_attention_3, or a hub kernel id (kernels-community/flash-attn2); "
+        "packing needs a flash one.",
+        json_schema_extra={"metavar": "auto|sdpa|eager|flash_attention_2|flash_attention_3|ID"},
+    )
     merge: bool = Field(False, description="Also write a merged model after training.")
     smoke_test_steps: int = Field(10, ge=1, description="Steps for --smoke-test (the seed: 10).")
     num_threads: int | None = Field(
@@ -120,6 +145,14 @@ class TrainConfig(Section):
             raise ValueError(f"use a whole number of tokens (at least {MIN_LENGTH}) or auto")
         return value
 
+    @field_validator("attn_implementation")
+    @classmethod
+    def _known_attention(cls, value: str) -> str:
+        """One of transformers' implementations, or a hub kernel's ``org/name``."""
+        if value in ATTENTION or HUB_KERNEL.match(value):
+            return value
+        raise ValueError(f"use {', '.join(ATTENTION)} or a hub kernel id (org/name)")
+
     @property
     def sft_args(self) -> dict[str, Any]:
         """The keys passed through to ``trl.SFTConfig``."""
@@ -139,6 +172,117 @@ class TrainConfig(Section):
         """The ZeRO stage of the DeepSpeed config (0 without DeepSpeed)."""
         ds = self.deepspeed_config() or {}
         return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
+def packs(cfg: TrainConfig) -> bool:
+    """Whether TRL will flatten the config's batches: ``padding_free``, or ``packing`` with the
+    bfd strategies (TRL's default; they turn padding-free on whatever padding_free says)."""
+    sft = cfg.sft_args
+    strategy = sft.get("packing_strategy", "bfd")
+    return bool(sft.get("padding_free")) or (bool(sft.get("packing")) and strategy != "wrapped")
+
+
+def varlen(implementation: str | None) -> bool:
+    """Whether an attention implementation attends within each example of a padding-free row.
+
+    transformers routes every implementation named ``*flash*`` (its own and the hub kernels)
+    through its varlen path, which takes the boundaries from ``position_ids``; None is
+    transformers' default (sdpa, or eager), which does not.
+    """
+    return implementation is not None and "flash" in implementation
+
+
+WRAPPED = (
+    "packing_strategy wrapped cuts examples at max_length, separating theses from their prompts, "
+    "and lets each row's examples attend to one another: use bfd (TRL's default)."
+)
+
+
+def packing_problem(cfg: TrainConfig, implementation: str | None) -> str | None:
+    """Why the config's packing cannot train on ``implementation``, as a sentence (None: it can).
+
+    ``packing_strategy: wrapped`` never can (:data:`WRAPPED`); padding-free batches can on a
+    flash kernel only (:func:`varlen`).
+    """
+    sft = cfg.sft_args
+    if sft.get("packing") and sft.get("packing_strategy") == "wrapped":
+        return WRAPPED
+    if not packs(cfg) or varlen(implementation):
+        return None
+    name = implementation or "transformers' default attention (sdpa)"
+    return (
+        f"packing (padding-free batches) needs a flash-attention kernel, and {name} is none: it "
+        "would build a dense block mask over each packed row or attend across examples; set "
+        "attn_implementation to auto or flash_attention_2, or turn packing and padding_free off."
+    )
+
+
+@dataclass(frozen=True)
+class Attention:
+    """The attention implementation to load the model with, and why it was chosen."""
+
+    implementation: str | None  # for from_pretrained; None: transformers' default (sdpa, or eager)
+    reason: str
+    packing: bool  # whether the config's padding-free batches stay on with it
+
+
+def choose_attention(
+    cfg: TrainConfig, *, cuda: bool, half: bool, installed: Collection[str]
+) -> Attention:
+    """Resolve ``attn_implementation`` for this machine, before any weights load.
+
+    Args:
+        cfg: The training config.
+        cuda: Whether a CUDA device trains.
+        half: Whether the model is loaded in bf16/fp16 (flash kernels compute in nothing else).
+        installed: The flash implementations this machine can run (:data:`FLASH` keys whose
+            package imports, with CUDA), plus ``"kernels"`` when the hub kernels package does.
+
+    Returns:
+        ``auto``: the first installed of :data:`FLASH` on CUDA in 16-bit; else transformers'
+        default, and the config's packing off. Otherwise the config's implementation.
+
+    Raises:
+        CharlieError: A flash kernel named in the config cannot run here (saying so when the
+            config packs, which needs it), an explicit sdpa or eager with packing, or wrapped
+            packing (:func:`packing_problem`).
+    """
+    setting = cfg.attn_implementation
+    packed = packs(cfg)
+    if cfg.sft_args.get("packing") and cfg.sft_args.get("packing_strategy") == "wrapped":
+        raise CharlieError(WRAPPED)
+    if setting == "auto":
+        flash = next((name for name in FLASH if name in installed), None)
+        if cuda and half and flash:
+            return Attention(
+                flash, f"auto: {FLASH[flash]} is installed, on CUDA, in 16-bit", packed
+            )
+        why = (
+            "no CUDA device" if not cuda
+            else "the model loads in float32 (no bf16 on this GPU)" if not half
+            else "neither flash-attn nor flash-attn-3 is installed"
+        )  # fmt: skip
+        return Attention(None, f"auto: {why}, so transformers' default", False)
+    if varlen(setting):
+        if not cuda:
+            missing = "a CUDA device, and this machine has none"
+        elif not half:
+            missing = "bf16 or fp16, and this run loads the model in float32 (no bf16 on this GPU)"
+        elif setting in FLASH and setting not in installed:
+            missing = f"the {FLASH[setting]} package, which is not installed"
+        elif setting not in FLASH and "kernels" not in installed:
+            missing = "the kernels package, which is not installed"
+        else:
+            return Attention(setting, "set in the config", packed)
+        needs = ", and packing (padding-free batches) needs a flash kernel" if packed else ""
+        raise CharlieError(
+            f"attn_implementation {setting} needs {missing}{needs}: install what it needs or set "
+            "attn_implementation: auto (transformers' default, sdpa, unpacked, where no flash "
+            "kernel runs)."
+        )
+    if problem := packing_problem(cfg, setting):
+        raise CharlieError(problem)
+    return Attention(setting, "set in the config", False)
 
 
 def context_length(model_config: Mapping[str, Any], tokenizer_max: Any = None) -> int | None:

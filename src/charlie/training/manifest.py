@@ -21,17 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from charlie.gitinfo import git_state
+from charlie.io import sha256_file
 
 PACKAGES = ("charlie", "torch", "transformers", "trl", "peft", "datasets", "accelerate",
             "bitsandbytes", "deepspeed", "tokenizers", "numpy", "pandas")  # fmt: skip
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _env_int(*names: str) -> int | None:
@@ -105,11 +98,15 @@ def write_manifest(
     metrics: dict[str, Any],
     log_history: list[dict[str, Any]],
     determinism: dict[str, Any] | None = None,
+    *,
+    base_model: str | None = None,
+    seed: int | None = None,
 ) -> Path:
     """Write ``<output_dir>/manifest.json`` and return its path.
 
     ``determinism`` says what was in force (seed, deterministic algorithms, CPU threads: see
-    :func:`charlie.training.sft.determinism`).
+    :func:`charlie.training.sft.determinism`). ``base_model`` and ``seed`` default to an SFT
+    config's (``cfg.base_model``, its pass-through ``seed``); GRPO names its SFT model.
     """
     config = cfg.model_dump(mode="json")
     config_text = json.dumps(config, sort_keys=True)
@@ -119,11 +116,11 @@ def write_manifest(
         "config": config,
         "config_file": str(config_path) if config_path else None,
         "config_sha256": hashlib.sha256(config_text.encode()).hexdigest(),
-        "data_files": {str(p): sha256(p) for p in data_files},
-        "base_model": cfg.base_model,
+        "data_files": {str(p): sha256_file(p) for p in data_files},
+        "base_model": base_model if base_model is not None else cfg.base_model,
         "packages": _versions(),
         "hardware": _hardware(),
-        "seed": cfg.sft_args.get("seed", 42),
+        "seed": seed if seed is not None else cfg.sft_args.get("seed", 42),
         "determinism": determinism,
         "started": started.isoformat(timespec="seconds"),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

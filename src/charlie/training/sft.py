@@ -11,6 +11,11 @@ bf16 only where the hardware has it, embeddings resized without mean resizing an
 ``modules_to_save``, the model loaded before any ZeRO-3 ``TrainingArguments`` exist, and
 bitsandbytes' AVX512-BF16 CPU path switched off so 4-bit layers keep their gradients.
 
+The attention kernel is chosen before the weights load (``attn_implementation``:
+:func:`charlie.training.config.choose_attention`; ``auto`` takes FlashAttention where its package
+is installed, on CUDA, in bf16) and logged with the reason; packing (TRL's padding-free rows)
+trains only on a flash kernel, and is turned off, saying so, where ``auto`` found none.
+
 Before the weights load, the run's cost is logged: optimizer steps, tokens per epoch and a wall
 time estimated as 6 x parameters x tokens (x 4/3 with activation checkpointing) over this
 machine's FLOP/s, measured by a short forward/backward probe of the model's hidden size
@@ -27,6 +32,7 @@ logs its rank, its node and what it leaves to rank 0.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import datetime as dt
@@ -45,11 +51,20 @@ from pathlib import Path
 from typing import Any
 
 from charlie import headlines, models
-from charlie.errors import CharlieError, did_you_mean
+from charlie.config import refuse_passthrough_keys
+from charlie.errors import CharlieError
 from charlie.headlines import SUFFIX, write_headline
 from charlie.io import load_dataset_dir
 from charlie.plan import load_model_config, model_shape
-from charlie.training.config import REPORT, TrainConfig, tokenized_max_length
+from charlie.training.config import (
+    REPORT,
+    Attention,
+    TrainConfig,
+    choose_attention,
+    packing_problem,
+    packs,
+    tokenized_max_length,
+)
 from charlie.training.manifest import node_of_world, write_loss_curve, write_manifest
 from charlie.training.targets import AUTO, resolve_targets
 from charlie.training.tokens import THESIS_TOKENS
@@ -133,15 +148,38 @@ def sft_arguments(
     smoke_test: bool,
     report_to: list[str],
     max_length: int | None = None,
+    attn_implementation: str | None = None,
 ) -> Any:
     """Build TRL's SFTConfig from the file's pass-through keys, adapted to the hardware.
 
-    ``max_length``: the length to train with (default: :func:`tokenized_max_length`).
+    Args:
+        cfg: The training config.
+        cuda: Whether a CUDA device trains (else fp32 on the CPU, DeepSpeed off).
+        smoke_test: Run ``cfg.smoke_test_steps`` steps.
+        report_to: Where to log (:func:`_report_to`).
+        max_length: The length to train with (default: :func:`tokenized_max_length`).
+        attn_implementation: The attention the model was loaded with (its config's
+            ``_attn_implementation``; None: transformers' default). Packing stays on with a
+            flash kernel only; with ``attn_implementation: auto`` it is turned off, saying so.
+
+    Raises:
+        CharlieError: A key that is not SFTConfig's or that Charlie sets, or packing on an
+            attention the config named that cannot pack (:func:`packing_problem`).
     """
     from trl import SFTConfig
 
     check_sft_keys(cfg)
     args = {k: v for k, v in cfg.sft_args.items() if k != "report_to"}
+    length = max_length or tokenized_max_length(cfg)
+    if problem := packing_problem(cfg, attn_implementation):
+        if cfg.attn_implementation != "auto" or not packs(cfg):
+            raise CharlieError(problem)
+        batch = args.get("per_device_train_batch_size", 8)
+        log.warning("packing is off: padding-free rows need a flash-attention kernel and the "
+                    "model attends with %s, so each micro-batch is %s example(s) padded to the "
+                    "longest, not packed rows of %d tokens (install flash-attn where it trains "
+                    "to pack)", attn_implementation or "transformers' default", batch, length)  # fmt: skip
+        args.update(packing=False, padding_free=False, eval_packing=False)
     if not cuda:
         if args.get("bf16") or args.get("fp16"):
             log.warning("no CUDA device: training in fp32 on the CPU instead of bf16/fp16")
@@ -163,9 +201,12 @@ def sft_arguments(
         args.setdefault("activation_checkpointing_kwargs", {"use_reentrant": False})
     # Progress bars for people at a terminal; logs (DVC, KFP, CI) get the metrics lines only.
     args.setdefault("disable_tqdm", not sys.stderr.isatty())
+    # Padding-free without packing: TRL cannot truncate flattened rows and refuses a max_length;
+    # none is needed, since `charlie train` refuses any example longer than max_length.
+    unpacked_rows = args.get("padding_free") and not args.get("packing")
     return SFTConfig(
         output_dir=str(cfg.checkpoint_dir or cfg.output_dir),
-        max_length=max_length or tokenized_max_length(cfg),
+        max_length=None if unpacked_rows else length,
         completion_only_loss=True,
         report_to=report_to,
         **args,
@@ -185,21 +226,9 @@ def check_sft_keys(cfg: TrainConfig) -> None:
     ``trl.SFTConfig``'s (with the closest one named) or that Charlie sets itself."""
     from trl import SFTConfig
 
-    known = {f.name for f in dataclasses.fields(SFTConfig)}
-    clash = [k for k in cfg.sft_args if k in CHARLIE_SETS]
-    if clash:
-        raise CharlieError(
-            f"the training config sets {clash[0]}, which Charlie sets itself "
-            f"({CHARLIE_SETS[clash[0]]}): remove it."
-        )
-    unknown = sorted(set(cfg.sft_args) - known)
-    if unknown:
-        ours = list(TrainConfig.model_fields)
-        hints = "; ".join(f"'{k}'{did_you_mean(k, [*known, *ours])}" for k in unknown)
-        raise CharlieError(
-            f"unknown key{'s' if len(unknown) > 1 else ''} in the training config: {hints}: "
-            "neither Charlie's (see configs/sft_config.yaml) nor a trl.SFTConfig field."
-        )
+    refuse_passthrough_keys(cfg.sft_args, (f.name for f in dataclasses.fields(SFTConfig)),
+                            TrainConfig.model_fields, CHARLIE_SETS, config="training config",
+                            target="trl.SFTConfig", see="configs/sft_config.yaml")  # fmt: skip
 
 
 def activation_checkpointing(cfg: TrainConfig) -> bool:
@@ -229,6 +258,66 @@ def _cpu_4bit_gradient_fix(model: Any) -> None:
     for module in model.modules():
         if isinstance(module, Linear4bit):
             module.support_avx512bf16_for_cpu = False
+
+
+def installed_attention() -> set[str]:
+    """The flash-attention implementations this machine can run, as transformers checks them
+    (the package and a CUDA device; never a hub download), and ``kernels`` when the hub
+    kernels package is installed (for a kernel id in ``attn_implementation``)."""
+    from transformers.utils import (
+        is_flash_attn_2_available,
+        is_flash_attn_3_available,
+        is_kernels_available,
+    )
+
+    found = {"flash_attention_2": is_flash_attn_2_available(),
+             "flash_attention_3": is_flash_attn_3_available(), "kernels": is_kernels_available()}  # fmt: skip
+    return {name for name, ok in found.items() if ok}
+
+
+def load_training_model(cfg: TrainConfig, attention: Attention, *, dtype: Any,
+                        quantization: Any) -> Any:  # fmt: skip
+    """The base model, attending with ``attention.implementation``.
+
+    transformers refuses a flash kernel for an architecture without a flash path (DeepSeek-V3.2
+    in transformers 5.24) when it builds the model, before any weights load: ``auto`` then
+    loads with transformers' default instead, saying so; a kernel the config named is one
+    sentence.
+
+    Raises:
+        CharlieError: The base cannot be loaded, or refuses the attention the config named.
+    """
+    from transformers import AutoModelForCausalLM
+
+    def load(implementation: str | None) -> Any:
+        return AutoModelForCausalLM.from_pretrained(
+            cfg.base_model,
+            dtype=dtype,
+            quantization_config=quantization,
+            trust_remote_code=cfg.trust_remote_code,
+            attn_implementation=implementation,
+        )
+
+    try:
+        try:
+            return load(attention.implementation)
+        except ValueError as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0].split(". ")[0]
+            if attention.implementation is None or "flash" not in first.lower():
+                raise
+            if cfg.attn_implementation != "auto":
+                raise CharlieError(
+                    f"{cfg.base_model} cannot attend with attn_implementation "
+                    f"{attention.implementation}: {first.rstrip('.')}; set attn_implementation: "
+                    "auto or sdpa."
+                ) from None
+            log.warning("attention: %s refuses %s (%s); loading it with transformers' default",
+                        cfg.base_model, attention.implementation, first)  # fmt: skip
+            return load(None)
+    except OSError as exc:
+        raise CharlieError(
+            f"cannot load the base model {cfg.base_model!r}: {str(exc).splitlines()[0]}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- cost
@@ -317,6 +406,23 @@ def padded_tokens(lengths: Sequence[int], batch_size: int, seed: int = 0) -> int
         max(order[i : i + batch_size]) * len(order[i : i + batch_size])
         for i in range(0, len(order), max(1, batch_size))
     )
+
+
+def packed_rows(lengths: Sequence[int], max_length: int) -> int:
+    """Rows TRL's best-fit-decreasing packing (``packing_strategy: bfd``) fills with these
+    examples: longest first, each into the open row it leaves least room in, else a new row."""
+    rooms: list[int] = []  # the room left in each open row, ascending
+    rows = 0
+    for length in sorted(lengths, reverse=True):
+        length = min(length, max_length)
+        at = bisect.bisect_left(rooms, length)
+        if at < len(rooms):
+            room = rooms.pop(at) - length
+        else:
+            rows, room = rows + 1, max_length - length
+        if room:
+            bisect.insort(rooms, room)
+    return rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -443,6 +549,7 @@ def estimate_cost(
     smoke_test: bool,
     done_steps: int = 0,
     cuda: bool = False,
+    packed: bool = False,
 ) -> dict[str, Any]:
     """Steps, tokens and an estimated wall time of the run, before anything heavy loads.
 
@@ -454,6 +561,8 @@ def estimate_cost(
         smoke_test: Count ``cfg.smoke_test_steps`` steps.
         done_steps: Steps a resumed run has already taken.
         cuda: Probe the GPU instead of the CPU.
+        packed: The config's padding-free batches stay on (:class:`Attention`): with
+            ``packing`` a batch holds packed rows (:func:`packed_rows`), and no batch is padded.
 
     Returns:
         ``steps``, ``steps_per_epoch``, ``tokens_per_epoch``, ``padded_tokens_per_epoch``,
@@ -466,15 +575,18 @@ def estimate_cost(
     world = int(os.environ.get("WORLD_SIZE", "1"))
     epochs = float(sft.get("num_train_epochs", 3.0))
     max_steps = cfg.smoke_test_steps if smoke_test else int(sft.get("max_steps", -1))
+    packing = packed and bool(sft.get("packing"))
+    rows = packed_rows(lengths, max_length) if packing else len(lengths)
     steps, per_epoch = optimizer_steps(
-        len(lengths),
+        rows,
         batch_size=batch,
         accumulation=accumulation,
         world_size=world,
         epochs=epochs,
         max_steps=max_steps,
     )
-    real, padded = sum(lengths), padded_tokens(lengths, batch)
+    real = sum(lengths)
+    padded = real if packed else padded_tokens(lengths, batch)
     left = max(steps - done_steps, 0)
     tokens = padded * left / per_epoch
     checkpointing = activation_checkpointing(cfg)
@@ -486,10 +598,16 @@ def estimate_cost(
         else f"{epochs:g} epoch{'' if epochs == 1 else 's'} of {per_epoch:,}"
     )
     resumed = f", {done_steps:,} done" if done_steps else ""
+    of = (
+        f" packed rows: {len(lengths):,} examples in {rows:,} rows of up to {max_length:,} tokens"
+        if packing
+        else ""
+    )
+    padding = "padding-free" if packed else f"~{_si(padded)} with padding"
     line = (
         f"~{steps:,} optimizer steps ({how}; batch {batch} x accumulation {accumulation} x "
-        f"{world} process{'es' if world > 1 else ''}{resumed}), ~{_si(real)} tokens/epoch "
-        f"(~{_si(padded)} with padding)"
+        f"{world} process{'es' if world > 1 else ''}{of}{resumed}), ~{_si(real)} tokens/epoch "
+        f"({padding})"
     )
     out: dict[str, Any] = {"steps": steps, "steps_per_epoch": per_epoch,
                            "tokens_per_epoch": real, "padded_tokens_per_epoch": padded,
@@ -666,13 +784,17 @@ def _train(
     config_path: Path | None,
 ) -> dict[str, Any]:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
+    from transformers import AutoTokenizer, TrainerState
 
     from charlie.training.trainer import SFTTrainer, use_fused_lm_head
 
     check_sft_keys(cfg)  # a typo in a TRL key: before minutes of loading a large model
     started = dt.datetime.now(dt.UTC)
     cuda = torch.cuda.is_available()
+    compute_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    # A flash kernel the config names but this machine lacks: before the data and the weights.
+    attention = choose_attention(cfg, cuda=cuda, half=compute_dtype != torch.float32,
+                                 installed=installed_attention())  # fmt: skip
     do_merge = merge if merge is not None else cfg.merge
     if do_merge and cfg.method == "full":  # before training, and on every rank alike
         raise CharlieError(FULL_MERGE)
@@ -719,7 +841,8 @@ def _train(
     if _rank() == 0:
         cost = estimate_cost(cfg, lengths["train"], max_length=max_length,
                              vocab_size=len(tokenizer), smoke_test=smoke_test,
-                             done_steps=_done_steps(resume_from), cuda=cuda)  # fmt: skip
+                             done_steps=_done_steps(resume_from), cuda=cuda,
+                             packed=attention.packing)  # fmt: skip
         log.info("cost: %s", cost["line"])
 
     # ------------------------------------------------------------------ load model
@@ -729,19 +852,10 @@ def _train(
     seed_everything(cfg)
     # Before SFTConfig: with a ZeRO-3 config, building TrainingArguments turns zero.Init on
     # process-wide, and the model must not be loaded through it here.
-    compute_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
     quantization = get_quantization_config(cfg, compute_dtype)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            cfg.base_model,
-            dtype=compute_dtype,
-            quantization_config=quantization,
-            trust_remote_code=cfg.trust_remote_code,
-        )
-    except OSError as exc:
-        raise CharlieError(
-            f"cannot load the base model {cfg.base_model!r}: {str(exc).splitlines()[0]}"
-        ) from None
+    model = load_training_model(cfg, attention, dtype=compute_dtype, quantization=quantization)
+    attends = model.config._attn_implementation
+    log.info("attention: %s (%s)", attends, attention.reason)
     base_rows = model.get_input_embeddings().num_embeddings
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -766,7 +880,7 @@ def _train(
         "TENSORBOARD_LOGGING_DIR", str(tensorboard_dir(cfg, config_path, started))
     )
     args = sft_arguments(cfg, cuda=cuda, smoke_test=smoke_test, report_to=_report_to(cfg),
-                         max_length=max_length)  # fmt: skip
+                         max_length=max_length, attn_implementation=attends)  # fmt: skip
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -904,7 +1018,7 @@ def merge_adapter(cfg: TrainConfig, tokenizer: Any) -> Path:
     The base is reloaded unquantised (a 4-bit base cannot absorb the adapter exactly) and
     resized before the adapter loads, so the result opens with plain AutoModelForCausalLM.
     """
-    out = cfg.output_dir / "merged"
+    out = cfg.output_dir / models.MERGED
     if cfg.method == "full":
         raise CharlieError(FULL_MERGE)
     merged = models.merge_adapter(
@@ -915,5 +1029,6 @@ def merge_adapter(cfg: TrainConfig, tokenizer: Any) -> Path:
     )
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    models.record_merge(cfg.output_dir, out)  # evaluation loads this copy instead of merging
     copy_tokenize_report(cfg.dataset_dir, out)
     return out
