@@ -204,8 +204,8 @@ def test_parsed_flags_override_params_and_errors_name_the_flag(tmp_path):
     params = load_params(args, env={})
     assert params.parse.input_dir == "from-flag" and params.parse.strict is True
     add_flags(parser, SampleParams, "sample", ["tickers"])
-    args = parser.parse_args(["--params", str(path), "--tickers", "99"])
-    with pytest.raises(ConfigError, match=r"^--tickers: 'sample.tickers' = 99 is not allowed"):
+    args = parser.parse_args(["--params", str(path), "--tickers", "0"])
+    with pytest.raises(ConfigError, match=r"^--tickers: 'sample.tickers' = 0 is not allowed"):
         load_params(args, env={})
 
 

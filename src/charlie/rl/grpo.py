@@ -151,6 +151,20 @@ def train(
         resume: None: from the newest complete checkpoint when there is one; True: it must
             exist; False: start over.
     """
+    from charlie.training import sft
+
+    with sft.process_settings_restored():  # threads, TensorBoard's run dir: the caller's again
+        return _train(cfg, prices, strategy, config_path=config_path, resume=resume)
+
+
+def _train(
+    cfg: GRPOTrainConfig,
+    prices: dict[str, pd.DataFrame],
+    strategy: Any,
+    *,
+    config_path: Path | None,
+    resume: bool | None,
+) -> dict[str, Any]:
     import torch
     from peft import LoraConfig
     from transformers import set_seed

@@ -360,7 +360,7 @@ def seed_everything(cfg: TrainConfig) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _process_settings_restored() -> Iterator[None]:
+def process_settings_restored() -> Iterator[None]:
     """Put back what training sets process-wide (threads, deterministic algorithms, the
     TensorBoard run directory) afterwards.
 
@@ -770,7 +770,7 @@ def train(
     Returns:
         The final metrics.
     """
-    with _process_settings_restored():
+    with process_settings_restored():
         return _train(cfg, smoke_test=smoke_test, resume=resume, merge=merge,
                       config_path=config_path)  # fmt: skip
 
