@@ -1,7 +1,7 @@
 """Align the SFT model with trading rewards: TRL GRPOTrainer, a new LoRA adapter (Phase 2).
 
-    charlie grpo --config configs/grpo_tiny_cpu.yaml           # the CPU demo
-    charlie grpo --config configs/grpo_llama3_8b_vllm.yaml     # one GPU node, vLLM colocated
+    charlie grpo --config configs/grpo_tiny_cpu.yaml           # the CPU demo (dvc repro)
+    charlie grpo --config FILE --sft-model checkpoints/my-run --no-resume
 
 Each episode is a prompt of the dataset's train split (a point-in-time snapshot) with the
 outcome its action will earn: the executable return over `horizon` trading days (decided at the
