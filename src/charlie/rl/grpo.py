@@ -20,6 +20,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,7 @@ def _train(
 ) -> dict[str, Any]:
     import torch
     from peft import LoraConfig
-    from transformers import set_seed
+    from transformers import PrinterCallback, set_seed
     from trl import GRPOTrainer
 
     from charlie.training import sft
@@ -220,19 +221,16 @@ def _train(
                                target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM"),
         callbacks=[LogLines()],
     )  # fmt: skip
-    from transformers import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(PrinterCallback)  # LogLines says it, in Charlie's words
     before = {} if resume_from else _prefixed(trainer.evaluate(), "before_")
     result = trainer.train(resume_from_checkpoint=resume_from)
     after = sft.final_eval_metrics(trainer)  # the last step's evaluation, when one ran there
 
     trainer.save_model(str(cfg.output_dir))  # the GRPO adapter, on the SFT model
     tokenizer.save_pretrained(str(cfg.output_dir))
-    for name in (REPORT,):  # evaluate's budget: the SFT model's completion lengths
-        source = Path(cfg.sft_model) / name
-        if source.is_file():
-            (cfg.output_dir / name).write_bytes(source.read_bytes())
+    report_file = Path(cfg.sft_model) / REPORT  # evaluate's budget: the SFT completion lengths
+    if report_file.is_file():
+        shutil.copy2(report_file, cfg.output_dir / REPORT)
     metrics = {**result.metrics, **before, **after, "global_step": trainer.state.global_step,
                "episodes": report}  # fmt: skip
     if cfg.merge:
@@ -260,9 +258,8 @@ def _merge(trainer: Any, tokenizer: Any, cfg: GRPOTrainConfig) -> Path:
     merged.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     models.record_merge(cfg.output_dir, out)
-    report = cfg.output_dir / "tokenize_report.json"
-    if report.is_file():
-        (out / report.name).write_bytes(report.read_bytes())
+    if (cfg.output_dir / REPORT).is_file():
+        shutil.copy2(cfg.output_dir / REPORT, out / REPORT)
     return out
 
 
