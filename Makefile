@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install browser demo test lint format sample bench lock pipeline manifests images clean
+.PHONY: help install browser demo test lint format sample bench gpu-wheels lock pipeline manifests images clean
 
 REGISTRY ?= ghcr.io/charlie-mlops
 TAG      ?= 0.1.0
@@ -39,6 +39,8 @@ demo: install  ## run the whole pipeline on the bundled sample (dvc repro)
 	@echo "  checkpoints/grpo               Phase 2: the GRPO adapter on the SFT model, rewards.csv, grpo_headline.json"
 	@echo "  results/eval_summary.md        accuracy, trades and baselines (+ eval_metrics.json, confusion_matrix.png)"
 	@echo "  backtests/baseline_report.html the tear sheet: model vs baselines, portfolio vs benchmarks, after costs"
+	@echo "  results/grpo/, backtests/grpo/ the same for the GRPO model, on the same test rows"
+	@echo "  results/compare/comparison.md  GRPO against SFT: paired intervals and tests, one verdict (+ comparison.png)"
 	@echo "  charlie card                   copies checkpoints/sft to dist/sft with a complete model card (for the hub)"
 	@echo "  logs/                          one log file per stage run"
 
@@ -86,6 +88,23 @@ bench: install  ## run the benchmarks (figures and ratios on stdout)
 	python benchmarks/bench_train.py
 	python benchmarks/bench_generate.py   # the demo's model and test split: run `make demo` first
 	python benchmarks/bench_backtest.py   # vectorbt side by side when installed: pip install -e '.[bench]'
+
+# The wheels benchmarks/gpu_check.sh installs on a lent GPU machine (its Python 3.12 has torch,
+# transformers, peft and accelerate, and no registry): the packages bench_gpu.py --pins names,
+# at constraints.txt's pins, and a DeepSpeed wheel built here (PyPI has its source only).
+# bitsandbytes is slimmed to its CPU and CUDA $(GPU_BNB_CUDA).x libraries; the total is printed
+# against the 64 MiB a device run carries. Carry the folder: `bash benchmarks/gpu_check.sh`.
+GPU_WHEELS   := .gpu-wheels
+GPU_BNB_CUDA ?= 13
+gpu-wheels: install  ## wheels for benchmarks/gpu_check.sh on a lent GPU machine (.gpu-wheels/)
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(BIN)/pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+	  --python-version 3.12 --implementation cp --platform manylinux2014_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux_2_24_x86_64 \
+	  --platform manylinux_2_28_x86_64 -d $(GPU_WHEELS) $$($(BIN)/python benchmarks/bench_gpu.py --pins)
+	$(BIN)/pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+	  -w $(GPU_WHEELS) $$(grep '^deepspeed==' constraints.txt)
+	$(BIN)/python benchmarks/bench_gpu.py --wheels $(GPU_WHEELS) --bnb-cuda $(GPU_BNB_CUDA)
 
 lock:  ## re-resolve the newest allowed versions into constraints.txt
 	rm -rf .venv-lock

@@ -34,6 +34,7 @@ import os
 from pathlib import Path
 
 from components.backtest.component import backtest
+from components.compare.component import compare
 from components.dataset.component import dataset
 from components.evaluate.component import evaluate
 from components.fetch_model.component import fetch_model
@@ -97,6 +98,14 @@ def _s3(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 def _cache(task: dsl.PipelineTask, cache_pvc: str) -> dsl.PipelineTask:
     kubernetes.mount_pvc(task, pvc_name=cache_pvc, mount_path=CACHE_MOUNT)
+    return task
+
+
+def _priced(task: dsl.PipelineTask, cache_pvc: str) -> dsl.PipelineTask:
+    """A step that reads prices: an s3:// folder, or the EODHD API with its parquet cache on the
+    volume (dataset, evaluate, backtest; grpo's GPU pod mounts the volume already)."""
+    _cache(_s3(task), cache_pvc)
+    kubernetes.use_secret_as_env(task, EODHD_SECRET, {"api_key": "EODHD_API_KEY"}, optional=True)
     return task
 
 
@@ -164,10 +173,9 @@ def sft_pipeline(
         test_end=test_end,
         **prices,
     )
-    _cache(_s3(_cpu(data, "2", "4Gi")), cache_pvc).set_caching_options(True)
+    _priced(_cpu(data, "2", "4Gi"), cache_pvc).set_caching_options(True)
     data.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0,
                    backoff_max_duration="600s")  # fmt: skip
-    kubernetes.use_secret_as_env(data, EODHD_SECRET, {"api_key": "EODHD_API_KEY"}, optional=True)
 
     with dsl.If(base_model == "tiny", name="demo-model"):
         tiny = init_model(sft_dataset=data.outputs["sft_dataset"])
@@ -226,6 +234,24 @@ def sft_pipeline(
         kubernetes.set_timeout(job, TRAIN_TIMEOUT_S + 3600)
     trained_model = dsl.OneOf(trained.outputs["model"], job.outputs["model"])
 
+    scored = evaluate(
+        model=trained_model,
+        sft_dataset=data.outputs["sft_dataset"],
+        eval_config=eval_config,
+        split=eval_split,
+        limit=eval_limit,
+        **prices,
+    )
+    _priced(_cpu(scored, "4", "16Gi"), cache_pvc).set_caching_options(True)
+
+    book = backtest(
+        results=scored.outputs["results"],
+        backtest_config=backtest_config,
+        force=force_backtest,
+        **prices,
+    )
+    _priced(_cpu(book, "1", "4Gi"), cache_pvc).set_caching_options(True)
+
     with dsl.If(run_grpo == True, name="grpo"):  # noqa: E712  (a KFP condition, not a bool)
         aligned = grpo(
             config=grpo_config,
@@ -241,23 +267,31 @@ def sft_pipeline(
         kubernetes.use_secret_as_env(aligned, EODHD_SECRET, {"api_key": "EODHD_API_KEY"},
                                      optional=True)  # fmt: skip
 
-    scored = evaluate(
-        model=trained_model,
-        sft_dataset=data.outputs["sft_dataset"],
-        eval_config=eval_config,
-        split=eval_split,
-        limit=eval_limit,
-    )
-    _cpu(scored, "4", "16Gi").set_caching_options(True)
-
-    book = backtest(
-        results=scored.outputs["results"],
-        backtest_config=backtest_config,
-        force=force_backtest,
-        **prices,
-    )
-    _cache(_s3(_cpu(book, "1", "4Gi")), cache_pvc).set_caching_options(True)
-    kubernetes.use_secret_as_env(book, EODHD_SECRET, {"api_key": "EODHD_API_KEY"}, optional=True)
+        # The GRPO model on the same rows as the SFT model, then both side by side.
+        scored_grpo = evaluate(
+            model=aligned.outputs["model"],
+            sft_dataset=data.outputs["sft_dataset"],
+            eval_config=eval_config,
+            split=eval_split,
+            limit=eval_limit,
+            **prices,
+        ).set_display_name("evaluate-grpo")
+        _priced(_cpu(scored_grpo, "4", "16Gi"), cache_pvc).set_caching_options(True)
+        book_grpo = backtest(
+            results=scored_grpo.outputs["results"],
+            backtest_config=backtest_config,
+            force=force_backtest,
+            **prices,
+        ).set_display_name("backtest-grpo")
+        _priced(_cpu(book_grpo, "1", "4Gi"), cache_pvc).set_caching_options(True)
+        compared = compare(
+            baseline_results=scored.outputs["results"],
+            candidate_results=scored_grpo.outputs["results"],
+            baseline_portfolio=book.outputs["portfolio"],
+            candidate_portfolio=book_grpo.outputs["portfolio"],
+            eval_config=eval_config,
+        )
+        _cpu(compared, "1", "2Gi").set_caching_options(True)
 
 
 if __name__ == "__main__":

@@ -128,11 +128,11 @@ def test_switching_train_config_alone_keeps_dvc_repro_whole(fresh_clone):
     params["evaluate"]["config"] = "configs/eval_quick.yaml"
     (fresh_clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    output = run(["dvc", "repro", "evaluate"], fresh_clone)
-    assert "Running stage 'evaluate'" in output
+    output = run(["dvc", "repro", "evaluate@sft"], fresh_clone)
+    assert "Running stage 'evaluate@sft'" in output
     model = fresh_clone / params["train"]["output_dir"]
     assert (model / "adapter_config.json").is_file() and (model / "manifest.json").is_file()
     assert not (fresh_clone / "checkpoints/my-run").exists()
     metrics = json.loads((fresh_clone / "results/eval_metrics.json").read_text())
     assert metrics["classification"]["n"] > 0
-    assert "up to date" in run(["dvc", "status", "evaluate"], fresh_clone)
+    assert "up to date" in run(["dvc", "status", "evaluate@sft"], fresh_clone)

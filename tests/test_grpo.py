@@ -17,7 +17,7 @@ from charlie.errors import CharlieError
 from charlie.rl import grpo
 from charlie.rl.config import GRPOTrainConfig
 
-from .conftest import SAMPLES
+from .conftest import REPO, SAMPLES
 from .test_evaluate import trained  # noqa: F401  (the module's SFT model fixture)
 
 PURGED = core.SplitSpec(dt.date(2023, 10, 24), dt.date(2024, 12, 31), 60, dt.date(2025, 1, 1),
@@ -70,6 +70,30 @@ def test_the_arguments_follow_the_config_and_the_hardware(tmp_path):
     assert off.shuffle_dataset
     with pytest.raises(CharlieError, match="use_vllm needs a CUDA device"):
         grpo.grpo_arguments(config(tmp_path, tmp_path, use_vllm=True), cuda=False)
+
+
+def test_the_8b_gpu_config_loads_and_hands_vllm_the_stop_tokens():
+    """configs/grpo_llama3_8b_vllm_1gpu.yaml cannot run here (CUDA, vLLM); its keys and its
+    trl.GRPOConfig are checked as far as a CPU allows (bf16 is validated on the GPU only)."""
+    import yaml
+
+    from charlie.config import load_config
+
+    path = REPO / "configs/grpo_llama3_8b_vllm_1gpu.yaml"
+    cfg = load_config(path, GRPOTrainConfig)
+    grpo.check_grpo_keys(cfg)
+    assert cfg.grpo_args["use_vllm"] and cfg.grpo_args["vllm_mode"] == "colocate"
+    assert cfg.grpo_args["bf16"] and cfg.curriculum
+    with pytest.raises(CharlieError, match="use_vllm needs a CUDA device"):
+        grpo.grpo_arguments(cfg, cuda=False)
+    settings = {**yaml.safe_load(path.read_text()), "bf16": False}
+    args = grpo.grpo_arguments(GRPOTrainConfig.model_validate(settings), cuda=True,
+                               stop_ids=[7, 9])  # fmt: skip
+    assert args.use_vllm and args.vllm_mode == "colocate"
+    assert args.generation_kwargs == {"stop_token_ids": [7, 9]}
+    # each optimizer step's completions divide into whole groups
+    assert args.generation_batch_size % args.num_generations == 0
+    assert args.per_device_train_batch_size % args.num_generations == 0
 
 
 def test_the_cost_is_the_backtest_configs_round_trip(tmp_path):

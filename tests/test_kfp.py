@@ -18,8 +18,10 @@ from tests.kfp_harness import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_YAML = ROOT / package.PIPELINE_YAML
-STAGES = ["parse", "dataset", "init-model", "tokenize", "train", "grpo", "evaluate", "backtest"]
-STEPS = [*STAGES, "fetch-model", "plan", "train-job"]  # every executor: stages + cluster steps
+STAGES = ["parse", "dataset", "init-model", "tokenize", "train", "grpo", "evaluate", "backtest",
+          "compare"]  # fmt: skip
+REPEATS = {"evaluate-2": "evaluate", "backtest-2": "backtest"}  # the GRPO model's, under run_grpo
+STEPS = [*STAGES, *REPEATS, "fetch-model", "plan", "train-job"]  # every executor
 GPU_STEPS = {"train", "grpo"}  # the trainers: GPU pool, volume, shm, never cached
 NEVER_CACHED = {
     "train",
@@ -76,7 +78,7 @@ def test_every_stage_runs_its_charlie_command_on_the_pinned_image(compiled):
         container = executors[f"exec-{stage}"]["container"]
         command = container["command"]
         program = "charlie.cli" if stage == "train" else "charlie"  # train: under DeepSpeed
-        assert command[command.index(program) + 1] == stage
+        assert command[command.index(program) + 1] == REPEATS.get(stage, stage)
         assert container["image"] == (CUDA_IMAGE if stage in GPU_STEPS else CPU_IMAGE)
         assert container["image"].rsplit(":", 1)[1] not in ("", "latest")
         assert container["resources"]["resourceCpuRequest"]
@@ -178,6 +180,7 @@ def test_results_reach_the_kfp_ui_as_typed_artifacts(compiled):
         "evaluate": {"metrics": "system.Metrics", "summary": "system.Markdown",
                      "confusion_matrix": "system.ClassificationMetrics"},
         "backtest": {"metrics": "system.Metrics", "report": "system.HTML"},
+        "compare": {"metrics": "system.Metrics", "summary": "system.Markdown"},
     }  # fmt: skip
     for stage, outputs in ui.items():
         args = executors[f"exec-{stage}"]["container"]["args"]
@@ -204,11 +207,13 @@ def test_secrets_come_from_kubernetes_secrets_only(compiled):
     assert envs == {
         "parse": s3,  # theses from object storage or a DVC remote
         "dataset": {**s3, **eodhd},  # prices: an s3:// folder, or the EODHD API
+        "evaluate": {**s3, **eodhd},  # the forward returns' prices, as the backtest reads them
         "backtest": {**s3, **eodhd},
+        "evaluate-2": {**s3, **eodhd}, "backtest-2": {**s3, **eodhd},
         "fetch-model": {**s3, **hf},  # a gated hub model, or an s3:// model folder
         "train": {**s3, **hf},
         "grpo": {**s3, **hf, **eodhd},  # the rewards' prices, as the backtest reads them
-        "init-model": {}, "tokenize": {}, "plan": {}, "evaluate": {},
+        "init-model": {}, "tokenize": {}, "plan": {}, "compare": {},
         "train-job": {},  # its TrainJob's nodes read the Secrets by name, not this pod
     }  # fmt: skip
     text = PIPELINE_YAML.read_text(encoding="utf-8")
@@ -222,10 +227,11 @@ def test_the_cache_volume_is_mounted_where_data_persists_across_runs(compiled):
               for s in STEPS}  # fmt: skip
     on_volume = {s for s, paths in mounts.items() if paths}
     # price answers, downloaded base models, checkpoints and TrainJob inputs outlive a pod
-    assert on_volume == {"dataset", "backtest", "fetch-model", "train", "grpo", "train-job"}
+    assert on_volume == {"dataset", "evaluate", "backtest", "evaluate-2", "backtest-2",
+                         "fetch-model", "train", "grpo", "train-job"}  # fmt: skip
     assert all(paths == ["/mnt/charlie-cache"] for s, paths in mounts.items() if paths)
     executors = pipeline["deploymentSpec"]["executors"]
-    for stage in ("dataset", "backtest", "grpo"):
+    for stage in ("dataset", "evaluate", "backtest", "grpo", "evaluate-2", "backtest-2"):
         args = executors[f"exec-{stage}"]["container"]["args"]
         assert args[args.index("--price-cache-dir") + 1].startswith("{{$.inputs.parameters")
     tasks = _tasks(pipeline)
@@ -368,7 +374,8 @@ def test_the_compiled_pipeline_runs_on_the_host(tmp_path):
     _timings(runs)
 
     assert list(runs) == ["parse", "dataset", "init-model", "tokenize", "plan", "train",
-                          "grpo", "evaluate", "backtest"]  # fmt: skip
+                          "evaluate", "backtest", "grpo", "evaluate-2", "backtest-2",
+                          "compare"]  # fmt: skip
     assert set(runs.skipped) == {"fetch-model", "train-job"}  # the demo: tiny model, one node
     plan_md = (runs["plan"].outputs["report"] / "plan.md").read_text()
     assert "no GPU memory to check" in plan_md and runs["plan"].metadata["metrics"]["fits"] == 1
@@ -391,6 +398,22 @@ def test_the_compiled_pipeline_runs_on_the_host(tmp_path):
     assert meta_steps(runs["grpo"]) == 1
     assert (out["evaluate"]["results"] / "eval_metrics.json").is_file()
     assert (out["backtest"]["portfolio"] / "baseline_report.html").is_file()
+    # the GRPO model is evaluated and backtested on the same rows, then compared with SFT's
+    assert runs["evaluate-2"].inputs["model"] == out["grpo"]["model"]
+    assert runs["backtest-2"].inputs["results"] == out["evaluate-2"]["results"]
+    assert {k: v for k, v in runs["compare"].inputs.items() if k != "eval_config"} == {
+        "baseline_results": out["evaluate"]["results"],
+        "candidate_results": out["evaluate-2"]["results"],
+        "baseline_portfolio": out["backtest"]["portfolio"],
+        "candidate_portfolio": out["backtest-2"]["portfolio"],
+    }
+    compared = json.loads((out["compare"]["comparison"] / "comparison.json").read_text())
+    assert compared["evaluation"]["rows"] == 16
+    assert set(compared["evaluation"]["models"]) == {"sft", "grpo"}
+    assert runs["compare"].metadata["metrics"]["sft_accuracy"] == (
+        compared["evaluation"]["models"]["sft"]["classification"]["accuracy"]
+    )
+    assert out["compare"]["summary"].read_text().startswith("# grpo against sft")
 
     # A retried train attempt resumes from the run's checkpoints on the PVC.
     checkpoints = tmp_path / "pvc" / "charlie-cache" / "checkpoints" / job

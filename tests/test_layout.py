@@ -15,7 +15,7 @@ import copy
 import posixpath
 import re
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -306,8 +306,7 @@ def missing_deps(dvc_text: str, repo: Path = REPO) -> dict[str, list[str]]:
     context = interpolation_context(dvc, repo)
     modules = discover_modules(repo)
     missing = {}
-    for name, stage in dvc["stages"].items():
-        stage_context = load_vars(stage.get("vars") or [], repo, context)
+    for name, stage, stage_context in expanded_stages(dvc, repo, context):
         deps = [
             posixpath.normpath(interpolate(dep, stage_context)) for dep in stage.get("deps") or []
         ]
@@ -316,6 +315,22 @@ def missing_deps(dvc_text: str, repo: Path = REPO) -> dict[str, list[str]]:
         if absent := [file for file in files if not covered(file, deps)]:
             missing[name] = absent
     return missing
+
+
+def expanded_stages(dvc: dict, repo: Path, context: dict) -> Iterator[tuple[str, dict, dict]]:
+    """(name, stage, interpolation context) per DVC stage, a ``foreach`` stage once per item
+    (``evaluate@sft``), its ``${item...}`` resolved as DVC resolves them."""
+    for name, stage in dvc["stages"].items():
+        stage_context = load_vars(stage.get("vars") or [], repo, context)
+        if "foreach" not in stage:
+            yield name, stage, stage_context
+            continue
+        items = stage["foreach"]
+        pairs = items.items() if isinstance(items, dict) else ((str(i), i) for i in items)
+        for key, item in pairs:
+            if isinstance(item, dict):
+                item = {k: interpolate(str(v), stage_context) for k, v in item.items()}
+            yield f"{name}@{key}", stage["do"], {**stage_context, "item": item, "key": key}
 
 
 def _paste_ready(missing: dict[str, list[str]]) -> str:

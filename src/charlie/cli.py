@@ -33,6 +33,7 @@ STAGES: dict[str, str] = {
     "grpo": "align the SFT model with trading rewards: TRL GRPOTrainer + LoRA (Phase 2)",
     "evaluate": "generate theses for a split and score them against baselines",
     "backtest": "simulate the predictions as a cost-aware daily portfolio, with an HTML report",
+    "compare": "two models side by side on the same rows (SFT vs GRPO), with paired tests",
     "submit": "upload the compiled pipeline to Kubeflow Pipelines and start (and follow) a run",
     "plan": "estimate per-GPU memory of a training config and say whether it fits",
     "fetch-model": "bring a hub or object-store base model onto the cache volume (Kubeflow)",

@@ -357,6 +357,43 @@ class BacktestParams(Section):
     )
 
 
+class CompareParams(Section):
+    """``charlie compare``: two models' evaluations (and backtests) on the same rows."""
+
+    config: Path = Field(
+        Path("configs/eval_config.yaml"),
+        description="The eval config: forward windows, bootstrap settings and the strategy.",
+    )
+    baseline: str = Field("sft", min_length=1, description="The baseline model's name.")
+    candidate: str = Field("grpo", min_length=1, description="The candidate model's name.")
+    baseline_eval: Path = Field(
+        Path("results/eval_results.csv"), description="The baseline's eval_results.csv."
+    )
+    candidate_eval: Path = Field(
+        Path("results/grpo/eval_results.csv"), description="The candidate's eval_results.csv."
+    )
+    baseline_backtest: Path | None = Field(
+        Path("backtests/baseline.csv"),
+        description="The baseline's backtest daily CSV (null or '': the evaluations only).",
+    )
+    candidate_backtest: Path | None = Field(
+        Path("backtests/grpo/baseline.csv"),
+        description="The candidate's backtest daily CSV (null or '': the evaluations only).",
+    )
+
+    @field_validator("baseline_backtest", "candidate_backtest", mode="before")
+    @classmethod
+    def _no_backtest(cls, value: object) -> object:
+        """``--candidate-backtest ''`` (or null) as a flag says none, as null does in YAML."""
+        return None if isinstance(value, str) and value.strip().lower() in ("", "null") else value
+
+    out: Path = Field(
+        Path("results/compare/comparison.md"),
+        description="The report; comparison.json, compare_headline.json and the equity plot "
+        "go beside it.",
+    )
+
+
 def train_settings(params: Params) -> dict[str, tuple[Any, str]]:
     """What params.yaml's ``train`` section sets in the training config (see TrainParams)."""
     return {key: (getattr(params.train, key), f"params.yaml train.{key}")
@@ -380,6 +417,7 @@ class Params(Section):
     grpo: GRPOParams = GRPOParams()
     evaluate: EvaluateParams = EvaluateParams()
     backtest: BacktestParams = BacktestParams()
+    compare: CompareParams = CompareParams()
 
 
 def _seed_aliases() -> dict[str, tuple[str, ...]]:

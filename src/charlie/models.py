@@ -138,8 +138,10 @@ def load_for_inference(model_dir: Path | str) -> tuple[Any, Any]:
 
     An adapter loads as its ``merged/`` copy when :func:`current_merge` vouches for it (the
     same weights, bit for bit, without importing PEFT or merging: seconds of every evaluate
-    run), and is merged on load otherwise.
+    run), and is merged on load otherwise. With a CUDA device the model is moved there in bf16
+    (fp16 where the GPU has no bf16): :func:`inference_placement`.
     """
+    import torch
     from transformers import AutoTokenizer
 
     model_dir = Path(model_dir)
@@ -147,7 +149,26 @@ def load_for_inference(model_dir: Path | str) -> tuple[Any, Any]:
         merged = current_merge(model_dir)
         if merged is None:
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-            return merge_adapter(model_dir, len(tokenizer)), tokenizer
+            model = merge_adapter(model_dir, len(tokenizer))
+            return _placed(model, torch), tokenizer
         model_dir = merged
     model = load_model_dir(model_dir)
-    return model, AutoTokenizer.from_pretrained(str(model_dir))
+    return _placed(model, torch), AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def inference_placement(cuda: bool, bf16: bool) -> tuple[str, str | None]:
+    """Where an inference model goes: ``("cuda", "bfloat16")`` on a GPU that has bf16, else
+    ``("cuda", "float16")``; ``("cpu", None)`` without one (the weights' own dtype)."""
+    if not cuda:
+        return "cpu", None
+    return "cuda", "bfloat16" if bf16 else "float16"
+
+
+def _placed(model: Any, torch: Any) -> Any:
+    """``model`` on the GPU in half precision when there is one (evaluate and GRPO generate
+    there: an 8B model on the CPU in fp32 is hours per split), untouched on the CPU."""
+    cuda = torch.cuda.is_available()
+    device, dtype = inference_placement(cuda, cuda and torch.cuda.is_bf16_supported())
+    if device == "cpu":
+        return model
+    return model.to(device=device, dtype=getattr(torch, dtype))

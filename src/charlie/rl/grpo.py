@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +59,22 @@ def check_grpo_keys(cfg: GRPOTrainConfig) -> None:
                             target="trl.GRPOConfig", see="configs/grpo_tiny_cpu.yaml")  # fmt: skip
 
 
-def grpo_arguments(cfg: GRPOTrainConfig, *, cuda: bool) -> Any:
-    """TRL's GRPOConfig from the file's pass-through keys, adapted to the hardware."""
+def grpo_arguments(
+    cfg: GRPOTrainConfig, *, cuda: bool, stop_ids: Sequence[int] | None = None
+) -> Any:
+    """TRL's GRPOConfig from the file's pass-through keys, adapted to the hardware.
+
+    ``stop_ids`` (the thesis's stop tokens) reach vLLM's sampling as ``stop_token_ids``, since
+    vLLM does not read the policy's generation config as transformers' ``generate`` does; a
+    ``generation_kwargs`` of the file's own wins.
+    """
     from trl import GRPOConfig
 
     check_grpo_keys(cfg)
     args = dict(cfg.grpo_args)
+    if args.get("use_vllm") and stop_ids:
+        args["generation_kwargs"] = {"stop_token_ids": list(stop_ids),
+                                     **(args.get("generation_kwargs") or {})}  # fmt: skip
     if not cuda:
         if args.get("bf16") or args.get("fp16"):
             log.warning("no CUDA device: GRPO in fp32 on the CPU instead of bf16/fp16")
@@ -207,7 +218,7 @@ def _train(
     tokenizer.padding_side = "left"
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR",
                           str(checkpoints / "runs" / f"{_name(cfg, config_path)}-{started:%Y%m%d-%H%M%S}"))  # fmt: skip
-    args = grpo_arguments(cfg, cuda=cuda)
+    args = grpo_arguments(cfg, cuda=cuda, stop_ids=model.generation_config.eos_token_id)
     spec = reward_spec(cfg, strategy)
     trainer = GRPOTrainer(
         model=model,

@@ -22,7 +22,8 @@ by default): each action's units from its action_units (shorts only with allow_s
 UNPARSEABLE 0 units per row). The headline return is executable: decided at the close of t,
 bought at the next open, adj_close(t+h)/adj_open(t+1) - 1 (exec_ret_<h>); close-to-close
 adj_close(t+h)/adj_close(t) - 1 (fwd_ret_<h>) is reported beside it. Both run over the ticker's
-trading days, NaN past the data (counted). Prices come from params.yaml's `prices` section.
+trading days, NaN past the data (counted). Prices come from params.yaml's `prices` section, or
+the --price-providers, --price-dir and --price-cache-dir flags (as `charlie backtest --help`).
 
 max_new_tokens: auto (the default) takes the completion lengths of tokenize_report.json in
 --model-dir (or its parent for <output_dir>/merged): max(ceil(p99 x (1 + margin)), max), capped
@@ -42,7 +43,16 @@ import argparse
 import functools
 import logging
 
-from charlie.config import CONFIG, EvaluateParams, add_flags, load_config, load_params, positive
+from charlie.config import (
+    CONFIG,
+    PRICE_FLAGS,
+    EvaluateParams,
+    PricesParams,
+    add_flags,
+    load_config,
+    load_params,
+    positive,
+)
 from charlie.errors import CharlieError, QualityGateError
 from charlie.evaluation import budget, core
 from charlie.evaluation.config import EvalConfig
@@ -60,9 +70,10 @@ log = logging.getLogger("charlie.evaluate")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The eval config file (params.yaml's `evaluate.config`) and overrides of its keys."""
+    """The eval config file (params.yaml's `evaluate.config`), overrides of its keys, prices."""
     add_flags(parser, EvaluateParams, "evaluate")
     add_flags(parser, EvalConfig, CONFIG)
+    add_flags(parser, PricesParams, "prices", PRICE_FLAGS)
     parser.add_argument(
         "--limit", type=positive, help="evaluate the first N rows only (a quick look)"
     )
