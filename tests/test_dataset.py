@@ -410,3 +410,72 @@ def test_unknown_ticker_is_one_sentence_and_nothing_is_replaced(
 def test_missing_records_file_is_one_sentence(tmp_path, capsys):
     assert run_dataset(tmp_path, tmp_path / "nope.jsonl") == 2
     assert "records file" in capsys.readouterr().err and not Path(tmp_path / "ds").exists()
+
+
+def write_records(path: Path, records, newline=b"\n") -> Path:
+    import orjson
+
+    path.write_bytes(newline.join(orjson.dumps(r) for r in records))  # no final newline
+    return path
+
+
+def test_scanned_records_are_the_records_read_whole(tmp_path):
+    """scan_records: the same records as read_records, in order, whatever the line ends."""
+    from charlie.records import read_records, scan_records
+
+    records = every_day_records(("ACME",))[:5]
+    records[2]["reasoning"] = 'line one\nline two\r\n and a quote " ü'
+    for newline in (b"\n", b"\r\n", b"\r", b"\n\n \n"):
+        path = write_records(tmp_path / "records.jsonl", records, newline)
+        scanned = scan_records(path)
+        assert read_records(path) == records
+        assert len(scanned) == 5 and scanned.uids == [r["uid"] for r in records]
+        assert (scanned.tickers, scanned.dates, scanned.actions) == tuple(
+            [r[k] for r in records] for k in ("ticker", "as_of_date", "action")
+        )
+        assert list(scanned.take([4, 0, 2, 2])) == [records[i] for i in (4, 0, 2, 2)]
+    (tmp_path / "empty.jsonl").write_bytes(b"\n \n")
+    for reader in (read_records, scan_records):
+        with pytest.raises(CharlieError, match="holds no record"):
+            reader(tmp_path / "empty.jsonl")
+        with pytest.raises(CharlieError, match="does not exist; run `charlie parse` first"):
+            reader(tmp_path / "nope.jsonl")
+
+
+def test_tables_from_scanned_records_are_the_tables_from_dicts(tmp_path):
+    """The stage's path (records as columns, text read back from the file) builds the same
+    tables, bar dates, drops and errors as records held as dicts."""
+    from charlie.records import scan_records, wanted_ranges
+
+    records = every_day_records(start=dt.date(2023, 10, 2))
+    records[7]["reasoning"] = "Ünïcode — and\nnewlines"
+    path = write_records(tmp_path / "records.jsonl", records)
+    scanned = scan_records(path)
+    assert wanted_ranges(scanned, 30, 5) == wanted_ranges(records, 30, 5)
+    spec = core.SplitSpec(**{**SPEC.__dict__, "embargo_days": 3, "purge_window": 5})
+    built = core.build_tables(scanned, frames(), spec, drop_outside=True)
+    expected = core.build_tables(records, frames(), spec, drop_outside=True)
+    assert built[1:] == expected[1:] and built[2]["outside"] == 32
+    for split in core.SPLITS:
+        assert built[0][split].equals(expected[0][split])
+    messages = []
+    for source in (scanned, records):
+        with pytest.raises(CharlieError, match=r"^32 records are dated outside") as error:
+            core.build_tables(source, frames(), spec, drop_outside=False)
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize(
+    ("line", "what"),
+    [(b"{not json", "is not JSON"), (b'{"ticker": "ACME"}', "has no 'as_of_date' field"),
+     (b"[1, 2]", "is not a JSON object")],
+)  # fmt: skip
+def test_a_broken_records_line_is_one_sentence_naming_it(tmp_path, line, what):
+    from charlie.records import scan_records
+
+    good = b'{"ticker": "ACME", "as_of_date": "2024-01-02", "uid": "u1", "action": "BUY"}'
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(good + b"\n\n" + line + b"\n")
+    with pytest.raises(CharlieError, match=f"records.jsonl line 3 {what}"):
+        scan_records(path)

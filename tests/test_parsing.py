@@ -1069,3 +1069,40 @@ def test_hostile_and_valid_in_subprocess_with_memory_limit(tmp_path: Path) -> No
     out, elapsed = run_limited(good, lol)
     assert out == {"records": 1, "reasons": ["forbidden_dtd"]}
     assert elapsed < 20
+
+
+def test_a_thesis_off_the_common_shape_reads_as_the_field_loop_reads_it(tmp_path: Path) -> None:
+    """Repeated fields (the first counts), inline markup in a field (its text joined), extra
+    children and padding: the same record, and a reject's excerpt lists the fields in
+    document order."""
+    text = document([]).replace(
+        "</stock-theses>",
+        "  <thesis>\n"
+        "    <note>ignored</note>\n"
+        "    <action>  Strong Buy </action>\n"
+        "    <as-of-date> 2024-01-09 </as-of-date>\n"
+        "    <reasoning>Rates <b>fall</b> soon.</reasoning>\n"
+        "    <action>sell</action>\n"
+        "    <as-of-date>2024-01-10</as-of-date>\n"
+        "  </thesis>\n"
+        "  <thesis>\n"
+        "    <reasoning>r</reasoning><as-of-date>someday</as-of-date><action>buy</action>\n"
+        "    <reasoning>second</reasoning>\n"
+        "  </thesis>\n"
+        "</stock-theses>",
+    )
+    result = parse_files([write(tmp_path / "tsla.xml", text)])
+    (record,) = result.records
+    assert record == {
+        "uid": "TSLA-2024-01-09",
+        "ticker": "TSLA",
+        "as_of_date": "2024-01-09",
+        "action": "STRONG_BUY",
+        "reasoning": "Rates fall soon.",
+        "support": "",
+        "source_file": "tsla.xml",
+        "source_line": 3,
+    }
+    (reject,) = result.rejects
+    assert reject["reason"] == "invalid_date"
+    assert reject["excerpt"] == "reasoning='r' as-of-date='someday' action='buy'"

@@ -37,6 +37,7 @@ from charlie.calendar import DEFAULT as DEFAULT_CALENDAR
 from charlie.calendar import get_calendar
 from charlie.errors import CharlieError
 from charlie.prompts import prompt_text
+from charlie.records import RecordColumns
 from charlie.snapshot import TickerSnapshots
 
 SPLITS = ("train", "validation", "test")
@@ -370,7 +371,7 @@ def check_history(bar_dates: dict[str, dt.date | None], max_share: float) -> Non
 
 
 def build_tables(
-    records: list[dict[str, Any]],
+    records: Sequence[dict[str, Any]] | RecordColumns,
     frames: dict[str, pd.DataFrame],
     spec: SplitSpec,
     *,
@@ -378,15 +379,19 @@ def build_tables(
 ) -> tuple[dict[str, pa.Table], dict[str, dt.date | None], Counter[str]]:
     """Split records and turn each into a prompt/completion row, one Arrow table per split.
 
-    The rows are ordered (chronologically, then by ticker) before any text exists, and each
-    column is then written straight into Arrow from a generator: the prompts and completions
-    are never all held as Python strings beside their Arrow copy, which at hundreds of
-    tickers doubled the stage's memory. Each column is one Arrow chunk, as
-    ``Dataset.from_list`` makes it, so the saved DatasetDict (fingerprint included) is the
-    same as one built from the rows as dicts.
+    The splits are decided from each record's date and ticker alone, and the rows ordered
+    (chronologically, then by ticker) before any text exists; each column is then written
+    straight into Arrow from a generator, and a record's reasoning and support are read only
+    while its completion is written (:class:`~charlie.records.RecordColumns` reads them back
+    from records.jsonl): neither the records nor the prompts and completions are ever all
+    held as Python objects beside their Arrow copy, which at hundreds of tickers doubled the
+    stage's memory and then some. Each column is one Arrow chunk, as ``Dataset.from_list``
+    makes it, so the saved DatasetDict (fingerprint included) is the same as one built from
+    the rows as dicts.
 
     Args:
-        records: Parsed records (``charlie parse``'s contract).
+        records: Parsed records (``charlie parse``'s contract): dicts, or their columns
+            (:func:`charlie.records.scan_records`).
         frames: Ticker to its price bars.
         spec: The split settings.
         drop_outside: Drop records outside every split (counted) instead of failing.
@@ -399,44 +404,54 @@ def build_tables(
     Raises:
         CharlieError: Records outside every split when ``drop_outside`` is false.
     """
+    if not isinstance(records, RecordColumns):
+        records = RecordColumns.from_dicts(records)
+    tickers, dates, uids = records.tickers, records.dates, records.uids
     dropped: Counter[str] = Counter()
-    by_ticker: dict[str, list[tuple[dict[str, Any], str]]] = {}
-    outside = []
-    for record in records:
-        split = assign_split(dt.date.fromisoformat(record["as_of_date"]), spec)
+    by_ticker: dict[str, list[tuple[int, str]]] = {}  # ticker -> (record index, split)
+    outside: list[int] = []
+    places: dict[str, str] = {}  # date -> its split: a corpus repeats its dates across tickers
+    for i, (ticker, date) in enumerate(zip(tickers, dates, strict=True)):
+        split = places.get(date)
+        if split is None:
+            split = places[date] = assign_split(dt.date.fromisoformat(date), spec)
         if split not in SPLITS:
             dropped[split] += 1
             if split == "outside":
-                outside.append(record)
+                outside.append(i)
             continue
-        by_ticker.setdefault(record["ticker"], []).append((record, split))
+        by_ticker.setdefault(ticker, []).append((i, split))
     if outside and not drop_outside:
-        first = min(outside, key=lambda r: r["as_of_date"])
+        first = min(outside, key=lambda i: dates[i])
         raise CharlieError(
-            f"{len(outside)} records are dated outside every split (e.g. {first['uid']}); "
+            f"{len(outside)} records are dated outside every split (e.g. {uids[first]}); "
             "adjust the split dates or set dataset.outside_splits: drop."
         )
 
-    # (record, its ticker's indicators, its date, its bar's position) per split
-    placed: dict[str, list[tuple[dict[str, Any], TickerSnapshots, dt.date, int]]] = {
+    # (record index, its ticker's indicators, its date, its bar's position) per split
+    placed: dict[str, list[tuple[int, TickerSnapshots, dt.date, int]]] = {
         split: [] for split in SPLITS
     }
     bar_dates: dict[str, dt.date | None] = {}
     for ticker, items in by_ticker.items():
         source = TickerSnapshots(ticker, frames[ticker])
-        dates = [dt.date.fromisoformat(r["as_of_date"]) for r, _ in items]
-        for (record, split), day, pos in zip(items, dates, source.locate(dates), strict=True):
-            bar_dates[record["uid"]] = source.bar_date(pos)
-            placed[split].append((record, source, day, pos))
+        days = [dt.date.fromisoformat(dates[i]) for i, _ in items]
+        for (i, split), day, pos in zip(items, days, source.locate(days), strict=True):
+            bar_dates[uids[i]] = source.bar_date(pos)
+            placed[split].append((i, source, day, pos))
+    del by_ticker
+    short = {"uid": uids, "ticker": tickers, "as_of_date": dates, "action": records.actions}
     tables = {}
     for split, part in placed.items():
-        part.sort(key=lambda p: (p[0]["as_of_date"], p[0]["ticker"]))  # the order a reader expects
+        part.sort(key=lambda p: (dates[p[0]], tickers[p[0]]))  # the order a reader expects
+        order = [i for i, *_ in part]
         columns = {
             "prompt": (prompt_text(source.text(day, pos)) for _, source, day, pos in part),
-            "completion": (completion_text(record) for record, *_ in part),
-            **{key: [record[key] for record, *_ in part] for key in COLUMNS[2:]},  # short: lists
+            "completion": (completion_text(record) for record in records.take(order)),
+            **{key: [short[key][i] for i in order] for key in COLUMNS[2:]},  # short: lists
         }
         tables[split] = pa.table({name: _strings(values) for name, values in columns.items()})
+        part.clear()  # its snapshots' share of memory goes once its table is built
     return tables, bar_dates, dropped
 
 
@@ -454,7 +469,7 @@ def _strings(values: Iterable[str], batch: int = 1024) -> pa.Array:
 
 
 def build_rows(
-    records: list[dict[str, Any]],
+    records: Sequence[dict[str, Any]] | RecordColumns,
     frames: dict[str, pd.DataFrame],
     spec: SplitSpec,
     *,

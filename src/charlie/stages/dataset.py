@@ -56,7 +56,7 @@ from charlie.io import atomic_directory, atomic_outputs, require_distinct
 from charlie.kubeflow import executor as kfp_executor
 from charlie.logs import setup_logging
 from charlie.prices.service import load_all_prices
-from charlie.records import read_records, wanted_ranges
+from charlie.records import scan_records, wanted_ranges
 
 log = logging.getLogger("charlie.dataset")
 
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     card_md = cfg.card.with_suffix(".md")
     require_distinct({"--out": cfg.out, "--card": cfg.card, "the card's Markdown": card_md},
                      {"--records": cfg.records})  # fmt: skip
-    records = read_records(cfg.records)
+    records = scan_records(cfg.records)  # columns: each record's text is read when it is used
     prices = load_all_prices(
         wanted_ranges(records, params.prices.history_days, params.prices.forward_days),
         params.prices,
