@@ -87,6 +87,7 @@ bench: install  ## run the benchmarks (figures and ratios on stdout)
 	python benchmarks/bench_dataset.py
 	python benchmarks/bench_train.py
 	python benchmarks/bench_generate.py   # the demo's model and test split: run `make demo` first
+	python benchmarks/bench_grpo.py   # one GRPO step's generation against plain generate: `make demo` first
 	python benchmarks/bench_backtest.py   # vectorbt side by side when installed: pip install -e '.[bench]'
 
 # The wheels benchmarks/gpu_check.sh installs on a lent GPU machine (its Python 3.12 has torch,

@@ -178,9 +178,7 @@ def _train(
     resume: bool | None,
 ) -> dict[str, Any]:
     import torch
-    from peft import LoraConfig
     from transformers import PrinterCallback, set_seed
-    from trl import GRPOTrainer
 
     from charlie.training import sft
     from charlie.training.manifest import write_manifest
@@ -188,7 +186,6 @@ def _train(
 
     check_grpo_keys(cfg)
     started = dt.datetime.now(dt.UTC)
-    cuda = torch.cuda.is_available()
     if not sys.stderr.isatty():
         import datasets
 
@@ -213,25 +210,10 @@ def _train(
         torch.set_num_threads(cfg.num_threads)
     set_seed(_seed(cfg))
     model, tokenizer = models.load_for_inference(cfg.sft_model)
-    model.generation_config.eos_token_id = stop_token_ids(tokenizer, model)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    tokenizer.padding_side = "left"
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR",
                           str(checkpoints / "runs" / f"{_name(cfg, config_path)}-{started:%Y%m%d-%H%M%S}"))  # fmt: skip
-    args = grpo_arguments(cfg, cuda=cuda, stop_ids=model.generation_config.eos_token_id)
-    spec = reward_spec(cfg, strategy)
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=rewards.reward_functions(spec, tokenizer),
-        args=args,
-        train_dataset=to_dataset(train_frame, tokenizer),
-        eval_dataset=to_dataset(eval_frame, tokenizer),
-        processing_class=tokenizer,
-        peft_config=LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                               lora_dropout=cfg.lora_dropout,
-                               target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM"),
-        callbacks=[LogLines()],
-    )  # fmt: skip
+    trainer = build_trainer(cfg, model, tokenizer, train_frame, eval_frame, strategy,
+                            callbacks=[LogLines()])  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # LogLines says it, in Charlie's words
     before = {} if resume_from else _prefixed(trainer.evaluate(), "before_")
     result = trainer.train(resume_from_checkpoint=resume_from)
@@ -251,6 +233,45 @@ def _train(
     write_rewards_curve(cfg.output_dir, trainer.state.log_history)
     write_headline(cfg.output_dir / f"grpo{SUFFIX}", headline(metrics, trainer.state.log_history))
     return metrics
+
+
+def build_trainer(
+    cfg: GRPOTrainConfig,
+    model: Any,
+    tokenizer: Any,
+    train_frame: pd.DataFrame,
+    eval_frame: pd.DataFrame,
+    strategy: Any,
+    callbacks: Sequence[Any] = (),
+) -> Any:
+    """TRL's GRPOTrainer as ``charlie grpo`` builds it: ``model`` (the SFT model) stopping at
+    the thesis's stop tokens, a fresh LoRA adapter, the rewards, the episodes as datasets.
+
+    Sets the model's generation config (stop and pad ids, which TRL reads) and left padding on
+    ``tokenizer``; ``benchmarks/bench_grpo.py`` times the trainer it returns.
+    """
+    import torch
+    from peft import LoraConfig
+    from trl import GRPOTrainer
+
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer, model)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.padding_side = "left"
+    args = grpo_arguments(cfg, cuda=torch.cuda.is_available(),
+                          stop_ids=model.generation_config.eos_token_id)  # fmt: skip
+    spec = reward_spec(cfg, strategy)
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=rewards.reward_functions(spec, tokenizer),
+        args=args,
+        train_dataset=to_dataset(train_frame, tokenizer),
+        eval_dataset=to_dataset(eval_frame, tokenizer),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                               lora_dropout=cfg.lora_dropout,
+                               target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM"),
+        callbacks=list(callbacks),
+    )  # fmt: skip
 
 
 def _name(cfg: GRPOTrainConfig, config_path: Path | None) -> str:
