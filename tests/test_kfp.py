@@ -410,8 +410,9 @@ def test_the_compiled_pipeline_runs_on_the_host(tmp_path):
     compared = json.loads((out["compare"]["comparison"] / "comparison.json").read_text())
     assert compared["evaluation"]["rows"] == 16
     assert set(compared["evaluation"]["models"]) == {"sft", "grpo"}
-    assert runs["compare"].metadata["metrics"]["sft_accuracy"] == (
-        compared["evaluation"]["models"]["sft"]["classification"]["accuracy"]
+    assert (
+        runs["compare"].metadata["metrics"]["sft_accuracy"]
+        == (compared["evaluation"]["models"]["sft"]["classification"]["accuracy"])
     )
     assert out["compare"]["summary"].read_text().startswith("# grpo against sft")
 
