@@ -26,11 +26,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_metrics_fetched_are_the_metrics_dvc_yaml_declares():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    declared = {
-        next(iter(m)) if isinstance(m, dict) else m
-        for stage in stages.values()
-        for m in stage.get("metrics", [])
-    }
+    declared = set()
+    for stage in stages.values():
+        # a foreach stage (evaluate@sft, evaluate@grpo): its metric once per item
+        items = list((stage.get("foreach") or {}).values()) or [None]
+        for item in items:
+            for m in stage.get("do", stage).get("metrics", []):
+                path = next(iter(m)) if isinstance(m, dict) else m
+                for key, value in (item or {}).items():
+                    path = path.replace(f"${{item.{key}}}", str(value))
+                declared.add(path)
     assert set(RUN_HEADLINES) == set(RUN_METRICS)
     # each declared metric is the headline of a fetched report, beside it
     params = Params()  # dvc.yaml's ${...} paths filled as params.yaml's defaults fill them

@@ -13,7 +13,7 @@ import pytest
 
 from charlie import cli
 from charlie.io import MARKER
-from charlie.kubeflow.artifacts import RUN_METRICS
+from charlie.kubeflow.artifacts import OPTIONAL_METRICS, RUN_METRICS
 from charlie.stages import submit
 
 from .kfp_server import FakeKfp
@@ -188,12 +188,15 @@ def test_run_can_be_called_directly(package, capsys):
 RUN_ID = "2b6f8a3c-1111-4222-8333-444455556666"
 
 
-def _put_run_artifacts(client, bucket: str, run_prefix: str) -> dict[str, bytes]:
-    """A finished run's artifacts as the KFP launcher lays them out: <run>/<task>/<output>."""
+def _put_run_artifacts(client, bucket: str, run_prefix: str, grpo: bool = True) -> dict[str, bytes]:
+    """A finished run's artifacts as the KFP launcher lays them out: <run>/<task>/<output>
+    (with ``grpo``, also the GRPO model's evaluation and backtest and the comparison)."""
     committed = {"${parse.report}": "data/jsonl/parse_report.json",
                  "${dataset.card}": "data/hf_datasets/dataset_card.json"}  # fmt: skip
-    body = {path: (REPO / committed.get(path, path)).read_bytes() for path in RUN_METRICS}
-    for path, (task, output, file) in RUN_METRICS.items():
+    wanted = [p for p in RUN_METRICS if grpo or p not in OPTIONAL_METRICS]
+    body = {path: (REPO / committed.get(path, path)).read_bytes() for path in wanted}
+    for path in wanted:
+        task, output, file = RUN_METRICS[path]
         key = f"{run_prefix}/{task}/{output}" + (f"/{file}" if file else "")
         client.put_object(Bucket=bucket, Key=key, Body=body[path])
     # Neighbours that must not be picked: another run, another output of the same task.
@@ -229,15 +232,37 @@ def test_wait_fetch_metrics_downloads_the_runs_metrics_from_s3(
         "data/hf_datasets/dataset_card.json": body["${dataset.card}"],  # the default
         "results/eval_metrics.json": body["results/eval_metrics.json"],
         "backtests/baseline_metrics.json": body["backtests/baseline_metrics.json"],
+        "results/grpo/eval_metrics.json": body["results/grpo/eval_metrics.json"],
+        "backtests/grpo/baseline_metrics.json": body["backtests/grpo/baseline_metrics.json"],
+        "results/compare/comparison.json": body["results/compare/comparison.json"],
     }
     assert {path: (workspace / path).read_bytes() for path in written} == written
     # each report's headline, the file dvc.yaml declares as the metric, derived beside it
     for path, name in (("reports/parse_headline.json", "data/jsonl/parse_headline.json"),
                        ("data/hf_datasets/dataset_headline.json",) * 2,
                        ("results/eval_headline.json",) * 2,
-                       ("backtests/baseline_headline.json",) * 2):  # fmt: skip
+                       ("backtests/baseline_headline.json",) * 2,
+                       ("results/grpo/eval_headline.json",) * 2,
+                       ("backtests/grpo/baseline_headline.json",) * 2,
+                       ("results/compare/compare_headline.json",) * 2):  # fmt: skip
         assert json.loads((workspace / path).read_text()) == json.loads((REPO / name).read_text())
+    assert "fetched 14 metrics files" in capsys.readouterr().out
+
+
+def test_a_run_without_grpo_fetches_the_sft_metrics_alone(package, s3_endpoint, tmp_path,
+                                                          monkeypatch, capsys):  # fmt: skip
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket="artifacts")
+    _put_run_artifacts(client, "artifacts", f"kfp/charlie-sft/{RUN_ID}", grpo=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.chdir(tmp_path)
+    with FakeKfp(run_id=RUN_ID) as server:
+        code = _main("--host", server.url, "--package", str(package), "--pipeline-root",
+                     "s3://artifacts/kfp", "--wait", "--poll-interval", "0.01", "--fetch-metrics")  # fmt: skip
+    assert code == 0, capsys.readouterr().err
     assert "fetched 8 metrics files" in capsys.readouterr().out
+    assert (tmp_path / "results/eval_headline.json").is_file()
+    assert not (tmp_path / "results/grpo").exists() and not (tmp_path / "results/compare").exists()
 
 
 def test_fetch_metrics_names_what_the_run_lacks(package, s3_endpoint, tmp_path, monkeypatch,

@@ -302,32 +302,6 @@ def verdict(evaluation: Mapping[str, Any], portfolio: Mapping[str, Any] | None) 
     )
 
 
-def headline(info: Mapping[str, Any], window: int) -> dict[str, Any]:
-    """At most eight numbers: both accuracies, the accuracy and per-row return differences with
-    their intervals' ends, the Sharpe difference and its p-value."""
-    ev = info["evaluation"]
-    base, cand = ev["baseline"], ev["candidate"]
-    out: dict[str, Any] = {
-        f"{base}_accuracy": ev["models"][base]["classification"]["accuracy"],
-        f"{cand}_accuracy": ev["models"][cand]["classification"]["accuracy"],
-    }
-    acc = ev["paired"].get("accuracy")
-    if acc:
-        out["accuracy_difference"] = acc["difference"]
-        out["accuracy_mcnemar_p"] = acc.get("mcnemar_p")
-    row = ev["paired"].get(f"mean_row_return_{window}d")
-    if row:
-        out[f"mean_row_return_{window}d_difference"] = row["difference"]
-    pf = info.get("portfolio")
-    if pf:
-        out["sharpe_difference"] = pf["paired"]["sharpe"]["difference"]
-        out["sharpe_difference_p"] = pf["paired"]["sharpe"]["bootstrap_p"]
-        out["total_return_difference"] = _difference(
-            pf["models"][cand]["total_return"], pf["models"][base]["total_return"]
-        )
-    return out
-
-
 def _difference(a: Any, b: Any) -> float | None:
     return None if a is None or b is None else float(a) - float(b)
 

@@ -88,3 +88,29 @@ def backtest(metrics: dict[str, Any]) -> dict[str, Any]:
         "costs_paid": metrics["costs"]["strategy"]["total"],
         "matched_benchmark_return": metrics["benchmark_exposure_matched"]["total_return"],
     }
+
+
+def compare(info: dict[str, Any]) -> dict[str, Any]:
+    """Both accuracies, the candidate's edge in accuracy (McNemar's p), in mean return per row
+    over the first forward window, in Sharpe after costs (its p) and in total return."""
+    ev = info["evaluation"]
+    base, cand = ev["baseline"], ev["candidate"]
+    out: dict[str, Any] = {
+        f"{base}_accuracy": ev["models"][base]["classification"]["accuracy"],
+        f"{cand}_accuracy": ev["models"][cand]["classification"]["accuracy"],
+    }
+    acc = ev["paired"].get("accuracy")
+    if acc:
+        out["accuracy_difference"] = acc["difference"]
+        out["accuracy_mcnemar_p"] = acc.get("mcnemar_p")
+    window = next(iter(ev["models"][base]["trading"]), None)  # "1d"
+    row = ev["paired"].get(f"mean_row_return_{window}")
+    if row:
+        out[f"mean_row_return_{window}_difference"] = row["difference"]
+    pf = info.get("portfolio")
+    if pf:
+        out["sharpe_difference"] = pf["paired"]["sharpe"]["difference"]
+        out["sharpe_difference_p"] = pf["paired"]["sharpe"]["bootstrap_p"]
+        a, b = pf["models"][cand]["total_return"], pf["models"][base]["total_return"]
+        out["total_return_difference"] = None if a is None or b is None else a - b
+    return out

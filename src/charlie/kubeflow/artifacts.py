@@ -36,7 +36,14 @@ RUN_METRICS = {
     "${dataset.card}": ("dataset", "card", "dataset_card.json"),
     "results/eval_metrics.json": ("evaluate", "results", "eval_metrics.json"),
     "backtests/baseline_metrics.json": ("backtest", "portfolio", "baseline_metrics.json"),
+    # the GRPO model's, and the comparison: only a run_grpo=true run has them
+    "results/grpo/eval_metrics.json": ("evaluate-2", "results", "eval_metrics.json"),
+    "backtests/grpo/baseline_metrics.json": ("backtest-2", "portfolio", "baseline_metrics.json"),
+    "results/compare/comparison.json": ("compare", "comparison", "comparison.json"),
 }
+OPTIONAL_METRICS = {"results/grpo/eval_metrics.json", "backtests/grpo/baseline_metrics.json",
+                    "results/compare/comparison.json"}  # fmt: skip
+"""Fetched when the run has them (Phase 2 ran), left alone otherwise."""
 # Each report's headline (the `metrics:` file of dvc.yaml, beside it): its name and the
 # charlie.headlines function that derives it, so a fetched run is compared as a local one is.
 RUN_HEADLINES = {
@@ -44,6 +51,9 @@ RUN_HEADLINES = {
     "${dataset.card}": ("dataset", headlines.dataset),
     "results/eval_metrics.json": ("eval", headlines.evaluate),
     "backtests/baseline_metrics.json": ("baseline", headlines.backtest),
+    "results/grpo/eval_metrics.json": ("eval", headlines.evaluate),
+    "backtests/grpo/baseline_metrics.json": ("baseline", headlines.backtest),
+    "results/compare/comparison.json": ("compare", headlines.compare),
 }
 
 
@@ -107,7 +117,7 @@ def fetch_metrics(
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=run_prefix + "/")
         keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
         found = run_metric_keys(keys, run_prefix)
-        missing = [m for m in RUN_METRICS if m not in found]  # pipeline order
+        missing = [m for m in RUN_METRICS if m not in found and m not in OPTIONAL_METRICS]
         if missing:
             wanted = ", ".join("/".join(x for x in RUN_METRICS[m] if x) for m in missing)
             raise CharlieError(f"the run's artifacts under {where} hold no {wanted}.")

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from charlie import comparison
+from charlie import comparison, headlines
 from charlie.config import CompareParams, add_flags, load_config, load_params
 from charlie.errors import CharlieError
 from charlie.evaluation.config import EvalConfig
@@ -99,11 +99,11 @@ def run(args: argparse.Namespace) -> int:
     with atomic_outputs(*paths) as (md, js, hl, png):
         md.write_text(comparison.summary_markdown(info), encoding="utf-8")
         js.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        write_headline(hl, comparison.headline(info, windows[0]))
+        write_headline(hl, headlines.compare(info))
         comparison.comparison_png(info, daily, png)
     log.info("%s", info["verdict"])
     log.info("wrote %s and beside it", out)
-    kfp_executor.publish(args.kfp_executor_input, metrics=comparison.headline(info, windows[0]),
+    kfp_executor.publish(args.kfp_executor_input, metrics=headlines.compare(info),
                          markdown=out)  # fmt: skip
     return 0
 
