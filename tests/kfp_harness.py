@@ -21,6 +21,7 @@ import os
 import posixpath
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -361,6 +362,10 @@ class _Runner:
             arg = localise(PLACEHOLDER.sub(resolve, arg))
             argv.append(arg.replace("{{$}}", json.dumps(executor_input)))
         run.argv = [PROGRAMS.get(a, a) for a in argv]
+        if argv and argv[0] == "deepspeed" and not any(a.startswith("--master_port") for a in argv):
+            # A pod has a network namespace of its own; on one host, the launcher's default port
+            # (29500) is every other launcher's too: two tests at once (pytest-xdist) would clash.
+            run.argv.insert(1, f"--master_port={_free_port()}")
         task_env = {**os.environ, **self.env}
         task_env.update({e["name"]: localise(e["value"]) for e in container.get("env", [])})
 
@@ -419,6 +424,12 @@ class _Runner:
             shutil.rmtree(pod)
         shutil.copytree(self.layouts[name], pod)
         return pod
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _fresh_outputs(run: TaskRun, output_file: Path) -> None:
