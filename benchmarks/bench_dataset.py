@@ -15,9 +15,10 @@ generated XML) with their daily prices. Reported, the median of --repeat interle
   windows, ``ewm`` seeded as Wilder and the charting EMA are) and a ``merge_asof`` of the
   record dates onto the bars. Both sides' values are checked equal (to 1e-9 relative: pandas'
   rolling sums round differently) before anything is timed, so the ratio compares the same
-  work. Target: numbers within 1.5x of the reference. Both ratios are printed: numbers
-  against numbers, and the whole build (which also writes ~1 kB of prompt and ~2.5 kB of
-  completion per record) against the numbers-only reference.
+  work. Target: numbers within 1.5x of the reference. The whole build (which also writes
+  ~1 kB of prompt and ~2.5 kB of completion per record, and assigns the splits) is printed
+  against the same reference with no target, since the reference renders no text: beside
+  it, the share of the build's CPU time the text and splits take.
 * the whole ``charlie dataset`` command (start-up, prices, audit, card, save_to_disk).
   Target: < 3 s on 2 cores.
 """
@@ -183,8 +184,10 @@ def main() -> None:
         print(f"{label:<52}{wall:>8.3f}{cpu:>8.3f}   {note}")
     print(f"{'ratio numbers / reference (like for like, cpu)':<52}{like:>16.2f}   "
           f"target <= 1.5: {met(like <= 1.5)}")  # fmt: skip
+    text = max(c_ours - c_numbers, 0.0) / c_ours
     print(f"{'ratio whole build / reference (text too, cpu)':<52}{ratio:>16.2f}   "
-          f"target <= 1.5: {met(ratio <= 1.5)}")  # fmt: skip
+          f"no target: the reference writes no text ({text:.0%} of the build is text "
+          "and splits)")  # fmt: skip
     print(f"{'charlie dataset (whole process)':<52}{t_stage:>8.3f}{c_stage:>8.3f}   "
           f"target < 3 s wall: {met(t_stage < 3)}")  # fmt: skip
 

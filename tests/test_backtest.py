@@ -533,7 +533,14 @@ def test_demo_sample_shows_the_model_and_the_benchmark_side_by_side(tmp_path, cl
     assert "<th>excess return</th>" not in page
     assert "Cost sensitivity" in page and "UNPARSEABLE" in page and "Forced run" not in page
     err = capsys.readouterr().err
-    assert "strategy" in err and "benchmark" in err
+    table = {line.split()[0]: line.split()[1:] for line in err.splitlines()
+             if line.split()[:1] in (["strategy"], ["matched"], ["benchmark"])}  # fmt: skip
+    assert set(table) == {"strategy", "matched", "benchmark"} and "nan" not in err
+    strategy = saved["strategy"]
+    assert table["strategy"] == [f"{strategy['total_return']:.2%}", "n/a",
+                                 f"{strategy['sharpe']:.2f}", f"{strategy['max_drawdown']:.2%}",
+                                 str(strategy["n_trades"])]  # fmt: skip
+    assert len(table["matched"]) == 4  # a scaled series trades nothing: no trade count
 
 
 @pytest.mark.parametrize(

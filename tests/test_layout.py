@@ -352,6 +352,18 @@ def test_every_stage_lists_every_module_its_command_can_import_as_a_dep():
     )
 
 
+def test_dvc_lock_records_exactly_the_stages_dvc_yaml_defines():
+    """DVC adds a stage's lock entry but never drops one: a renamed or foreach-expanded stage
+    leaves its old entry behind, which ``dvc status`` ignores and readers of the lock do not."""
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    defined = {name for name, _, _ in expanded_stages(dvc, REPO, interpolation_context(dvc, REPO))}
+    locked = set(yaml.safe_load((REPO / "dvc.lock").read_text())["stages"])
+    assert locked == defined, (
+        f"dvc.lock: entries for no stage: {sorted(locked - defined)}; stages never run: "
+        f"{sorted(defined - locked)} (delete the former; `dvc repro` the latter)"
+    )
+
+
 def test_a_removed_dep_is_reported_with_the_module_file():
     text = (REPO / "dvc.yaml").read_text()
     dvc = yaml.safe_load(text)

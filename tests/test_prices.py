@@ -107,6 +107,24 @@ def test_a_csv_whose_dates_do_not_all_parse_is_still_validated_row_by_row(tmp_pa
         FileProvider(tmp_path).fetch("NODATE", D(2024, 1, 1), D(2024, 1, 31))
 
 
+def test_dates_stamped_in_exchange_time_keep_their_own_day_across_a_dst_switch(tmp_path):
+    """Offsets that change (pandas 3 refuses to parse them together) and formats that differ
+    from the first row's (pandas applies the first's to all) still give each row its day."""
+    (tmp_path / "ACME.csv").write_text(
+        "date,open,high,low,close,adj_close,volume\n"
+        "2024-03-08T16:00:00-05:00,10,11,9.5,10.5,10.5,1000\n"  # EST
+        "2024-03-11T16:00:00-04:00,10,11,9.5,10.6,10.6,1000\n"  # EDT: the 11th, not the 12th
+        "2024-03-12T23:30:00-04:00,10,11,9.5,10.7,10.7,1000\n"  # the 13th in UTC: still the 12th
+        "2024-03-13,10,11,9.5,10.8,10.8,1000\n"  # no time, no offset
+        "garbled,10,11,9.5,10.9,10.9,1000\n"
+    )
+    frame = FileProvider(tmp_path).fetch("ACME", D(2024, 3, 1), D(2024, 3, 31))
+    assert frame["date"].dt.strftime("%Y-%m-%d").tolist() == [
+        "2024-03-08", "2024-03-11", "2024-03-12", "2024-03-13"]  # fmt: skip
+    assert frame["close"].tolist() == [10.5, 10.6, 10.7, 10.8]
+    assert frame.attrs["dropped"] == {"bad_date": 1}
+
+
 def test_a_blank_adjusted_close_means_the_close_never_a_missing_number():
     columns = ["date", "open", "high", "low", "close", "adj_close", "volume"]
     rows = [("2024-01-02", 10.0, 11.0, 9.5, 10.5, " ", 1000.0),

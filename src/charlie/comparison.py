@@ -118,13 +118,7 @@ def compare_evaluations(
         raise CharlieError(f"compare takes two models, not {len(frames)}.")
     (base, b), (cand, c) = frames.items()
     truth = list(b["true_action"])
-    fwd = {h: b[f"fwd_ret_{h}"].to_numpy(dtype="float64") for h in windows}
-    exe = {h: b[f"exec_ret_{h}"].to_numpy(dtype="float64") for h in windows}
-    measures: dict[str, u.Measure] = {}
-    for h in windows:
-        measures[f"mean_trade_return_{h}d"] = (units, exe[h], True)
-        measures[f"mean_row_return_{h}d"] = (units, exe[h], False)
-        measures[f"mean_signed_return_{h}d"] = (m.SIGN, fwd[h], True)
+    fwd, exe, measures = m.window_returns(b, windows, units)
     preds = {name: [str(p) for p in f["pred_action"]] for name, f in frames.items()}
     cut = _truncated(c)
     # the candidate plays the evaluation's "model"; the baseline model is the only candidate

@@ -215,13 +215,7 @@ def compute_metrics(
     if strategy is None:
         strategy = load_strategy(cfg.strategy_config)
     units = row_units(strategy)
-    fwd = {h: frame[f"fwd_ret_{h}"].to_numpy(dtype="float64") for h in windows}
-    exe = {h: frame[f"exec_ret_{h}"].to_numpy(dtype="float64") for h in windows}
-    measures: dict[str, u.Measure] = {}
-    for h in windows:
-        measures[f"mean_trade_return_{h}d"] = (units, exe[h], True)
-        measures[f"mean_row_return_{h}d"] = (units, exe[h], False)
-        measures[f"mean_signed_return_{h}d"] = (m.SIGN, fwd[h], True)
+    fwd, exe, measures = m.window_returns(frame, windows, units)
     truncated = (
         [bool(t) for t in frame["truncated"]] if "truncated" in frame else [False] * len(frame)
     )

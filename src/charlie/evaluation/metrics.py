@@ -165,6 +165,32 @@ def financial(
     return out
 
 
+def window_returns(
+    frame: Any, windows: Sequence[int], units: Mapping[str, float]
+) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], dict[str, Any]]:
+    """Each window's returns from a per-sample frame, and the statistics the bootstrap measures.
+
+    Args:
+        frame: Rows with ``fwd_ret_<h>`` (close to close) and ``exec_ret_<h>`` (next open to
+            close) per window.
+        windows: The forward windows.
+        units: The strategy's units per action (:func:`charlie.strategy.row_units`).
+
+    Returns:
+        ``fwd`` and ``exe`` (window -> float64 array), and the
+        :data:`charlie.evaluation.uncertainty.Measure` per statistic: the mean executable
+        return per trade and per row, and the sign view's mean signed return.
+    """
+    fwd = {h: frame[f"fwd_ret_{h}"].to_numpy(dtype="float64") for h in windows}
+    exe = {h: frame[f"exec_ret_{h}"].to_numpy(dtype="float64") for h in windows}
+    measures: dict[str, Any] = {}
+    for h in windows:
+        measures[f"mean_trade_return_{h}d"] = (units, exe[h], True)
+        measures[f"mean_row_return_{h}d"] = (units, exe[h], False)
+        measures[f"mean_signed_return_{h}d"] = (SIGN, fwd[h], True)
+    return fwd, exe, measures
+
+
 def mean_signed(pred: Sequence[str], ret: np.ndarray) -> float:
     """The sign view: mean sign x return over the directional rows whose return is known
     (NaN: none)."""

@@ -141,21 +141,50 @@ def _numbers(given: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 def calendar_days(values: pd.Series) -> np.ndarray:
     """Naive ``datetime64[ns]`` days (the exchange's calendar date, any time of day dropped);
     NaT where a value does not parse or lies outside what ``datetime64[ns]`` holds (years
-    1678 to 2261)."""
-    dates = values
-    if not (isinstance(values.dtype, np.dtype) and values.dtype.kind == "M"):  # not parsed yet
-        dates = pd.to_datetime(values, errors="coerce")
-        if dates.dtype == object:  # mixed zones: each value on its own
-            dates = pd.Series(
-                [pd.to_datetime(v, errors="coerce") for v in values], index=values.index
-            )
-            dates = dates.map(lambda d: d.tz_localize(None) if d is not pd.NaT and d.tzinfo else d)
-            dates = pd.to_datetime(dates)
-        elif dates.dt.tz is not None:
-            dates = dates.dt.tz_localize(None)
-    days = dates.to_numpy().astype("datetime64[D]")  # floors to the day, as normalize() does
+    1678 to 2261).
+
+    A value with a UTC offset counts on its own wall clock's date (``2024-03-11T16:00-04:00``
+    is the 11th), whatever the other values' offsets: a feed stamped in exchange time changes
+    offset at each daylight-saving switch.
+    """
+    if isinstance(values.dtype, np.dtype) and values.dtype.kind == "M":  # parsed already
+        days = values.to_numpy().astype("datetime64[D]")  # floors to the day
+    else:
+        days = _wall_clock_days(values)
     days[(days < _FIRST_DAY) | (days > _LAST_DAY)] = np.datetime64("NaT")
     return days.astype("datetime64[ns]")
+
+
+def _wall_clock_days(values: pd.Series) -> np.ndarray:
+    """``values`` parsed as ``datetime64[D]`` days on their own wall clocks (NaT: no date).
+
+    One vectorised parse in the common case; one by one where it cannot serve: offsets that
+    differ (pandas will not choose a zone for them), or values in another format than the
+    first (whose format pandas infers and applies to all).
+    """
+    try:
+        dates = pd.to_datetime(values, errors="coerce")
+    except ValueError:  # mixed offsets: pandas 3 refuses to pick one
+        return _one_by_one(values)
+    if dates.dtype == object:  # mixed offsets, where pandas leaves the values as objects
+        return _one_by_one(values)
+    if dates.dt.tz is not None:
+        dates = dates.dt.tz_localize(None)
+    days = dates.to_numpy().astype("datetime64[D]")
+    missed = (dates.isna() & values.notna()).to_numpy()
+    if missed.any():  # another format than the first value's, or no date at all
+        days[missed] = _one_by_one(values[missed])
+    return days
+
+
+def _one_by_one(values: pd.Series) -> np.ndarray:
+    """Each value parsed on its own, in its own format: its wall clock's day."""
+    days = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[D]")
+    for i, value in enumerate(values):
+        when = pd.to_datetime(value, errors="coerce")
+        if when is not pd.NaT:
+            days[i] = np.datetime64(when.date())  # the date on its own clock, offset ignored
+    return days
 
 
 def describe(dropped: Counter[str]) -> str:

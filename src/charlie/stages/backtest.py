@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from pathlib import Path
 
 from charlie.backtest.config import BacktestConfig
@@ -147,6 +148,13 @@ def evaluation_beside(eval_csv: Path) -> dict | None:
     return info if isinstance(info, dict) and "baselines" in info else None
 
 
+def _known(value: float | int | None, fmt: str, missing: str) -> str:
+    """``value`` formatted, or ``missing`` where it is None or NaN (the metrics JSON's null)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    return fmt.format(int(value) if fmt == "{:d}" else value)
+
+
 def _summary(m: dict) -> None:
     inputs = m["inputs"]
     log.info(
@@ -162,10 +170,8 @@ def _summary(m: dict) -> None:
         s = m.get(key)
         if not s:
             continue
-        cagr = (
-            "n/a" if s.get("cagr") is None else f"{s['cagr']:.2%}"
-        )  # under a year: not annualised
-        trades = "" if s.get("n_trades") is None else s["n_trades"]
+        cagr = _known(s.get("cagr"), "{:.2%}", "n/a")  # under a year: not annualised
+        trades = _known(s.get("n_trades"), "{:d}", "")  # a scaled series trades nothing
         log.info(
             f"{name:<12}{s['total_return']:>9.2%}{cagr:>9}{s['sharpe']:>8.2f}"
             f"{s['max_drawdown']:>9.2%}{trades:>8}"
