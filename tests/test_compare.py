@@ -188,6 +188,9 @@ def test_the_stage_writes_the_report_the_json_the_headline_and_the_plot(tmp_path
     text = out.read_text()
     assert text.startswith(f"# grpo against sft, on the same {n} test rows")
     assert "| accuracy |" in text and "| Sharpe (annualised) |" in text and "McNemar" in text
+    hit = info["evaluation"]["models"]
+    diff = hit["grpo"]["trading"]["1d"]["hit_rate"] - hit["sft"]["trading"]["1d"]["hit_rate"]
+    assert diff > 0 and f"| {diff:+.1%} |" in text  # differences carry their sign
     assert out.with_name("comparison.png").read_bytes()[:4] == b"\x89PNG"
 
     # the evaluations alone: no portfolio section, the verdict on accuracy

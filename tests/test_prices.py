@@ -71,6 +71,31 @@ def test_file_provider_reads_csv_and_parquet(tmp_path):
         FileProvider(tmp_path).fetch("BAD", D(2024, 1, 2), D(2024, 1, 31))
 
 
+def test_a_yahoo_finance_download_reads_as_it_is_and_bad_files_say_what_they_hold(tmp_path):
+    bars = "2024-01-02,10,11,9.5,10.5,10.4,1000\n2024-01-03,10,11,9.5,10.6,10.5,1200\n"
+    (tmp_path / "ACME.csv").write_text("Date,Open,High,Low,Close,Adj Close,Volume\n" + bars)
+    (tmp_path / "BOLT.csv").write_text(" date ,OPEN,high,low,close,adjusted_close,Volume\n" + bars)
+    window = (D(2024, 1, 1), D(2024, 1, 31))
+    yahoo, eodhd = (FileProvider(tmp_path).fetch(t, *window) for t in ("ACME", "BOLT"))
+    assert list(yahoo.columns) == ["date", "open", "high", "low", "close", "adj_close", "volume"]
+    assert yahoo["adj_close"].tolist() == [10.4, 10.5] and yahoo["date"].dtype.kind == "M"
+    pd.testing.assert_frame_equal(yahoo, eodhd)
+    (tmp_path / "SEMI.csv").write_text("date;open;high;low;close;volume\n2024-01-02;1;1;1;1;1\n")
+    with pytest.raises(NotAvailable, match=r"lacks the column\(s\) date, open, high, low, close, "
+                       r"volume \(its columns: date;open;high;low;close;volume; a CSV is "
+                       r"comma-separated, with a header row\)$"):  # fmt: skip
+        FileProvider(tmp_path).fetch("SEMI", *window)
+    (tmp_path / "TWICE.csv").write_text("date,close,Close,open,high,low,volume\n")
+    with pytest.raises(NotAvailable, match=r"cannot be read: more than one column is named close$"):
+        FileProvider(tmp_path).fetch("TWICE", *window)
+    (tmp_path / "COMMA.csv").write_text(
+        'date,open,high,low,close,volume\n2024-01-02,"1,010",1011,1009,1010,"1,000"\n'
+    )
+    with pytest.raises(NotAvailable, match=r"has no bar between 2024-01-01 and 2024-01-31 that "
+                       r"passes validation: 1 dropped \(1 not_numeric\)$"):  # fmt: skip
+        FileProvider(tmp_path).fetch("COMMA", *window)
+
+
 def test_the_file_provider_keeps_the_sha256_of_the_bytes_it_read(tmp_path):
     """The dataset's input hash is made of it: the file's bytes, not the bars served."""
     path = tmp_path / "ACME.csv"
@@ -103,7 +128,8 @@ def test_a_csv_whose_dates_do_not_all_parse_is_still_validated_row_by_row(tmp_pa
     assert frame["adj_close"].tolist() == [10.5, 10.5]
     assert frame.attrs["dropped"] == {"bad_date": 2}
     (tmp_path / "NODATE.csv").write_text("day,open,high,low,close,volume\n2024-01-02,1,1,1,1,1\n")
-    with pytest.raises(NotAvailable, match=r"lacks the column\(s\) date$"):
+    with pytest.raises(NotAvailable, match=r"lacks the column\(s\) date \(its columns: day, "
+                       r"open, high, low, close, volume; a CSV is comma-separated"):  # fmt: skip
         FileProvider(tmp_path).fetch("NODATE", D(2024, 1, 1), D(2024, 1, 31))
 
 

@@ -303,8 +303,9 @@ def _difference(a: Any, b: Any) -> float | None:
 # ------------------------------------------------------------------- rendering
 
 
-def _pct(value: Any, digits: int = 2) -> str:
-    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}%}"
+def _pct(value: Any, digits: int = 2, sign: str = "") -> str:
+    """A share as a percentage; ``sign="+"`` for a difference (``+0.1%``, ``-0.1%``)."""
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:{sign}.{digits}%}"
 
 
 def _num(value: Any, fmt: str = ".3f") -> str:
@@ -355,11 +356,11 @@ def summary_markdown(info: Mapping[str, Any]) -> str:
             if stat == "hit_rate":
                 a, c = t[base][stat], t[cand][stat]
                 lines.append(f"| {window} | {label} | {_pct(a, 1)} | {_pct(c, 1)} | "
-                             f"{_pct(_difference(c, a), 1)} |")  # fmt: skip
+                             f"{_pct(_difference(c, a), 1, '+')} |")  # fmt: skip
                 continue
             p = ev["paired"].get(f"{stat}_{window}", {})
             cells = [f"{_pct(t[n][stat], 3)}{_ci(t[n][f'{stat}_ci95'], True)}" for n in names]
-            diff = f"{_pct(p.get('difference'), 3)}{_ci(p.get('difference_ci95', []), True)}"
+            diff = f"{_pct(p.get('difference'), 3, '+')}{_ci(p.get('difference_ci95', []), True)}"
             lines.append(f"| {window} | {label} | {cells[0]} | {cells[1]} | {diff} |")
         trades = [ev["models"][n]["trading"][window]["trades"] for n in names]
         lines.append(f"| {window} | trades | {trades[0]} | {trades[1]} | |")

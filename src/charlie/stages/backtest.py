@@ -149,10 +149,10 @@ def evaluation_beside(eval_csv: Path) -> dict | None:
 
 
 def _known(value: float | int | None, fmt: str, missing: str) -> str:
-    """``value`` formatted, or ``missing`` where it is None or NaN (the metrics JSON's null)."""
+    """``format(value, fmt)``, or ``missing`` where it is None or NaN (the JSON's null)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return missing
-    return fmt.format(int(value) if fmt == "{:d}" else value)
+    return format(value, fmt)
 
 
 def _summary(m: dict) -> None:
@@ -170,8 +170,8 @@ def _summary(m: dict) -> None:
         s = m.get(key)
         if not s:
             continue
-        cagr = _known(s.get("cagr"), "{:.2%}", "n/a")  # under a year: not annualised
-        trades = _known(s.get("n_trades"), "{:d}", "")  # a scaled series trades nothing
+        cagr = _known(s.get("cagr"), ".2%", "n/a")  # under a year: not annualised
+        trades = _known(s.get("n_trades"), ".0f", "")  # a scaled series trades nothing
         log.info(
             f"{name:<12}{s['total_return']:>9.2%}{cagr:>9}{s['sharpe']:>8.2f}"
             f"{s['max_drawdown']:>9.2%}{trades:>8}"
