@@ -147,3 +147,38 @@ def test_grpo_trains_from_the_sft_model_resumes_and_writes_what_evaluate_loads(
         again = grpo.train(config(tmp, trained / "run", max_steps=3), prices, BacktestConfig())
     assert again["global_step"] == 3
     assert f"resuming from {out / 'checkpoint-2'}" in caplog.text
+
+
+def test_a_grpo_console_line_leads_with_the_reward_and_the_log_file_keeps_every_figure(caplog):
+    from types import SimpleNamespace
+
+    from charlie.training.trainer import LogLines
+
+    step = {"loss": 0.0042, "grad_norm": 0.41, "learning_rate": 5e-05, "num_tokens": 9000.0,
+            "completions/mean_length": 143.9, "completions/min_length": 101.0,
+            "completions/max_length": 166.0, "completions/clipped_ratio": 0.0,
+            "completions/mean_terminated_length": 143.9, "rewards/format_reward/mean": 0.73,
+            "rewards/format_reward/std": 0.45, "rewards/return_reward/mean": 0.13,
+            "rewards/return_reward/std": 1.13, "reward": 0.169, "reward_std": 1.59,
+            "frac_reward_zero_std": 0.04, "entropy": 0.54, "clip_ratio/low_mean": 0.0,
+            "epoch": 0.02}  # fmt: skip
+    brief = grpo.brief_metrics(step)
+    assert list(brief) == ["reward", "reward_std", "frac_reward_zero_std", "format_reward",
+                           "return_reward", "loss", "length", "clipped", "learning_rate"]  # fmt: skip
+    assert brief["format_reward"] == 0.73 and brief["length"] == 143.9
+    evaluation = {f"eval_{k}": v for k, v in step.items() if k not in ("learning_rate", "epoch")}
+    shown = grpo.brief_metrics({**evaluation, "eval_runtime": 6.5})
+    assert list(shown)[:4] == ["eval_reward", "eval_reward_std", "eval_frac_reward_zero_std",
+                               "eval_format_reward"] and shown["eval_runtime"] == 6.5  # fmt: skip
+    final = {"train_runtime": 17.0, "train_loss": 0.0187}
+    assert grpo.brief_metrics(final) == final
+
+    args = SimpleNamespace(disable_tqdm=True)
+    state = SimpleNamespace(is_local_process_zero=True, global_step=10, max_steps=12, epoch=0.02)
+    with caplog.at_level(logging.DEBUG, logger="charlie.train"):
+        LogLines(grpo.brief_metrics).on_log(args, state, None, logs=step)
+    lines = [(r.getMessage(), r.levelno) for r in caplog.records if r.name == "charlie.train"]
+    (console, level), (full, full_level) = lines
+    assert level == logging.INFO and full_level == logging.DEBUG
+    assert console.startswith("step 10/12 (83%), epoch 0.02: reward 0.1690, reward_std 1.5900")
+    assert "min_length" not in console and "completions/min_length 101" in full

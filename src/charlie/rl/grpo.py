@@ -213,7 +213,7 @@ def _train(
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR",
                           str(checkpoints / "runs" / f"{_name(cfg, config_path)}-{started:%Y%m%d-%H%M%S}"))  # fmt: skip
     trainer = build_trainer(cfg, model, tokenizer, train_frame, eval_frame, strategy,
-                            callbacks=[LogLines()])  # fmt: skip
+                            callbacks=[LogLines(brief_metrics)])  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # LogLines says it, in Charlie's words
     before = {} if resume_from else _prefixed(trainer.evaluate(), "before_")
     result = trainer.train(resume_from_checkpoint=resume_from)
@@ -233,6 +233,35 @@ def _train(
     write_rewards_curve(cfg.output_dir, trainer.state.log_history)
     write_headline(cfg.output_dir / f"grpo{SUFFIX}", headline(metrics, trainer.state.log_history))
     return metrics
+
+
+# What a console line of GRPO shows, in this order (TRL logs some 40 figures a step; all go to
+# the log file and TensorBoard): the reward, how much of it varies within groups, each reward
+# function's mean, the KL and loss, and the completions' length.
+BRIEF = {"reward": "reward", "reward_std": "reward_std",
+         "frac_reward_zero_std": "frac_reward_zero_std", "kl": "kl", "loss": "loss",
+         "completions/mean_length": "length", "completions/clipped_ratio": "clipped",
+         "learning_rate": "learning_rate"}  # fmt: skip
+
+
+def brief_metrics(logs: dict[str, Any]) -> dict[str, Any]:
+    """The GRPO figures a console line shows (``BRIEF``, then ``rewards/<name>/mean`` as
+    ``<name>``), an evaluation's with its ``eval_`` prefix; a run's final summary whole."""
+    if "train_runtime" in logs:
+        return logs
+    prefix = "eval_" if any(k.startswith("eval_") for k in logs) else ""
+    shown = {}
+    for key, label in BRIEF.items():
+        if prefix + key in logs:
+            shown[prefix + label] = logs[prefix + key]
+        if key == "frac_reward_zero_std":  # each reward function's mean after the spread
+            for name, value in logs.items():
+                inner = name.removeprefix(prefix)
+                if inner.startswith("rewards/") and inner.endswith("/mean"):
+                    shown[prefix + inner.split("/")[1]] = value
+    if prefix and "eval_runtime" in logs:
+        shown["eval_runtime"] = logs["eval_runtime"]
+    return shown
 
 
 def build_trainer(

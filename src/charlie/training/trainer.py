@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -88,12 +89,15 @@ class LogLines(TrainerCallback):
     """The Trainer's logs as Charlie log lines: to the stage's log file always, and to the
     console when no terminal shows the progress bar (DVC, Kubeflow, CI), with steps/s and ETA.
 
+    With ``brief`` (a log dict -> the metrics worth a console line, renamed as they read
+    there), the console line shows those and the log file also gets every metric.
     Replaces transformers' PrinterCallback, which prints the raw dicts to stdout only.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, brief: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self.started: float | None = None
         self.first_step = 0
+        self.brief = brief
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started, self.first_step = time.monotonic(), state.global_step
@@ -105,8 +109,11 @@ class LogLines(TrainerCallback):
         if self.started is not None and state.global_step > self.first_step:
             rate = (state.global_step - self.first_step) / (time.monotonic() - self.started)
         level = logging.DEBUG if sys.stderr.isatty() and not args.disable_tqdm else logging.INFO
-        log.log(level, "%s", metrics_line(logs, state.global_step, state.max_steps,
-                                          state.epoch, rate))  # fmt: skip
+        where = (state.global_step, state.max_steps, state.epoch, rate)
+        if self.brief is not None:
+            log.log(level, "%s", metrics_line(self.brief(logs), *where))
+            level = logging.DEBUG  # every metric, for the log file
+        log.log(level, "%s", metrics_line(logs, *where))
 
 
 class SFTTrainer(TRLSFTTrainer):
