@@ -258,10 +258,14 @@ def test_activations_and_gradient_checkpointing():
     tokens = 2 * 10
     # per token per layer: 2 norms x (3h + h) + 2q + 2kv + 4I = 128 + 32 + 16 + 160 = 336
     per_layer = 2 * (3 * 16 + 16) + 2 * 16 + 2 * 8 + 4 * 40
-    plain = estimate(shape, setup(method="full"), GPU)
+    plain = estimate(shape, setup(method="full", fused_lm_head=False), GPU)
     assert plain.layer_activations == tokens * 2 * per_layer * 2
     assert plain.checkpoints == 0
-    assert plain.logits == tokens * 100 * 10
+    assert plain.logits == tokens * 100 * 10  # 16-bit logits, the loss's fp32 copy, its gradient
+    # TRL's fused head: a forward and a backward fp32 tile (20 tokens x the 100-entry vocabulary
+    # here), and the scored hidden states' fp32 copy and gradient
+    fused = estimate(shape, setup(method="full"), GPU)
+    assert fused.logits == 2 * tokens * 100 * 4 + tokens * 16 * 8
     ckpt = estimate(shape, setup(method="full", gradient_checkpointing=True), GPU)
     assert ckpt.checkpoints == tokens * 2 * 16 * 2  # one hidden state per layer
     assert ckpt.layer_activations == tokens * per_layer * 2  # one layer's, recomputed
@@ -283,7 +287,24 @@ def test_checkpointing_shrinks_8b_activations_several_fold():
     off_plan = estimate(shape, off, GPU)
     layers_on = on.checkpoints + on.layer_activations
     assert off_plan.layer_activations > 10 * layers_on
-    assert on.logits == off_plan.logits == 8192 * 128256 * 10
+    # the fused head never holds 8192 x 128256 logits (10.5 GB at 10 bytes): two 4096 x 32768
+    # fp32 tiles and the hidden states' fp32 copy and gradient
+    assert on.logits == off_plan.logits == 2 * 4096 * 32768 * 4 + 8192 * 4096 * 8
+    unfused = estimate(shape, replace(on.setup, fused_lm_head=False), GPU)
+    assert unfused.logits == 8192 * 128256 * 10
+    assert unfused.total - on.total == pytest.approx(8192 * 128256 * 10 - on.logits)
+
+
+def test_a_config_that_turns_the_fused_head_off_is_planned_with_the_whole_logits():
+    cfg = load_train_config(CONFIGS / "sft_llama3_8b_qlora_1gpu.yaml")
+    assert cfg.fused_lm_head == "auto"
+    fused = plan_for(cfg, configs_dir=CONFIGS)
+    whole = plan_for(cfg.model_copy(update={"fused_lm_head": False}), configs_dir=CONFIGS)
+    assert fused.setup.fused_lm_head and not whole.setup.fused_lm_head
+    tokens = fused.setup.batch_size * fused.setup.max_length
+    assert whole.logits == tokens * 128256 * 10 > 7 * fused.logits
+    assert "logits (fused LM head: tiles)" in render_table(fused)
+    assert "logits (fused" not in render_table(whole)
 
 
 # --------------------------------------------------------------------------- shipped configs

@@ -101,9 +101,14 @@ Memory per GPU (GiB = 2^30 bytes)
         Layers keep their attention terms as they keep their activations. With gradient
         checkpointing the step keeps one hidden state per layer (the checkpoints)
         plus the largest layer's activations while it is recomputed; without it, every
-        layer's. Logits cost 10 bytes per token per vocabulary entry (16-bit logits, the fp32
-        copy the loss takes, its fp32 gradient) and no checkpointing avoids them. Activations
-        are never sharded.
+        layer's. Through TRL's fused LM head (``fused_lm_head``: ``auto`` is fused on a GPU,
+        and always for QLoRA) the full logits are never built: the head projects tiles of
+        ``FUSED_TILE_TOKENS`` tokens x ``FUSED_TILE_VOCAB`` vocabulary entries, one for the
+        forward and one for the backward pass (fp32 at most), and keeps an fp32 copy of the
+        scored hidden states and their gradient (every position counted: on Triton only the
+        completion's are scored). Without it, logits cost 10 bytes per token per vocabulary
+        entry (16-bit logits, the fp32 copy the loss takes, its fp32 gradient), and no
+        checkpointing avoids them. Activations are never sharded.
     ZeRO (DeepSpeed, across every GPU: nodes x ``num_gpus`` per node): stage 1 divides the
         optimizer state, stage 2 also the gradients, stage 3 also the weights, and stage 3 adds
         the largest unit it gathers whole for a forward/backward (the biggest layer with all
@@ -149,6 +154,9 @@ DEFAULT_CONFIGS_DIR = Path("configs")
 QLORA_BYTES_PER_PARAM = 0.5 + (8 / 64 + 32 / (64 * 256)) / 8
 TRAINABLE_BYTES = 16  # weight + gradient + AdamW state per trainable parameter, in all
 LOGITS_BYTES = 10  # 16-bit logits + the loss's fp32 copy + its fp32 gradient, per token x vocab
+# TRL's fused LM head (trl.kernels.chunked_logprob, TRL 1.16): TOKEN_CHUNK_SIZE tokens per tile,
+# and the trainer's _CHUNKED_LOGPROB_CHUNK_SIZE vocabulary entries.
+FUSED_TILE_TOKENS, FUSED_TILE_VOCAB = 4096, 32768
 ACTIVATION_BYTES = 2  # activations are 16-bit (the plan's element counts are 16-bit elements)
 EAGER_SCORE_BYTES = 6  # eager, per head and query-key pair kept: fp32 softmax + its 16-bit copy
 BOOL_MASK_BYTES = 1  # transformers' sdpa mask: a bool per query-key pair of a row
@@ -675,6 +683,7 @@ class TrainingSetup:
     packing: bool = False  # padding-free rows (TRL's packing with bfd, or padding_free)
     attention: str = "auto"  # attn_implementation
     mean_example_tokens: float | None = None  # the tokenize report's train mean, if any
+    fused_lm_head: bool = True  # the loss through TRL's fused LM head (TRL's own path)
 
     @property
     def world_size(self) -> int:
@@ -859,7 +868,7 @@ def estimate(shape: ModelShape, setup: TrainingSetup, gpu: Gpu) -> MemoryPlan:
         layer_acts = (
             tokens * sum(k.count * per_layer[k.name] for k in shape.kinds) * ACTIVATION_BYTES
         )
-    logits = tokens * shape.vocab_size * LOGITS_BYTES
+    logits = logits_bytes(tokens, shape.vocab_size, shape.hidden_size, setup.fused_lm_head)
     attention = attention_bytes(shape, setup)
 
     # ---- ZeRO sharding
@@ -896,6 +905,16 @@ def estimate(shape: ModelShape, setup: TrainingSetup, gpu: Gpu) -> MemoryPlan:
         counted=shape.counted,
         attention=attention,
     )
+
+
+def logits_bytes(tokens: int, vocab: int, hidden: int, fused: bool) -> float:
+    """What the LM head and the loss hold for a micro-batch of ``tokens`` (module docstring):
+    through the fused head, two fp32 tiles and an fp32 copy of the hidden states with its
+    gradient; without it, the whole logits three times over (10 bytes per entry)."""
+    if not fused:
+        return tokens * vocab * LOGITS_BYTES
+    tile = min(tokens, FUSED_TILE_TOKENS) * min(vocab, FUSED_TILE_VOCAB) * 4
+    return 2 * tile + tokens * hidden * 8
 
 
 def attention_bytes(shape: ModelShape, setup: TrainingSetup) -> float:
@@ -1055,7 +1074,7 @@ def _rows(plan: MemoryPlan) -> list[tuple[str, float]]:
         ("  checkpoints (a hidden state per layer)", plan.checkpoints),
         ("  layer activations" + (" (largest layer)" if s.gradient_checkpointing else ""),
          plan.layer_activations),
-        ("  logits", plan.logits),
+        ("  logits" + (" (fused LM head: tiles)" if s.fused_lm_head else ""), plan.logits),
         (f"  attention masks and scores ({s.attention_kind})", plan.attention),
     ]  # fmt: skip
     if s.zero_stage >= 3:
@@ -1453,6 +1472,8 @@ def training_setup(
         packing=packs(cfg),
         attention=implementation,
         mean_example_tokens=mean_example_tokens(cfg),
+        # a plan is for GPUs: auto is fused there (charlie.training.trainer.use_fused_lm_head)
+        fused_lm_head=cfg.fused_lm_head is not False,
     )
 
 
