@@ -181,7 +181,9 @@ def test_the_stage_writes_the_report_the_json_the_headline_and_the_plot(tmp_path
     info = json.loads(out.with_name("comparison.json").read_text())
     assert info["evaluation"]["baseline"] == "sft" and info["evaluation"]["candidate"] == "grpo"
     assert info["portfolio"]["days"] == n
-    assert info["verdict"].startswith("grpo is ahead of sft in Sharpe after costs")
+    sharpe = info["portfolio"]["paired"]["sharpe"]["difference"]
+    assert info["verdict"] == (f"grpo is ahead of sft in Sharpe after costs (difference "
+                               f"{sharpe:+.2f}), beyond resampling noise.")  # fmt: skip
     headline = json.loads(out.with_name("compare_headline.json").read_text())
     assert headline["grpo_accuracy"] == 1.0 and len(headline) <= 8
     assert headline["sharpe_difference"] == info["portfolio"]["paired"]["sharpe"]["difference"]

@@ -284,16 +284,14 @@ def verdict(evaluation: Mapping[str, Any], portfolio: Mapping[str, Any] | None) 
     if test is None:
         return f"{cand} and {base} cannot be compared: no statistic is defined on these rows."
     what = "Sharpe after costs" if portfolio else "accuracy"
+    diff = format(test["difference"], "+.2f" if portfolio else "+.3f")
     if not test["distinguishable"]:
         return (
-            f"On these rows {cand} is not distinguishable from {base} in {what} "
-            f"({test['difference']:+.4g}): the difference is within what resampling the same "
-            "dates produces."
+            f"On these rows {cand} is not distinguishable from {base} in {what} (difference "
+            f"{diff}): the difference is within what resampling the same dates produces."
         )
     side = "ahead of" if test["difference"] > 0 else "behind"
-    return (
-        f"{cand} is {side} {base} in {what} ({test['difference']:+.4g}), beyond resampling noise."
-    )
+    return f"{cand} is {side} {base} in {what} (difference {diff}), beyond resampling noise."
 
 
 def _difference(a: Any, b: Any) -> float | None:
